@@ -1,0 +1,108 @@
+//! Prometheus metrics, rendered at `/metrics`. Counters on hot paths are
+//! bumped once per batch or per session event, never once per delivery.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::error::ErrorCode;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub rooms: IntGauge,
+    pub joins: IntCounter,
+    pub messages_in: IntCounter,
+    pub messages_stored: IntCounter,
+    pub deliveries: IntCounter,
+    pub replayed: IntCounter,
+    pub slow_consumer_cuts: IntCounter,
+    pub store_errors: IntCounter,
+    errors: IntCounterVec,
+    pub shard_queue_depth: IntGaugeVec,
+    pub commit_seconds: Histogram,
+    pub batch_size: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        Metrics {
+            connections: reg!(IntGauge::new("parlor_connections", "Open WebSocket connections")),
+            connections_total: reg!(IntCounter::new(
+                "parlor_connections_total",
+                "WebSocket connections accepted"
+            )),
+            rooms: reg!(IntGauge::new("parlor_rooms", "Rooms loaded in shards")),
+            joins: reg!(IntCounter::new("parlor_joins_total", "Successful joins")),
+            messages_in: reg!(IntCounter::new(
+                "parlor_messages_in_total",
+                "Chat messages received from clients"
+            )),
+            messages_stored: reg!(IntCounter::new(
+                "parlor_messages_stored_total",
+                "Chat messages committed to the store"
+            )),
+            deliveries: reg!(IntCounter::new(
+                "parlor_deliveries_total",
+                "Message frames queued to members"
+            )),
+            replayed: reg!(IntCounter::new(
+                "parlor_replayed_messages_total",
+                "Messages replayed from the store on join"
+            )),
+            slow_consumer_cuts: reg!(IntCounter::new(
+                "parlor_slow_consumer_cuts_total",
+                "Connections closed with 4008 because their outbox was full"
+            )),
+            store_errors: reg!(IntCounter::new(
+                "parlor_store_errors_total",
+                "Failed store operations"
+            )),
+            errors: reg!(IntCounterVec::new(
+                Opts::new("parlor_errors_total", "Error replies sent, by code"),
+                &["code"]
+            )),
+            shard_queue_depth: reg!(IntGaugeVec::new(
+                Opts::new("parlor_shard_queue_depth", "Commands waiting per shard"),
+                &["shard"]
+            )),
+            commit_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new("parlor_store_commit_seconds", "Store batch commit latency")
+                    .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).unwrap())
+            )),
+            batch_size: reg!(Histogram::with_opts(
+                HistogramOpts::new("parlor_store_batch_messages", "Messages per store batch")
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 12).unwrap())
+            )),
+            registry,
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of metrics");
+        String::from_utf8(buf).expect("metrics text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

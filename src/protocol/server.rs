@@ -1,0 +1,191 @@
+//! Server → client messages (PROTOCOL.md §3), encoded into complete frames.
+//!
+//! Every frame is `{type, id?, data?}`. Encoding goes straight into a buffer
+//! with room for the WebSocket header (see `frame`), so one allocation makes
+//! a frame that any number of sessions can share.
+
+use bytes::Bytes;
+use fastwebsockets::OpCode;
+use serde::Serialize;
+
+use super::frame;
+use super::Format;
+use crate::error::ErrorCode;
+use crate::store::StoredMessage;
+
+#[derive(Serialize)]
+struct Envelope<'a, D: Serialize> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<D>,
+}
+
+/// Encodes `{type, id?, data?}` as one complete frame in `format`.
+pub fn encode<D: Serialize>(format: Format, ty: &str, id: Option<&str>, data: Option<D>) -> Bytes {
+    let env = Envelope { ty, id, data };
+    let mut buf = frame::payload_buffer(128);
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut buf, &env).expect("server messages always serialize");
+            frame::finish(OpCode::Text, buf)
+        }
+        Format::Msgpack => {
+            rmp_serde::encode::write_named(&mut buf, &env)
+                .expect("server messages always serialize");
+            frame::finish(OpCode::Binary, buf)
+        }
+    }
+}
+
+/// `data` of a chat `message` frame and of each `history` entry.
+#[derive(Serialize)]
+pub struct MessageData<'a> {
+    pub id: String,
+    pub room: &'a str,
+    pub user: &'a str,
+    pub content: &'a str,
+    pub sequence: u64,
+    pub timestamp: u64,
+}
+
+impl<'a> MessageData<'a> {
+    /// The wire view of a stored message; its `id` is unique because a
+    /// room's epoch is random and its sequence never repeats within it.
+    pub fn of(room: &'a str, epoch: &str, m: &'a StoredMessage) -> Self {
+        MessageData {
+            id: format!("{epoch}-{}", m.sequence),
+            room,
+            user: &m.user,
+            content: &m.content,
+            sequence: m.sequence,
+            timestamp: m.timestamp,
+        }
+    }
+}
+
+pub fn message(format: Format, data: &MessageData<'_>) -> Bytes {
+    encode(format, "message", None, Some(data))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connected<'a> {
+    pub client_id: &'a str,
+    pub user: &'a str,
+    pub format: &'a str,
+    pub heartbeat_ms: u64,
+    pub server: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct Joined<'a> {
+    pub room: &'a str,
+    pub last: u64,
+    pub epoch: &'a str,
+    pub recovered: bool,
+}
+
+#[derive(Serialize)]
+pub struct RoomOnly<'a> {
+    pub room: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct AckData<'a> {
+    pub room: &'a str,
+    pub sequence: u64,
+}
+
+#[derive(Serialize)]
+pub struct History<'a> {
+    pub room: &'a str,
+    pub messages: Vec<MessageData<'a>>,
+    pub more: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceUser<'a> {
+    pub user: &'a str,
+    pub status: &'a str,
+    pub last_seen: u64,
+}
+
+#[derive(Serialize)]
+pub struct Presence<'a> {
+    pub room: &'a str,
+    pub count: usize,
+    pub users: Vec<PresenceUser<'a>>,
+    pub truncated: bool,
+}
+
+#[derive(Serialize)]
+pub struct PresenceDiff<'a> {
+    pub room: &'a str,
+    pub joins: &'a [&'a str],
+    pub leaves: &'a [&'a str],
+}
+
+#[derive(Serialize)]
+pub struct ErrorData<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+pub fn error(format: Format, code: ErrorCode, message: &str, id: Option<&str>) -> Bytes {
+    let data = ErrorData {
+        code: code.as_str(),
+        message,
+    };
+    encode(format, "error", id, Some(data))
+}
+
+pub fn bare(format: Format, ty: &str) -> Bytes {
+    encode::<()>(format, ty, None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(f: &Bytes) -> &[u8] {
+        let off = match f[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        &f[off..]
+    }
+
+    #[test]
+    fn json_and_msgpack_carry_the_same_fields() {
+        let m = StoredMessage {
+            sequence: 7,
+            timestamp: 1,
+            user: "ann".into(),
+            content: "hi".into(),
+            client_msg_id: None,
+        };
+        let data = MessageData::of("lobby", "e1", &m);
+        let j: serde_json::Value = serde_json::from_slice(payload(&message(Format::Json, &data))).unwrap();
+        let p: serde_json::Value =
+            rmp_serde::from_slice(payload(&message(Format::Msgpack, &data))).unwrap();
+        assert_eq!(j, p);
+        assert_eq!(j["type"], "message");
+        assert_eq!(j["data"]["sequence"], 7);
+        assert_eq!(j["data"]["id"], "e1-7");
+    }
+
+    #[test]
+    fn bare_frames_have_only_a_type() {
+        let f = bare(Format::Json, "pong");
+        assert_eq!(payload(&f), br#"{"type":"pong"}"#);
+        let e = error(Format::Json, ErrorCode::NotJoined, "join first", Some("q"));
+        let v: serde_json::Value = serde_json::from_slice(payload(&e)).unwrap();
+        assert_eq!(v["id"], "q");
+        assert_eq!(v["data"]["code"], "not_joined");
+    }
+}

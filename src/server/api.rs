@@ -1,0 +1,152 @@
+//! The HTTP API: list rooms, read history, publish a message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::http::{json, json_error, Body, Query};
+use super::Ctx;
+use crate::error::ErrorCode;
+use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
+use crate::protocol::server::MessageData;
+use crate::protocol::RoomName;
+use crate::session::history_page;
+use crate::shard::{PublishReply, ShardCmd};
+
+#[derive(Serialize)]
+struct RoomEntry {
+    room: String,
+    last: u64,
+    members: usize,
+    connections: usize,
+}
+
+/// `GET /api/rooms`: every stored room, with who is in it now.
+pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
+    let store = ctx.store.clone();
+    let stored = match tokio::task::spawn_blocking(move || store.rooms()).await {
+        Ok(Ok(rooms)) => rooms,
+        _ => return internal(),
+    };
+    let mut all: BTreeMap<String, RoomEntry> = stored
+        .into_iter()
+        .map(|r| {
+            let entry = RoomEntry {
+                room: r.room.to_string(),
+                last: r.last,
+                members: 0,
+                connections: 0,
+            };
+            (r.room.to_string(), entry)
+        })
+        .collect();
+    for s in ctx.shards.stats().await {
+        let e = all.entry(s.room.to_string()).or_insert_with(|| RoomEntry {
+            room: s.room.to_string(),
+            last: 0,
+            members: 0,
+            connections: 0,
+        });
+        e.last = e.last.max(s.last);
+        e.members = s.members;
+        e.connections = s.connections;
+    }
+    json(StatusCode::OK, &all.into_values().collect::<Vec<_>>())
+}
+
+fn room_or_error(name: &str) -> Result<RoomName, Response<Body>> {
+    RoomName::parse(name).map_err(|e| json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &e.to_string()))
+}
+
+fn internal() -> Response<Body> {
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "store unavailable")
+}
+
+#[derive(Serialize)]
+struct HistoryBody<'a> {
+    room: &'a str,
+    messages: Vec<MessageData<'a>>,
+    more: bool,
+}
+
+/// `GET /api/rooms/{room}/messages?since=&limit=`
+pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Response<Body> {
+    let room = match room_or_error(room) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let q = Query::parse(query);
+    let number = |key: &str| -> Result<Option<u64>, Response<Body>> {
+        q.get(key)
+            .map(|v| v.parse::<u64>())
+            .transpose()
+            .map_err(|_| json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("{key} must be a non-negative integer")))
+    };
+    let (since, limit) = match (number("since"), number("limit")) {
+        (Ok(s), Ok(l)) => (s.unwrap_or(0), l.map_or(HISTORY_DEFAULT_LIMIT, |l| (l as usize).clamp(1, HISTORY_MAX_LIMIT))),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match history_page(ctx, &room, since, limit).await {
+        Ok((epoch, messages, more)) => {
+            let body = HistoryBody {
+                room: room.as_str(),
+                messages: messages.iter().map(|m| MessageData::of(room.as_str(), &epoch, m)).collect(),
+                more,
+            };
+            json(StatusCode::OK, &body)
+        }
+        Err(_) => internal(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    user: String,
+    content: String,
+    id: Option<String>,
+}
+
+/// `POST /api/rooms/{room}/messages` with `{user, content, id?}`: `201 {sequence}`.
+pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Response<Body> {
+    let room = match room_or_error(room) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let cfg = &ctx.config;
+    let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, "body is too large"),
+    };
+    let body: PublishBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("expected {{user, content, id?}}: {e}")),
+    };
+    if body.user.is_empty() || body.user.chars().count() > 64 || body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN) {
+        return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "user must be 1-64 characters and id at most 64 bytes");
+    }
+    if body.content.len() > cfg.max_content_bytes {
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &format!("content is over {} bytes", cfg.max_content_bytes));
+    }
+    let (tx, rx) = oneshot::channel();
+    let cmd = ShardCmd::Publish {
+        room: room.clone(),
+        user: body.user.into(),
+        content: body.content,
+        client_msg_id: body.id,
+        reply: PublishReply::Http(tx),
+    };
+    ctx.metrics.messages_in.inc();
+    if ctx.shards.send(&room, cmd).await.is_err() {
+        return internal();
+    }
+    match rx.await {
+        Ok(Ok(sequence)) => json(StatusCode::CREATED, &serde_json::json!({ "sequence": sequence })),
+        Ok(Err(code)) => json_error(StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, "message was not stored"),
+        Err(_) => internal(),
+    }
+}

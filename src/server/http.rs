@@ -1,0 +1,87 @@
+//! HTTP routing on the WebSocket port (PROTOCOL.md §7).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_util::task::TaskTracker;
+
+use super::{api, upgrade, Ctx};
+use crate::error::ErrorCode;
+
+pub type Body = Full<Bytes>;
+
+const INDEX_HTML: &str = include_str!("index.html");
+
+pub async fn route(req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let is_ws = fastwebsockets::upgrade::is_upgrade_request(&req);
+    match (&method, path.as_str()) {
+        (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, ctx, tasks, false),
+        (&Method::GET, "/echo") if is_ws && ctx.config.enable_echo => {
+            upgrade::upgrade(req, ctx, tasks, true)
+        }
+        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/metrics") => {
+            for (i, depth) in ctx.shards.queue_depths().into_iter().enumerate() {
+                ctx.metrics
+                    .shard_queue_depth
+                    .with_label_values(&[&i.to_string()])
+                    .set(depth as i64);
+            }
+            respond(StatusCode::OK, "text/plain; version=0.0.4", ctx.metrics.render())
+        }
+        (&Method::GET, "/api/rooms") => api::rooms(&ctx).await,
+        (_, p) if p.starts_with("/api/rooms/") => match p["/api/rooms/".len()..].strip_suffix("/messages") {
+            Some(room) if method == Method::GET => api::history(&ctx, room, req.uri().query()).await,
+            Some(room) if method == Method::POST => api::publish(&ctx, room, req).await,
+            Some(_) => json_error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest, "use GET or POST"),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Response<Body> {
+    json_error(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
+}
+
+pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("responses serialize");
+    respond(status, "application/json", body)
+}
+
+/// `{"error": {code, message}}` with the given status.
+pub fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"error": {"code": code.as_str(), "message": message}}),
+    )
+}
+
+/// Decoded query parameters.
+pub struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Query<'a> {
+    pub fn parse(q: Option<&'a str>) -> Query<'a> {
+        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| &**v)
+    }
+}

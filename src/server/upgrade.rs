@@ -1,0 +1,96 @@
+//! The WebSocket upgrade: negotiate user and format, answer 101, then run
+//! the session on the raw TCP halves.
+//!
+//! After the 101, the connection is taken back from hyper as the `TcpStream`
+//! it was (keeping any bytes hyper had already read) and split with
+//! `into_split`, which needs no lock per poll, unlike `tokio::io::split`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+
+use super::http::{json_error, Query};
+use super::Ctx;
+use crate::error::ErrorCode;
+use crate::protocol::Format;
+use crate::session::{self, Params};
+
+/// Longest `user` name accepted from the query string.
+const MAX_USER_LEN: usize = 64;
+
+pub fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker, echo: bool) -> Response<Full<Bytes>> {
+    let query = Query::parse(req.uri().query());
+    let user: Arc<str> = match query.get("user") {
+        Some(u) if valid_user(u) => u.into(),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "user must be 1-64 characters without control characters",
+            )
+        }
+        None => format!("user_{:08x}", rand::random::<u32>()).into(),
+    };
+    let offered = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(Format::from_subprotocol);
+    let format = match (offered, query.get("format")) {
+        (Some(f), _) => f,
+        (None, Some(q)) => match Format::from_query(q) {
+            Some(f) => f,
+            None => {
+                return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "format must be json or msgpack")
+            }
+        },
+        (None, None) => Format::Json,
+    };
+    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e.to_string()),
+    };
+    let mut response = response.map(|_| Full::new(Bytes::new()));
+    if let Some(f) = offered {
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(f.subprotocol()));
+    }
+    let params = Params { user, format, echo };
+    tasks.spawn(async move {
+        let ws = match upgraded.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(cause = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let upgraded = ws.into_inner().into_inner();
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                session::run(read, write, params, ctx).await;
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                session::run(read, write, params, ctx).await;
+            }
+        }
+    });
+    response
+}
+
+fn valid_user(u: &str) -> bool {
+    !u.is_empty() && u.chars().count() <= MAX_USER_LEN && !u.chars().any(char::is_control)
+}

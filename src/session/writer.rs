@@ -1,0 +1,218 @@
+//! The writer task: drains the outbox, coalesces what is queued into one
+//! vectored write, sends heartbeats and pings, and ends the connection when
+//! the session is cut, a close was sent, or the client went silent.
+
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant};
+
+use super::outbox::{Out, OutboxReceiver};
+use super::SessionHandle;
+use crate::protocol::frame;
+
+/// Most frames and bytes gathered into one write.
+const MAX_BATCH_FRAMES: usize = 512;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// How long a cut session gets to take its close frame (PROTOCOL.md §6).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// When the client was last heard from, in ms since `epoch`.
+pub struct Liveness {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Liveness {
+    pub fn new() -> Liveness {
+        Liveness {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new()
+    }
+}
+
+pub struct Heartbeat {
+    pub interval: Duration,
+    /// The `heartbeat` frame in the session's format.
+    pub frame: Bytes,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Sent a close frame (ours or the echo of the client's).
+    Closed,
+    /// The client was silent for twice the heartbeat.
+    Dead,
+    /// Every sender is gone or the socket failed.
+    Gone,
+}
+
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut rx: OutboxReceiver,
+    session: Arc<SessionHandle>,
+    heartbeat: Option<Heartbeat>,
+    liveness: Arc<Liveness>,
+) -> WriterEnd {
+    let outbox = &session.outbox;
+    let far = Duration::from_secs(86_400 * 365);
+    let (hb_every, hb_frame) = match heartbeat {
+        Some(h) => (h.interval, Some(h.frame)),
+        None => (far, None),
+    };
+    let mut next_beat = Instant::now() + hb_every;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let end = loop {
+        let deadline = liveness.last() + hb_every * 2;
+        tokio::select! {
+            biased;
+            _ = outbox.cut_signalled() => {
+                break send_cut(&mut io, &mut rx, &session, Instant::now() + CLOSE_GRACE).await
+            }
+            item = rx.rx.recv() => {
+                let Some(item) = item else { break WriterEnd::Gone };
+                let mut closing = push(&mut batch, item);
+                while !closing && batch.len() < MAX_BATCH_FRAMES && batched_bytes(&batch) < MAX_BATCH_BYTES {
+                    match rx.rx.try_recv() {
+                        Ok(item) => closing = push(&mut batch, item),
+                        Err(_) => break,
+                    }
+                }
+                let bytes = batched_bytes(&batch);
+                let mut cut_meanwhile = None;
+                let res = {
+                    let write = write_all(&mut io, &batch);
+                    tokio::pin!(write);
+                    tokio::select! {
+                        biased;
+                        res = &mut write => res,
+                        _ = outbox.cut_signalled() => {
+                            // A close frame cannot start mid-frame: finish
+                            // this batch within the close grace first.
+                            let deadline = Instant::now() + CLOSE_GRACE;
+                            cut_meanwhile = Some(deadline);
+                            tokio::time::timeout_at(deadline, write)
+                                .await
+                                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                        }
+                    }
+                };
+                batch.clear();
+                outbox.written(bytes);
+                if res.is_err() {
+                    break WriterEnd::Gone;
+                }
+                if let Some(deadline) = cut_meanwhile {
+                    break send_cut(&mut io, &mut rx, &session, deadline).await;
+                }
+                if closing {
+                    let _ = io.shutdown().await;
+                    break WriterEnd::Closed;
+                }
+            }
+            _ = sleep_until(next_beat), if hb_frame.is_some() => {
+                next_beat = Instant::now() + hb_every;
+                let frames = [hb_frame.clone().unwrap_or_default(), frame::ping()];
+                if write_all(&mut io, &frames).await.is_err() {
+                    break WriterEnd::Gone;
+                }
+            }
+            _ = sleep_until(deadline), if hb_frame.is_some() => {
+                if liveness.last() + hb_every * 2 <= Instant::now() {
+                    break WriterEnd::Dead;
+                }
+            }
+        }
+    };
+    // Whatever ended the writer, nothing more can be delivered: make every
+    // pusher see a closed outbox and wake the reader.
+    outbox.cut(crate::error::close::GOING_AWAY);
+    session.writer_done.notify_one();
+    end
+}
+
+fn push(batch: &mut Vec<Bytes>, item: Out) -> bool {
+    match item {
+        Out::Frame(b) => {
+            batch.push(b);
+            false
+        }
+        Out::Close(b) => {
+            batch.push(b);
+            true
+        }
+    }
+}
+
+fn batched_bytes(batch: &[Bytes]) -> usize {
+    batch.iter().map(Bytes::len).sum()
+}
+
+async fn send_cut<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    rx: &mut OutboxReceiver,
+    session: &SessionHandle,
+    deadline: Instant,
+) -> WriterEnd {
+    rx.rx.close();
+    while rx.rx.try_recv().is_ok() {}
+    let code = session.outbox.cut_code();
+    let close = frame::close(code, close_reason(code));
+    let sent = tokio::time::timeout_at(deadline, async {
+        write_all(io, &[close]).await?;
+        io.shutdown().await
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => WriterEnd::Closed,
+        _ => WriterEnd::Gone,
+    }
+}
+
+pub fn close_reason(code: u16) -> &'static str {
+    use crate::error::close::*;
+    match code {
+        GOING_AWAY => "server going away",
+        PROTOCOL_ERROR => "protocol error",
+        INVALID_PAYLOAD => "invalid UTF-8",
+        TOO_BIG => "message too big",
+        BAD_CREDENTIALS => "bad credentials",
+        SLOW_CONSUMER => "slow consumer",
+        TOO_MANY_REFUSALS => "too many refused messages",
+        _ => "",
+    }
+}
+
+/// Writes every buffer with as few syscalls as the kernel allows.
+async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, bufs: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = io.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    io.flush().await
+}

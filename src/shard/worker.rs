@@ -1,0 +1,539 @@
+//! The shard worker loop: take a command, drain whatever else is queued,
+//! commit the messages of that round in one store batch, then fan them out
+//! and ack them. Presence diffs and idle-room unloading run on a timer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::room::{Bounds, FramesByFormat, Held, Member, Room};
+use super::{CatchUp, JoinPlan, PublishReply, RoomStats, ShardCmd, ShardEnv};
+use crate::error::ErrorCode;
+use crate::protocol::server::{self as msg, MessageData};
+use crate::protocol::{now_ms, Format, RoomName};
+use crate::session::SessionHandle;
+use crate::store::{Append, StoredMessage};
+
+/// Most commands handled (and messages committed) in one round.
+const MAX_ROUND: usize = 1024;
+/// Rooms without members are unloaded after this long.
+const IDLE_UNLOAD: Duration = Duration::from_secs(60);
+
+pub fn run(id: usize, env: ShardEnv, rx: mpsc::Receiver<ShardCmd>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("shard runtime");
+    let mut worker = Worker::new(env);
+    rt.block_on(worker.run(rx));
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+/// A message whose sequence is handed out and whose commit is pending.
+struct Pending {
+    reply: PublishReply,
+}
+
+/// A retry of a message still in the pending batch: acked after its commit.
+struct PendingRetry {
+    reply: PublishReply,
+    room: RoomName,
+    id: String,
+    sequence: u64,
+}
+
+struct Worker {
+    env: ShardEnv,
+    bounds: Bounds,
+    rooms: HashMap<RoomName, Room>,
+    /// This round's appends and, index for index, where each reply goes.
+    batch: Vec<Append>,
+    pending: Vec<Pending>,
+    retries: Vec<PendingRetry>,
+}
+
+impl Worker {
+    fn new(env: ShardEnv) -> Worker {
+        let bounds = Bounds {
+            frames: env.config.outbox_frames,
+            bytes: env.config.outbox_bytes,
+        };
+        Worker {
+            env,
+            bounds,
+            rooms: HashMap::new(),
+            batch: Vec::new(),
+            pending: Vec::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<ShardCmd>) {
+        let mut tick = tokio::time::interval(self.env.config.presence_window());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd);
+                    let mut n = 1;
+                    while n < MAX_ROUND {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                    self.commit();
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        self.commit();
+    }
+
+    fn handle(&mut self, cmd: ShardCmd) {
+        match cmd {
+            ShardCmd::Join {
+                room,
+                session,
+                since,
+                epoch,
+                reply,
+            } => self.join(room, session, since, epoch, reply),
+            ShardCmd::Leave {
+                room,
+                client_id,
+                reply,
+            } => self.leave(&room, client_id, reply),
+            ShardCmd::Publish {
+                room,
+                user,
+                content,
+                client_msg_id,
+                reply,
+            } => self.publish(room, user, content, client_msg_id, reply),
+            ShardCmd::Presence { room, session } => self.presence(&room, &session),
+            ShardCmd::CaughtUp { room, client_id } => self.caught_up(&room, client_id),
+            ShardCmd::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    /// The room, loaded from the store if needed (creating it if new).
+    fn room(&mut self, name: &RoomName) -> Result<&mut Room, ErrorCode> {
+        if !self.rooms.contains_key(name) {
+            let window = self.env.config.dedup_window;
+            let log = self.env.store.open_room(name, window).map_err(|e| {
+                tracing::error!(room = %name, cause = %e, "opening room failed");
+                self.env.metrics.store_errors.inc();
+                ErrorCode::Internal
+            })?;
+            self.rooms.insert(name.clone(), Room::new(name.clone(), log, window));
+            self.env.metrics.rooms.inc();
+        }
+        Ok(self.rooms.get_mut(name).expect("inserted above"))
+    }
+
+    fn join(
+        &mut self,
+        name: RoomName,
+        session: Arc<SessionHandle>,
+        since: Option<u64>,
+        epoch: Option<String>,
+        reply: oneshot::Sender<Result<JoinPlan, ErrorCode>>,
+    ) {
+        let cfg = self.env.config.clone();
+        let store = self.env.store.clone();
+        let room = match self.room(&name) {
+            Ok(room) => room,
+            Err(code) => {
+                let _ = reply.send(Err(code));
+                return;
+            }
+        };
+        let last = room.committed;
+        let format = session.format;
+        let joined = |recovered: bool, epoch: &str| {
+            let data = msg::Joined {
+                room: name.as_str(),
+                last,
+                epoch,
+                recovered,
+            };
+            msg::encode(format, "joined", None, Some(data))
+        };
+        if room.is_member(session.client_id) {
+            session.outbox.push_or_cut(joined(true, &room.epoch));
+            let plan = JoinPlan {
+                epoch: room.epoch.clone(),
+                catch_up: CatchUp::Nothing,
+            };
+            let _ = reply.send(Ok(plan));
+            return;
+        }
+        let first_retained = || store.first_retained(&name).unwrap_or(1);
+        let mut recovered = true;
+        let catch_up = match since {
+            None if cfg.history_on_join == 0 => CatchUp::Nothing,
+            None => {
+                let after = last - cfg.history_on_join.min(last);
+                let more = after > 0 && after >= first_retained();
+                CatchUp::History {
+                    after,
+                    upto: last,
+                    more,
+                }
+            }
+            Some(since) => {
+                let mut after = since;
+                if since > last || epoch.as_ref().is_some_and(|e| *e != room.epoch) {
+                    recovered = false;
+                    after = 0;
+                }
+                let first = if after < last { first_retained() } else { 1 };
+                if after + 1 < first {
+                    recovered = false;
+                    after = first - 1;
+                }
+                if last - after > cfg.replay_limit {
+                    recovered = false;
+                    after = last - cfg.replay_limit;
+                }
+                if after == last {
+                    CatchUp::Nothing
+                } else {
+                    CatchUp::Replay { after, upto: last }
+                }
+            }
+        };
+        session.outbox.push_or_cut(joined(recovered, &room.epoch));
+        let now = now_ms();
+        let held = (catch_up != CatchUp::Nothing).then(Held::default);
+        room.add(
+            Member {
+                session: session.clone(),
+                held,
+                fresh: true,
+            },
+            now,
+        );
+        session.outbox.push_or_cut(presence_frame(room, format));
+        let plan = JoinPlan {
+            epoch: room.epoch.clone(),
+            catch_up,
+        };
+        if reply.send(Ok(plan)).is_err() {
+            room.remove(session.client_id);
+        }
+    }
+
+    fn leave(&mut self, name: &RoomName, client_id: u64, reply: bool) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let Some(member) = room.remove(client_id) else {
+            return;
+        };
+        if reply {
+            let data = msg::RoomOnly { room: name.as_str() };
+            let f = msg::encode(member.session.format, "left", None, Some(data));
+            member.session.outbox.push_or_cut(f);
+        }
+    }
+
+    fn publish(
+        &mut self,
+        name: RoomName,
+        user: Arc<str>,
+        content: String,
+        client_msg_id: Option<String>,
+        reply: PublishReply,
+    ) {
+        let room = match self.room(&name) {
+            Ok(room) => room,
+            Err(code) => return reply_error(reply, code, client_msg_id.as_deref(), &name),
+        };
+        if let PublishReply::Session(s) = &reply {
+            // The session checks membership too; a member cut meanwhile is not.
+            if !room.is_member(s.client_id) {
+                return reply_error(reply, ErrorCode::NotJoined, client_msg_id.as_deref(), &name);
+            }
+        }
+        let now = now_ms();
+        room.presence.seen(&user, now);
+        if let Some(id) = &client_msg_id {
+            if let Some(sequence) = room.dedup.get(&user, id) {
+                if sequence <= room.committed {
+                    return reply_ok(reply, Some(id), &name, sequence);
+                }
+                let retry = PendingRetry {
+                    reply,
+                    room: name,
+                    id: id.clone(),
+                    sequence,
+                };
+                self.retries.push(retry);
+                return;
+            }
+        }
+        let sequence = room.next_sequence();
+        if let Some(id) = &client_msg_id {
+            room.dedup.insert(user.clone(), id.clone(), sequence);
+        }
+        self.batch.push(Append {
+            room: name,
+            message: StoredMessage {
+                sequence,
+                timestamp: now,
+                user,
+                content,
+                client_msg_id,
+            },
+        });
+        self.pending.push(Pending { reply });
+    }
+
+    fn presence(&mut self, name: &RoomName, session: &SessionHandle) {
+        let f = match self.rooms.get(name) {
+            Some(room) => presence_frame(room, session.format),
+            None => {
+                let data = msg::Presence {
+                    room: name.as_str(),
+                    count: 0,
+                    users: Vec::new(),
+                    truncated: false,
+                };
+                msg::encode(session.format, "presence", None, Some(data))
+            }
+        };
+        session.outbox.push_or_cut(f);
+    }
+
+    fn caught_up(&mut self, name: &RoomName, client_id: u64) {
+        let bounds = self.bounds;
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let Some(member) = room.member_mut(client_id) else {
+            return;
+        };
+        if !member.release(bounds) {
+            room.remove(client_id);
+        }
+    }
+
+    /// Commits this round's messages in one batch, then broadcasts and acks
+    /// them — or, if the store failed, takes their sequences back and tells
+    /// each sender `internal`. Nothing uncommitted is ever shown.
+    fn commit(&mut self) {
+        if self.batch.is_empty() {
+            self.settle_retries(true);
+            return;
+        }
+        let metrics = &self.env.metrics;
+        let started = Instant::now();
+        let result = self.env.store.append(&self.batch);
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(self.batch.len() as f64);
+        let batch = std::mem::take(&mut self.batch);
+        let pending = std::mem::take(&mut self.pending);
+        match result {
+            Ok(()) => {
+                metrics.messages_stored.inc_by(batch.len() as u64);
+                self.broadcast(&batch);
+                for (append, p) in batch.iter().zip(pending) {
+                    let id = append.message.client_msg_id.as_deref();
+                    reply_ok(p.reply, id, &append.room, append.message.sequence);
+                }
+                self.settle_retries(true);
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, messages = batch.len(), "store append failed; not acked");
+                metrics.store_errors.inc();
+                for (append, p) in batch.iter().zip(pending) {
+                    if let Some(room) = self.rooms.get_mut(&append.room) {
+                        room.assigned = room.committed;
+                        if let Some(id) = &append.message.client_msg_id {
+                            room.dedup.remove(&append.message.user, id, append.message.sequence);
+                        }
+                    }
+                    let id = append.message.client_msg_id.as_deref();
+                    reply_error(p.reply, ErrorCode::Internal, id, &append.room);
+                }
+                self.settle_retries(false);
+            }
+        }
+    }
+
+    fn settle_retries(&mut self, committed: bool) {
+        for r in self.retries.drain(..) {
+            if committed {
+                reply_ok(r.reply, Some(&r.id), &r.room, r.sequence);
+            } else {
+                reply_error(r.reply, ErrorCode::Internal, Some(&r.id), &r.room);
+            }
+        }
+    }
+
+    /// Encodes each committed message once per format in use and hands the
+    /// same bytes to every member, room by room, in sequence order.
+    fn broadcast(&mut self, batch: &[Append]) {
+        let mut by_room: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
+        for a in batch {
+            match by_room.iter_mut().find(|(r, _)| *r == &a.room) {
+                Some((_, list)) => list.push(&a.message),
+                None => by_room.push((&a.room, vec![&a.message])),
+            }
+        }
+        let pool = self.env.pool.as_deref();
+        let (mut delivered, mut cut) = (0, 0);
+        for (name, messages) in by_room {
+            let Some(room) = self.rooms.get_mut(name) else {
+                continue;
+            };
+            room.committed = messages.last().map_or(room.committed, |m| m.sequence);
+            let mut frames: FramesByFormat = [Vec::new(), Vec::new()];
+            for format in Format::ALL {
+                if room.uses(format) {
+                    frames[format.index()] = messages
+                        .iter()
+                        .map(|m| msg::message(format, &MessageData::of(name.as_str(), &room.epoch, m)))
+                        .collect();
+                }
+            }
+            let (d, c) = room.fan_out(&frames, self.bounds, pool);
+            delivered += d;
+            cut += c;
+        }
+        self.env.metrics.deliveries.inc_by(delivered);
+        let _ = cut;
+    }
+
+    fn on_tick(&mut self) {
+        let max_members = self.env.config.presence_diff_max_members;
+        let bounds = self.bounds;
+        for room in self.rooms.values_mut() {
+            if !room.presence.has_changes() {
+                continue;
+            }
+            let (joins, leaves) = room.presence.take_changes();
+            if room.connections() > max_members {
+                continue;
+            }
+            flush_presence(room, &joins, &leaves, bounds);
+        }
+        let now = Instant::now();
+        let before = self.rooms.len();
+        self.rooms
+            .retain(|_, r| !r.idle_since.is_some_and(|t| now.duration_since(t) > IDLE_UNLOAD));
+        let unloaded = before - self.rooms.len();
+        if unloaded > 0 {
+            self.env.metrics.rooms.sub(unloaded as i64);
+        }
+    }
+
+    fn stats(&self) -> Vec<RoomStats> {
+        self.rooms
+            .values()
+            .map(|r| RoomStats {
+                room: r.name.clone(),
+                last: r.committed,
+                members: r.presence.count(),
+                connections: r.connections(),
+            })
+            .collect()
+    }
+}
+
+/// Sends one window's presence changes to the room's members; a member that
+/// joined within the window is not told about its own user.
+fn flush_presence(room: &mut Room, joins: &[Arc<str>], leaves: &[Arc<str>], bounds: Bounds) {
+    let name = room.name.clone();
+    let encode = |format: Format, joins: &[&str], leaves: &[&str]| {
+        let data = msg::PresenceDiff {
+            room: name.as_str(),
+            joins,
+            leaves,
+        };
+        msg::encode(format, "presence_diff", None, Some(data))
+    };
+    let joins: Vec<&str> = joins.iter().map(|u| &**u).collect();
+    let leaves: Vec<&str> = leaves.iter().map(|u| &**u).collect();
+    let shared: [Bytes; 2] = Format::ALL.map(|f| encode(f, &joins, &leaves));
+    let mut gone = Vec::new();
+    for m in room.members_mut() {
+        let fresh = std::mem::take(&mut m.fresh);
+        let user = &*m.session.user;
+        let f = if fresh && joins.contains(&user) {
+            let others: Vec<&str> = joins.iter().copied().filter(|u| *u != user).collect();
+            if others.is_empty() && leaves.is_empty() {
+                continue;
+            }
+            encode(m.session.format, &others, &leaves)
+        } else {
+            shared[m.session.format.index()].clone()
+        };
+        if !m.deliver(&[f], bounds) {
+            gone.push(m.session.client_id);
+        }
+    }
+    for id in gone {
+        room.remove(id);
+    }
+}
+
+fn presence_frame(room: &Room, format: Format) -> Bytes {
+    let snap = room.presence.snapshot();
+    let data = msg::Presence {
+        room: room.name.as_str(),
+        count: snap.count,
+        users: snap
+            .users
+            .iter()
+            .map(|(user, last_seen)| msg::PresenceUser {
+                user,
+                status: "online",
+                last_seen: *last_seen,
+            })
+            .collect(),
+        truncated: snap.truncated,
+    };
+    msg::encode(format, "presence", None, Some(data))
+}
+
+fn reply_ok(reply: PublishReply, id: Option<&str>, room: &RoomName, sequence: u64) {
+    match reply {
+        PublishReply::Session(s) => {
+            if let Some(id) = id {
+                let data = msg::AckData {
+                    room: room.as_str(),
+                    sequence,
+                };
+                s.outbox.push_or_cut(msg::encode(s.format, "ack", Some(id), Some(data)));
+            }
+        }
+        PublishReply::Http(tx) => {
+            let _ = tx.send(Ok(sequence));
+        }
+    }
+}
+
+fn reply_error(reply: PublishReply, code: ErrorCode, id: Option<&str>, room: &RoomName) {
+    match reply {
+        PublishReply::Session(s) => {
+            let message = match code {
+                ErrorCode::NotJoined => format!("not joined to {room}"),
+                _ => format!("message to {room} was not stored"),
+            };
+            s.outbox.push_or_cut(msg::error(s.format, code, &message, id));
+        }
+        PublishReply::Http(tx) => {
+            let _ = tx.send(Err(code));
+        }
+    }
+}
