@@ -32,6 +32,16 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    pub fn new(client_id: u64, user: Arc<str>, format: Format, outbox: Outbox) -> SessionHandle {
+        SessionHandle {
+            client_id,
+            user,
+            format,
+            outbox,
+            writer_done: Notify::new(),
+        }
+    }
+
     /// The `clientId` shown on the wire.
     pub fn client_name(&self) -> String {
         format!("c{:x}", self.client_id)
@@ -61,13 +71,7 @@ where
         cfg.outbox_bytes
     };
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
-    let session = Arc::new(SessionHandle {
-        client_id,
-        user: params.user,
-        format: params.format,
-        outbox,
-        writer_done: Notify::new(),
-    });
+    let session = Arc::new(SessionHandle::new(client_id, params.user, params.format, outbox));
     let span = tracing::info_span!("session", client_id = %session.client_name(), user = %session.user);
     async move {
         ctx.metrics.connections.inc();

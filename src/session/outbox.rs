@@ -47,6 +47,13 @@ pub struct OutboxReceiver {
     pub(super) rx: mpsc::Receiver<Out>,
 }
 
+impl OutboxReceiver {
+    /// Drops everything queued (benchmarks stand in for a writer with it).
+    pub fn drain(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
         let (tx, rx) = mpsc::channel(max_frames.max(1));

@@ -10,7 +10,7 @@
 
 mod dedup;
 mod presence;
-mod room;
+pub mod room;
 mod worker;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and socket-level tests of every crate, then the
+# Autobahn WebSocket conformance run against the release binary.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo test --workspace --all-targets
+cargo build --release --bin parlor
+scripts/autobahn.sh target/release/parlor
