@@ -1,11 +1,15 @@
-//! The one configuration struct: clap flags, each also read from `PARLOR_*`.
-//! Library code receives a `Config`; it never reads the environment itself.
+//! The one configuration struct: clap flags, each also read from `PARLOR_*`,
+//! and optionally from a TOML file (`--config`). Precedence: flags > env >
+//! file > defaults. Library code receives a `Config`; it never reads the
+//! environment itself.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(name = "parlor", version, about = "Real-time chat server", args_conflicts_with_subcommands = true)]
@@ -20,9 +24,29 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Serve(Config),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (flags > env > file > defaults) as
+    /// TOML, with secrets redacted.
+    Print(Config),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Embedded append-only log in one redb file under --data-dir.
     Redb,
@@ -30,7 +54,8 @@ pub enum StoreKind {
     Memory,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every acked message is committed and synced to disk.
     Immediate,
@@ -40,7 +65,8 @@ pub enum Durability {
     None,
 }
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
     /// Address to listen on for HTTP and WebSocket.
     #[arg(long, env = "PARLOR_ADDR", default_value = "0.0.0.0:8080")]
@@ -126,11 +152,74 @@ pub struct Config {
     /// Serve a WebSocket echo endpoint at /echo (conformance testing only).
     #[arg(long, env = "PARLOR_ENABLE_ECHO")]
     pub enable_echo: bool,
+
+    /// HS256 secret: when set, every WebSocket needs a valid token
+    /// (`?token=` or `Authorization: Bearer`) [default: none, anonymous users].
+    #[arg(long, env = "PARLOR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret (alternative to --jwt-secret).
+    #[arg(long, env = "PARLOR_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Key required as `Authorization: Bearer` on the HTTP write API
+    /// [default: none, writes open].
+    #[arg(long, env = "PARLOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// File holding the API key (alternative to --api-key).
+    #[arg(long, env = "PARLOR_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Whether the HTTP read API is open without the API key.
+    #[arg(long, env = "PARLOR_API_READ_OPEN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_read_open: bool,
+
+    /// Origins allowed to open a WebSocket (comma-separated, e.g.
+    /// https://chat.example.com); requests without `Origin` are allowed
+    /// [default: any origin].
+    #[arg(long, env = "PARLOR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most open connections; more get HTTP 503.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Most WebSocket connections per user; more get HTTP 429 [default: no limit].
+    #[arg(long, env = "PARLOR_MAX_CONNS_PER_USER")]
+    pub max_conns_per_user: Option<usize>,
+
+    /// PEM certificate chain: serve HTTPS/WSS directly (needs --tls-key).
+    #[arg(long, env = "PARLOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PARLOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Seconds to wait for sessions to close on SIGTERM/SIGINT.
+    #[arg(long, env = "PARLOR_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
+    /// TOML file with any of these settings (keys are the flag names,
+    /// e.g. `max-frame-bytes = 65536`).
+    #[arg(long, env = "PARLOR_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
+
+
 impl Default for Config {
+    /// The documented defaults (environment variables are not consulted).
     fn default() -> Self {
-        Cli::parse_from(["parlor"]).serve
+        let matches = Cli::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .get_matches_from(["parlor"]);
+        Cli::from_arg_matches(&matches).expect("defaults parse").serve
     }
 }
 
@@ -160,11 +249,130 @@ impl Config {
     }
 }
 
-impl Cli {
-    pub fn into_config(self) -> Config {
-        match self.command {
-            Some(Command::Serve(c)) => c,
-            None => self.serve,
+/// What the command line asks for, with its effective configuration.
+pub enum Invocation {
+    Serve(Config),
+    PrintConfig(Config),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("config file {path}: {cause}")]
+    Parse { path: PathBuf, cause: String },
+    #[error("config file {path}: unknown key `{key}`")]
+    UnknownKey { path: PathBuf, key: String },
+}
+
+impl Invocation {
+    /// Parses the command line, then fills every setting that neither a
+    /// flag nor an environment variable set from the `--config` file.
+    pub fn parse_from<I, T>(args: I) -> Result<Invocation, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Cli::command().try_get_matches_from(&args)?;
+        let settings = settings_matches(&matches);
+        if let Some(path) = settings.get_one::<PathBuf>("config").cloned() {
+            args.extend(file_args(&path, settings)?);
+            let matches = Cli::command().try_get_matches_from(&args)?;
+            return Ok(Invocation::from_matches(&matches)?);
         }
+        Ok(Invocation::from_matches(&matches)?)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Invocation, clap::Error> {
+        let cli = Cli::from_arg_matches(matches)?;
+        Ok(match cli.command {
+            None => Invocation::Serve(cli.serve),
+            Some(Command::Serve(c)) => Invocation::Serve(c),
+            Some(Command::Config(ConfigCommand::Print(c))) => Invocation::PrintConfig(c),
+        })
     }
 }
+
+/// The matches that hold the `Config` arguments (top level or subcommand).
+fn settings_matches(m: &ArgMatches) -> &ArgMatches {
+    match m.subcommand() {
+        Some(("serve", sub)) => sub,
+        Some(("config", sub)) => sub.subcommand().map_or(sub, |(_, s)| s),
+        _ => m,
+    }
+}
+
+/// Command-line arguments for the file's settings that flags and env left
+/// at their defaults. Unknown keys are an error naming the key.
+fn file_args(path: &std::path::Path, set: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_owned(),
+        cause: e.message().to_owned(),
+    })?;
+    let command = Cli::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_id() == id.as_str() && id != "config");
+        if !known {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key,
+            });
+        }
+        let from_file = matches!(set.value_source(&id), None | Some(ValueSource::DefaultValue));
+        if !from_file {
+            continue;
+        }
+        let flag = format!("--{}", id.replace('_', "-"));
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            _ => Err(ConfigError::Parse {
+                path: path.to_owned(),
+                cause: format!("`{key}` must be a string, number or boolean"),
+            }),
+        };
+        match &value {
+            toml::Value::Boolean(b) if id == "enable_echo" => {
+                if *b {
+                    out.push(flag.into());
+                }
+            }
+            toml::Value::Array(items) => {
+                let items: Result<Vec<String>, _> = items.iter().map(scalar).collect();
+                out.push(format!("{flag}={}", items?.join(",")).into());
+            }
+            v => out.push(format!("{flag}={}", scalar(v)?).into()),
+        }
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        let hide = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        };
+        hide(&mut shown.jwt_secret);
+        hide(&mut shown.api_key);
+        shown.config = None;
+        toml::to_string(&shown).expect("config serializes")
+    }
+}
+

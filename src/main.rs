@@ -1,15 +1,27 @@
-//! The `parlor` binary: parse the config, set up logging, open the store and
-//! run the server until SIGINT/SIGTERM.
+//! The `parlor` binary: parse the config, set up logging, and run the server
+//! until SIGINT/SIGTERM (a second signal exits at once).
 
-use clap::Parser;
-use parlor::config::Cli;
+use parlor::config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let config = Cli::parse().into_config();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    let config = match Invocation::parse_from(std::env::args_os()) {
+        Ok(Invocation::Serve(config)) => config,
+        Ok(Invocation::PrintConfig(config)) => {
+            print!("{}", config.to_toml());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(parlor::config::ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("parlor: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers())
         .enable_all()

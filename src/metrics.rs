@@ -20,7 +20,11 @@ pub struct Metrics {
     pub replayed: IntCounter,
     pub slow_consumer_cuts: IntCounter,
     pub store_errors: IntCounter,
+    pub acks: IntCounter,
+    pub auth_failures: IntCounter,
     errors: IntCounterVec,
+    closes: IntCounterVec,
+    pub outbox_depth: Histogram,
     pub shard_queue_depth: IntGaugeVec,
     pub commit_seconds: Histogram,
     pub batch_size: Histogram,
@@ -68,6 +72,22 @@ impl Metrics {
                 "parlor_store_errors_total",
                 "Failed store operations"
             )),
+            acks: reg!(IntCounter::new("parlor_acks_total", "Acks sent for stored messages")),
+            auth_failures: reg!(IntCounter::new(
+                "parlor_auth_failures_total",
+                "Refused tokens, API keys and origins"
+            )),
+            closes: reg!(IntCounterVec::new(
+                Opts::new("parlor_closes_total", "Sessions ended, by the close code sent (0: none)"),
+                &["code"]
+            )),
+            outbox_depth: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "parlor_outbox_depth_frames",
+                    "Frames a session writer found queued when it woke"
+                )
+                .buckets(prometheus::exponential_buckets(1.0, 4.0, 8).unwrap())
+            )),
             errors: reg!(IntCounterVec::new(
                 Opts::new("parlor_errors_total", "Error replies sent, by code"),
                 &["code"]
@@ -90,6 +110,10 @@ impl Metrics {
 
     pub fn error(&self, code: ErrorCode) {
         self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    pub fn closed(&self, code: u16) {
+        self.closes.with_label_values(&[&code.to_string()]).inc();
     }
 
     pub fn render(&self) -> String {

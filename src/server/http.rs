@@ -10,12 +10,10 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
-use super::{api, upgrade, Ctx};
+use super::{api, upgrade, web, Ctx};
 use crate::error::ErrorCode;
 
 pub type Body = Full<Bytes>;
-
-const INDEX_HTML: &str = include_str!("index.html");
 
 pub async fn route(req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker) -> Response<Body> {
     let path = req.uri().path().to_owned();
@@ -26,8 +24,18 @@ pub async fn route(req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker) ->
         (&Method::GET, "/echo") if is_ws && ctx.config.enable_echo => {
             upgrade::upgrade(req, ctx, tasks, true)
         }
-        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
+        (&Method::GET, "/healthz") => {
+            if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+                json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}))
+            } else {
+                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+        }
+        (_, p) if p.starts_with("/api/") && !ctx.auth.api_allowed(req.headers(), method != Method::GET) => {
+            ctx.metrics.auth_failures.inc();
+            json_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "a valid API key is required")
+        }
         (&Method::GET, "/metrics") => {
             for (i, depth) in ctx.shards.queue_depths().into_iter().enumerate() {
                 ctx.metrics

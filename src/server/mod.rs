@@ -5,18 +5,25 @@
 //! wait for a signal, shut down). Tests call `start` on port 0.
 
 mod api;
+pub mod auth;
 mod http;
+mod tls;
 mod upgrade;
+mod web;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,14 +41,54 @@ pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub shards: Shards,
     pub metrics: Arc<Metrics>,
+    pub auth: auth::Auth,
     /// Cancelled when the server shuts down: sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// Set when shutting down: `/healthz` answers 503.
+    pub draining: AtomicBool,
+    /// One permit per open TCP connection (`--max-connections`).
+    connections: Arc<Semaphore>,
+    /// Open WebSocket sessions per user, for `--max-conns-per-user`.
+    per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
     next_client_id: AtomicU64,
 }
 
 impl Ctx {
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a new session of `user`; `None` when the user is at the limit.
+    /// The returned guard uncounts it when dropped.
+    pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Option<UserSlot> {
+        let mut map = self.per_user.lock();
+        let n = map.entry(user.clone()).or_insert(0);
+        if self.config.max_conns_per_user.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            ctx: self.clone(),
+            user: user.clone(),
+        })
+    }
+}
+
+/// A session's place in the per-user count.
+pub struct UserSlot {
+    ctx: Arc<Ctx>,
+    user: Arc<str>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self.ctx.per_user.lock();
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -53,12 +100,27 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes every session with 1001 and waits (at most
-    /// `timeout`) for them to end. Everything acked is already committed.
+    /// Stops accepting, closes every session with 1001, waits (at most
+    /// `timeout`) for them to end, then lets the shards finish what is
+    /// queued and drops the store (which flushes it). Everything acked was
+    /// committed before its ack; this only lets in-flight work land.
     pub async fn shutdown(self, timeout: Duration) {
+        self.ctx.draining.store(true, Ordering::Release);
         self.ctx.shutdown.cancel();
         self.tasks.close();
-        let _ = tokio::time::timeout(timeout, self.tasks.wait()).await;
+        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+            tracing::warn!("sessions still open after the shutdown timeout");
+            return;
+        }
+        // Every session is gone; the shards are the last holders of work.
+        if let Ok(ctx) = Arc::try_unwrap(self.ctx) {
+            let Ctx { shards, store, .. } = ctx;
+            let _ = tokio::task::spawn_blocking(move || {
+                shards.shutdown();
+                drop(store);
+            })
+            .await;
+        }
     }
 }
 
@@ -66,16 +128,27 @@ impl Running {
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     match config.store {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
-        StoreKind::Redb => anyhow::bail!("the redb store is not built yet; use --store memory"),
+        StoreKind::Redb => {
+            let interval = Duration::from_millis(config.sync_interval_ms);
+            let store = crate::store::RedbStore::open(&config.data_dir, config.durability, interval)
+                .context("cannot open the store")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
 /// Binds `config.addr` and serves until `Running::shutdown`.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+    let auth = auth::Auth::from_config(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
+    let config_max_connections = config.max_connections.max(1);
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let workers = config.workers();
@@ -101,11 +174,15 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         store,
         shards,
         metrics,
+        auth,
         shutdown: CancellationToken::new(),
+        draining: AtomicBool::new(false),
+        connections: Arc::new(Semaphore::new(config_max_connections)),
+        per_user: Default::default(),
         next_client_id: AtomicU64::new(1),
     });
     let tasks = TaskTracker::new();
-    tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone()));
+    tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
     Ok(Running { addr, ctx, tasks })
 }
 
@@ -115,11 +192,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if config.store == StoreKind::Memory {
         tracing::warn!("--store memory: history is lost when parlor stops");
     }
+    let timeout = Duration::from_secs(config.shutdown_timeout);
     let running = start(config, store).await?;
-    tracing::info!(addr = %running.addr, "parlor listening");
+    if !running.ctx.auth.tokens_required() {
+        tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
+    }
+    let scheme = if running.ctx.config.tls_cert.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %running.addr, %scheme, "parlor listening");
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown(Duration::from_secs(10)).await;
+    tracing::info!("shutting down: closing sessions, flushing the store");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+    running.shutdown(timeout).await;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -138,7 +226,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker, tls: Option<TlsAcceptor>) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -146,7 +234,22 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker) {
         };
         match accepted {
             Ok((tcp, _peer)) => {
-                tasks.spawn(serve_connection(tcp, ctx.clone(), tasks.clone()));
+                let _ = tcp.set_nodelay(true);
+                let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+                    tasks.spawn(refuse_busy(tcp));
+                    continue;
+                };
+                let (ctx, tasks2, tls) = (ctx.clone(), tasks.clone(), tls.clone());
+                tasks.spawn(async move {
+                    match tls {
+                        None => serve_connection(tcp, ctx, tasks2).await,
+                        Some(tls) => match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve_connection(stream, ctx, tasks2).await,
+                            _ => tracing::debug!("TLS handshake failed"),
+                        },
+                    }
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -157,8 +260,25 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker) {
     }
 }
 
-async fn serve_connection(tcp: TcpStream, ctx: Arc<Ctx>, tasks: TaskTracker) {
-    let _ = tcp.set_nodelay(true);
+/// Over `--max-connections`: a plain 503 and close.
+async fn refuse_busy(mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"code":"internal","message":"too many connections"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tcp.write_all(response.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         let tasks = tasks.clone();
@@ -171,7 +291,7 @@ async fn serve_connection(tcp: TcpStream, ctx: Arc<Ctx>, tasks: TaskTracker) {
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = builder.http1_only();
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
     {
         tracing::debug!(cause = %e, "HTTP connection ended with an error");

@@ -28,16 +28,31 @@ const MAX_USER_LEN: usize = 64;
 
 pub fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker, echo: bool) -> Response<Full<Bytes>> {
     let query = Query::parse(req.uri().query());
-    let user: Arc<str> = match query.get("user") {
-        Some(u) if valid_user(u) => u.into(),
-        Some(_) => {
+    if !ctx.auth.origin_allowed(req.headers()) {
+        ctx.metrics.auth_failures.inc();
+        return json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+    }
+    let grant = match ctx.auth.check_token(req.headers(), query.get("token")) {
+        Ok(grant) => grant,
+        Err(e) => {
+            ctx.metrics.auth_failures.inc();
+            return json_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.to_string());
+        }
+    };
+    let user: Arc<str> = match (&grant, query.get("user")) {
+        (Some(g), _) => g.user.as_str().into(),
+        (None, Some(u)) if valid_user(u) => u.into(),
+        (None, Some(_)) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,
                 "user must be 1-64 characters without control characters",
             )
         }
-        None => format!("user_{:08x}", rand::random::<u32>()).into(),
+        (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
+    };
+    let Some(slot) = ctx.admit_user(&user) else {
+        return json_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "too many connections for this user");
     };
     let offered = req
         .headers()
@@ -66,8 +81,14 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker, ec
             .headers_mut()
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(f.subprotocol()));
     }
-    let params = Params { user, format, echo };
+    let params = Params {
+        user,
+        format,
+        echo,
+        grant,
+    };
     tasks.spawn(async move {
+        let _slot = slot;
         let ws = match upgraded.await {
             Ok(ws) => ws,
             Err(e) => {

@@ -54,6 +54,8 @@ pub struct Params {
     pub format: Format,
     /// Echo every data message back (conformance endpoint) instead of chat.
     pub echo: bool,
+    /// What the client's token allows (`None`: authentication is off).
+    pub grant: Option<crate::server::auth::Grant>,
 }
 
 /// Runs a session to its end. `read` and `write` are the two halves of an
@@ -71,7 +73,7 @@ where
         cfg.outbox_bytes
     };
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
-    let session = Arc::new(SessionHandle::new(client_id, params.user, params.format, outbox));
+    let session = Arc::new(SessionHandle::new(client_id, params.user.clone(), params.format, outbox));
     let span = tracing::info_span!("session", client_id = %session.client_name(), user = %session.user);
     async move {
         ctx.metrics.connections.inc();
@@ -94,14 +96,15 @@ where
                 .push_or_cut(msg::encode(session.format, "connected", None, Some(connected)));
         }
         let writer = tokio::spawn(
-            writer::run(write, rx, session.clone(), heartbeat, liveness.clone())
+            writer::run(write, rx, session.clone(), heartbeat, liveness.clone(), ctx.metrics.clone())
                 .instrument(tracing::Span::current()),
         );
-        let end = reader::run(read, &session, &ctx, &liveness, params.echo).await;
+        let end = reader::run(read, &session, &ctx, &liveness, &params).await;
         let code = session.outbox.cut_code();
         if code == crate::error::close::SLOW_CONSUMER {
             ctx.metrics.slow_consumer_cuts.inc();
         }
+        ctx.metrics.closed(code);
         tracing::debug!(?end, close = code, "session reader ended");
         let _ = writer.await;
         ctx.metrics.connections.dec();

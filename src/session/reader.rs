@@ -22,6 +22,7 @@ use super::{PushError, SessionHandle};
 use crate::error::{close, close_code_for, ErrorCode};
 use crate::protocol::client::{decode, ClientMsg, Request};
 use crate::protocol::{frame, server as msg, Format, RoomName};
+use crate::server::auth::Grant;
 use crate::server::Ctx;
 use crate::shard::{PublishReply, ShardCmd};
 
@@ -36,6 +37,7 @@ pub enum ReadEnd {
     Eof,
     ProtocolError,
     Shutdown,
+    TokenExpired,
     WriterGone,
 }
 
@@ -44,9 +46,11 @@ pub async fn run<R: AsyncRead + Unpin>(
     session: &Arc<SessionHandle>,
     ctx: &Arc<Ctx>,
     liveness: &Liveness,
-    echo: bool,
+    params: &super::Params,
 ) -> ReadEnd {
+    let echo = params.echo;
     let mut state = State {
+        grant: params.grant.clone(),
         session: session.clone(),
         ctx: ctx.clone(),
         joined: HashSet::new(),
@@ -74,6 +78,7 @@ pub async fn run<R: AsyncRead + Unpin>(
 }
 
 struct State {
+    grant: Option<Grant>,
     session: Arc<SessionHandle>,
     ctx: Arc<Ctx>,
     joined: HashSet<RoomName>,
@@ -94,6 +99,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // The library refuses frames of `len >= max`; ours is inclusive.
     ws.set_max_message_size(max_message.saturating_add(1));
     let mut assembler = Assembler::new(max_message);
+    let expiry = token_expiry(state.grant.as_ref().and_then(|g| g.expires_at));
+    tokio::pin!(expiry);
     // Frames the library obliges us to send (close echo, 1002 on a bad close
     // code) are final: they go through the outbox after what is queued.
     let mut send_fn = |f: Frame<'_>| {
@@ -110,6 +117,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             _ = state.ctx.shutdown.cancelled() => {
                 session.outbox.cut(close::GOING_AWAY);
                 return ReadEnd::Shutdown;
+            }
+            _ = &mut expiry => {
+                session.outbox.cut(close::BAD_CREDENTIALS);
+                return ReadEnd::TokenExpired;
             }
             read = ws.read_frame(&mut send_fn) => read,
         };
@@ -182,6 +193,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
+    }
+}
+
+/// Resolves when the session's token expires; never without one.
+async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
+    match expires_at {
+        Some(at) => {
+            let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -277,6 +299,10 @@ impl State {
         match m {
             ClientMsg::Ping => self.reply(msg::bare(self.session.format, "pong")),
             ClientMsg::Join { room, since, epoch } => {
+                if self.grant.as_ref().is_some_and(|g| !g.allows(&room)) {
+                    self.error(ErrorCode::Forbidden, "your token does not grant this room", id);
+                    return Ok(());
+                }
                 if !self.joined.contains(&room) && self.joined.len() >= cfg.max_rooms_per_conn {
                     let m = format!("at most {} rooms per connection", cfg.max_rooms_per_conn);
                     self.error(ErrorCode::RateLimited, &m, id);

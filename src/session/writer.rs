@@ -73,6 +73,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     session: Arc<SessionHandle>,
     heartbeat: Option<Heartbeat>,
     liveness: Arc<Liveness>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> WriterEnd {
     let outbox = &session.outbox;
     let far = Duration::from_secs(86_400 * 365);
@@ -99,6 +100,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     }
                 }
                 let bytes = batched_bytes(&batch);
+                metrics.outbox_depth.observe(batch.len() as f64);
                 let mut cut_meanwhile = None;
                 let res = {
                     let write = write_all(&mut io, &batch);

@@ -335,7 +335,7 @@ impl Worker {
             self.settle_retries(true);
             return;
         }
-        let metrics = &self.env.metrics;
+        let metrics = self.env.metrics.clone();
         let started = Instant::now();
         let result = self.env.store.append(&self.batch);
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -346,10 +346,13 @@ impl Worker {
             Ok(()) => {
                 metrics.messages_stored.inc_by(batch.len() as u64);
                 self.broadcast(&batch);
+                let mut acks = 0;
                 for (append, p) in batch.iter().zip(pending) {
                     let id = append.message.client_msg_id.as_deref();
+                    acks += u64::from(id.is_some());
                     reply_ok(p.reply, id, &append.room, append.message.sequence);
                 }
+                metrics.acks.inc_by(acks);
                 self.settle_retries(true);
             }
             Err(e) => {

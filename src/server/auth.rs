@@ -1,0 +1,184 @@
+//! Who may connect and what they may do: HS256 tokens for WebSockets (with
+//! an optional `rooms` claim), the API key for HTTP writes, and the Origin
+//! allow-list against cross-site WebSocket hijacking.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use hyper::header::{AUTHORIZATION, ORIGIN};
+use hyper::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::protocol::RoomName;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+
+pub struct Auth {
+    jwt: Option<(DecodingKey, Validation)>,
+    api_key: Option<String>,
+    pub api_read_open: bool,
+    allowed_origins: Vec<String>,
+}
+
+/// What a valid token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub user: String,
+    /// Room names, or prefixes ending in `*`; `None`: every room.
+    pub rooms: Option<Vec<String>>,
+    /// When the token expires.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Grant {
+    pub fn allows(&self, room: &RoomName) -> bool {
+        let Some(rooms) = &self.rooms else {
+            return true;
+        };
+        rooms.iter().any(|r| match r.strip_suffix('*') {
+            Some(prefix) => room.as_str().starts_with(prefix),
+            None => r == room.as_str(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: Option<u64>,
+    rooms: Option<Vec<String>>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+impl Auth {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Auth> {
+        let secret = read_secret(&cfg.jwt_secret, &cfg.jwt_secret_file, "JWT secret")?;
+        let api_key = read_secret(&cfg.api_key, &cfg.api_key_file, "API key")?;
+        let jwt = secret.map(|s| {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = LEEWAY_SECS;
+            v.validate_nbf = true;
+            v.set_required_spec_claims(&["sub"]);
+            (DecodingKey::from_secret(s.as_bytes()), v)
+        });
+        Ok(Auth {
+            jwt,
+            api_key,
+            api_read_open: cfg.api_read_open,
+            allowed_origins: cfg.allowed_origins.clone(),
+        })
+    }
+
+    pub fn tokens_required(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// Checks a WebSocket upgrade's token (query or bearer header). `None`
+    /// when authentication is off.
+    pub fn check_token(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Grant>, AuthError> {
+        let Some((key, validation)) = &self.jwt else {
+            return Ok(None);
+        };
+        let token = query_token
+            .or_else(|| bearer(headers))
+            .ok_or(AuthError::Missing)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if c.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        Ok(Some(Grant {
+            user: c.sub,
+            rooms: c.rooms,
+            expires_at: c.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e + LEEWAY_SECS)),
+        }))
+    }
+
+    /// Whether the request may use the HTTP API (`write`: POST).
+    pub fn api_allowed(&self, headers: &HeaderMap, write: bool) -> bool {
+        let Some(key) = &self.api_key else {
+            return true;
+        };
+        if !write && self.api_read_open {
+            return true;
+        }
+        bearer(headers).is_some_and(|given| given.as_bytes().ct_eq(key.as_bytes()).into())
+    }
+
+    /// Whether a WebSocket upgrade's `Origin` is allowed.
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        match headers.get(ORIGIN).and_then(|o| o.to_str().ok()) {
+            None => true,
+            Some(origin) => self
+                .allowed_origins
+                .iter()
+                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn read_secret(
+    value: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    if let Some(v) = value {
+        return Ok(Some(v.clone()));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let s = std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+    let s = s.trim().to_owned();
+    anyhow::ensure!(!s.is_empty(), "the {what} file {} is empty", path.display());
+    Ok(Some(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_claims_match_names_and_prefixes() {
+        let g = Grant {
+            user: "u".into(),
+            rooms: Some(vec!["lobby".into(), "team-*".into()]),
+            expires_at: None,
+        };
+        let r = |s| RoomName::parse(s).unwrap();
+        assert!(g.allows(&r("lobby")));
+        assert!(g.allows(&r("team-a")));
+        assert!(!g.allows(&r("lobby2")));
+        assert!(!g.allows(&r("other")));
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}
