@@ -10,12 +10,14 @@
 //! - A room's epoch is fixed for the life of its log.
 
 pub mod memory;
+pub mod redb;
 
 use std::sync::Arc;
 
 use crate::protocol::RoomName;
 
 pub use memory::MemoryStore;
+pub use self::redb::RedbStore;
 
 /// One chat message as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
