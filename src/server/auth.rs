@@ -30,7 +30,7 @@ pub struct Grant {
     pub user: String,
     /// Room names, or prefixes ending in `*`; `None`: every room.
     pub rooms: Option<Vec<String>>,
-    /// When the token expires.
+    /// When the token expires (the session is closed with 4001 then).
     pub expires_at: Option<SystemTime>,
 }
 
@@ -102,7 +102,7 @@ impl Auth {
         Ok(Some(Grant {
             user: c.sub,
             rooms: c.rooms,
-            expires_at: c.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e + LEEWAY_SECS)),
+            expires_at: c.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e)),
         }))
     }
 

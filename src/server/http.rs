@@ -15,14 +15,22 @@ use crate::error::ErrorCode;
 
 pub type Body = Full<Bytes>;
 
-pub async fn route(req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker) -> Response<Body> {
+/// What a request handler knows of its connection.
+pub struct Conn {
+    pub ctx: Arc<Ctx>,
+    pub tasks: TaskTracker,
+    pub slot: super::ConnSlot,
+}
+
+pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    let ctx = conn.ctx.clone();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let is_ws = fastwebsockets::upgrade::is_upgrade_request(&req);
     match (&method, path.as_str()) {
-        (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, ctx, tasks, false),
+        (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, conn, false),
         (&Method::GET, "/echo") if is_ws && ctx.config.enable_echo => {
-            upgrade::upgrade(req, ctx, tasks, true)
+            upgrade::upgrade(req, conn, true)
         }
         (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
         (&Method::GET, "/healthz") => {

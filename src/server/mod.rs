@@ -74,6 +74,9 @@ impl Ctx {
     }
 }
 
+/// A connection's place under `--max-connections`.
+pub type ConnSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// A session's place in the per-user count.
 pub struct UserSlot {
     ctx: Arc<Ctx>,
@@ -239,16 +242,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker, t
                     tasks.spawn(refuse_busy(tcp));
                     continue;
                 };
+                let permit = Arc::new(permit);
                 let (ctx, tasks2, tls) = (ctx.clone(), tasks.clone(), tls.clone());
                 tasks.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, ctx, tasks2).await,
+                        None => serve_connection(tcp, ctx, tasks2, permit).await,
                         Some(tls) => match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
-                            Ok(Ok(stream)) => serve_connection(stream, ctx, tasks2).await,
+                            Ok(Ok(stream)) => serve_connection(stream, ctx, tasks2, permit).await,
                             _ => tracing::debug!("TLS handshake failed"),
                         },
                     }
-                    drop(permit);
                 });
             }
             Err(e) => {
@@ -275,14 +278,19 @@ async fn refuse_busy(mut tcp: TcpStream) {
     .await;
 }
 
-async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker)
+/// Serves HTTP on one connection. `slot` is its `--max-connections` permit:
+/// an upgraded WebSocket session keeps a clone until it ends.
+async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker, slot: ConnSlot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        let tasks = tasks.clone();
-        async move { Ok::<_, std::convert::Infallible>(http::route(req, ctx, tasks).await) }
+        let conn = http::Conn {
+            ctx: ctx.clone(),
+            tasks: tasks.clone(),
+            slot: slot.clone(),
+        };
+        async move { Ok::<_, std::convert::Infallible>(http::route(req, conn).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -15,10 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_util::task::TaskTracker;
 
-use super::http::{json_error, Query};
-use super::Ctx;
+use super::http::{json_error, Conn, Query};
 use crate::error::ErrorCode;
 use crate::protocol::Format;
 use crate::session::{self, Params};
@@ -26,7 +24,8 @@ use crate::session::{self, Params};
 /// Longest `user` name accepted from the query string.
 const MAX_USER_LEN: usize = 64;
 
-pub fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker, echo: bool) -> Response<Full<Bytes>> {
+pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Full<Bytes>> {
+    let Conn { ctx, tasks, slot: conn_slot } = conn;
     let query = Query::parse(req.uri().query());
     if !ctx.auth.origin_allowed(req.headers()) {
         ctx.metrics.auth_failures.inc();
@@ -88,7 +87,7 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: Arc<Ctx>, tasks: TaskTracker, ec
         grant,
     };
     tasks.spawn(async move {
-        let _slot = slot;
+        let _slots = (slot, conn_slot);
         let ws = match upgraded.await {
             Ok(ws) => ws,
             Err(e) => {
