@@ -6,4 +6,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo test --workspace --all-targets
 cargo build --release --bin parlor
+scripts/check-dockerfile.sh
 scripts/autobahn.sh target/release/parlor
