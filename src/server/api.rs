@@ -59,8 +59,17 @@ pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
     json(StatusCode::OK, &all.into_values().collect::<Vec<_>>())
 }
 
-fn room_or_error(name: &str) -> Result<RoomName, Response<Body>> {
-    RoomName::parse(name).map_err(|e| json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &e.to_string()))
+/// An API failure, turned into `{"error": {code, message}}` once.
+struct ApiError(StatusCode, ErrorCode, String);
+
+impl ApiError {
+    fn response(self) -> Response<Body> {
+        json_error(self.0, self.1, &self.2)
+    }
+}
+
+fn room_or_error(name: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, e.to_string()))
 }
 
 fn internal() -> Response<Body> {
@@ -78,18 +87,18 @@ struct HistoryBody<'a> {
 pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Response<Body> {
     let room = match room_or_error(room) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.response(),
     };
     let q = Query::parse(query);
-    let number = |key: &str| -> Result<Option<u64>, Response<Body>> {
-        q.get(key)
-            .map(|v| v.parse::<u64>())
-            .transpose()
-            .map_err(|_| json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("{key} must be a non-negative integer")))
+    let number = |key: &str| -> Result<Option<u64>, ApiError> {
+        q.get(key).map(|v| v.parse::<u64>()).transpose().map_err(|_| {
+            let m = format!("{key} must be a non-negative integer");
+            ApiError(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m)
+        })
     };
     let (since, limit) = match (number("since"), number("limit")) {
         (Ok(s), Ok(l)) => (s.unwrap_or(0), l.map_or(HISTORY_DEFAULT_LIMIT, |l| (l as usize).clamp(1, HISTORY_MAX_LIMIT))),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return e.response(),
     };
     match history_page(ctx, &room, since, limit).await {
         Ok((epoch, messages, more)) => {
@@ -115,7 +124,7 @@ struct PublishBody {
 pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Response<Body> {
     let room = match room_or_error(room) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.response(),
     };
     let cfg = &ctx.config;
     let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes).collect().await {

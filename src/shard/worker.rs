@@ -433,7 +433,7 @@ impl Worker {
         let now = Instant::now();
         let before = self.rooms.len();
         self.rooms
-            .retain(|_, r| !r.idle_since.is_some_and(|t| now.duration_since(t) > IDLE_UNLOAD));
+            .retain(|_, r| r.idle_since.is_none_or(|t| now.duration_since(t) <= IDLE_UNLOAD));
         let unloaded = before - self.rooms.len();
         if unloaded > 0 {
             self.env.metrics.rooms.sub(unloaded as i64);
