@@ -443,14 +443,14 @@ impl Store for RedbStore {
         let existing = {
             let txn = s.read_txn()?;
             let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
-            let got = rooms
+            let found = rooms
                 .get(room.as_str())
                 .map_err(|e| s.err("cannot read the rooms table", e))?
                 .map(|v| {
                     let (id, epoch) = v.value();
                     (id, epoch.to_string())
                 });
-            got
+            found
         };
         let (id, epoch) = match existing {
             Some(found) => found,

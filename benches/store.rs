@@ -1,0 +1,107 @@
+//! RedbStore throughput on a temp file: appends/s for batch sizes 1, 16 and
+//! 256 under each durability mode (one `append` = one write transaction,
+//! as the shard's group commit does it), and range-read throughput.
+//!
+//! `cargo bench --bench store` measures; `cargo bench --bench store -- --test`
+//! runs each once (with a smaller log to read from).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use parlor::config::Durability;
+use parlor::protocol::RoomName;
+use parlor::store::{Append, RedbStore, Store, StoredMessage};
+
+/// About 200 bytes of content, like a short chat line.
+fn message(seq: u64, user: &Arc<str>) -> StoredMessage {
+    StoredMessage {
+        sequence: seq,
+        timestamp: 1_700_000_000_000 + seq,
+        user: user.clone(),
+        content: format!("{seq:>10} {}", "lorem ipsum dolor sit amet ".repeat(7)),
+        client_msg_id: Some(format!("client-{seq}")),
+    }
+}
+
+fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+fn appends(c: &mut Criterion) {
+    let mut group = c.benchmark_group("append");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let user: Arc<str> = Arc::from("bench-user");
+    for (name, mode) in [
+        ("immediate", Durability::Immediate),
+        ("batched", Durability::Batched),
+        ("none", Durability::None),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), mode, Duration::from_millis(10)).unwrap();
+        for batch in [1u64, 16, 256] {
+            let room = RoomName::parse(&format!("bench-{batch}")).unwrap();
+            let mut next = store.open_room(&room, 0).unwrap().last + 1;
+            group.throughput(Throughput::Elements(batch));
+            group.bench_function(BenchmarkId::new(name, batch), |b| {
+                b.iter_batched(
+                    || {
+                        let v: Vec<Append> = (next..next + batch)
+                            .map(|s| Append {
+                                room: room.clone(),
+                                message: message(s, &user),
+                            })
+                            .collect();
+                        next += batch;
+                        v
+                    },
+                    |v| store.append(&v).unwrap(),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+fn reads(c: &mut Criterion) {
+    let total: u64 = if test_mode() { 5_000 } else { 100_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap();
+    let room = RoomName::parse("history").unwrap();
+    store.open_room(&room, 0).unwrap();
+    let user: Arc<str> = Arc::from("bench-user");
+    for start in (1..=total).step_by(1000) {
+        let v: Vec<Append> = (start..start + 1000)
+            .map(|s| Append {
+                room: room.clone(),
+                message: message(s, &user),
+            })
+            .collect();
+        store.append(&v).unwrap();
+    }
+    store.sync().unwrap();
+
+    let mut group = c.benchmark_group("read");
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    for limit in [100u64, 1000] {
+        group.throughput(Throughput::Elements(limit));
+        let mut after = 0;
+        group.bench_function(BenchmarkId::new("range", limit), |b| {
+            b.iter(|| {
+                let got = store.read(&room, after, u64::MAX, limit as usize).unwrap();
+                assert_eq!(got.len() as u64, limit);
+                after = (after + 7919) % (total - limit);
+                std::hint::black_box(got)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, appends, reads);
+criterion_main!(benches);

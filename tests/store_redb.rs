@@ -1,0 +1,373 @@
+//! `RedbStore` over the `Store` trait, on real redb files in temp dirs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parlor::config::Durability;
+use parlor::protocol::RoomName;
+use parlor::store::{Append, RedbStore, Store, StoreError, StoredMessage};
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name).unwrap()
+}
+
+fn open(dir: &Path) -> RedbStore {
+    RedbStore::open(dir, Durability::Immediate, Duration::from_millis(10)).unwrap()
+}
+
+fn msg(seq: u64, id: Option<&str>) -> StoredMessage {
+    StoredMessage {
+        sequence: seq,
+        timestamp: 1_700_000_000_000 + seq,
+        user: Arc::from(format!("user{}", seq % 3)),
+        content: format!("message number {seq}"),
+        client_msg_id: id.map(str::to_owned),
+    }
+}
+
+fn appends(r: &RoomName, seqs: impl IntoIterator<Item = u64>) -> Vec<Append> {
+    seqs.into_iter()
+        .map(|s| Append {
+            room: r.clone(),
+            message: msg(s, Some(&format!("id{s}"))),
+        })
+        .collect()
+}
+
+fn seqs(v: &[StoredMessage]) -> Vec<u64> {
+    v.iter().map(|m| m.sequence).collect()
+}
+
+#[test]
+fn appends_and_reads_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let a = room("a");
+    let b = room("b");
+    let log = s.open_room(&a, 100).unwrap();
+    assert_eq!(log.last, 0);
+    assert!(log.recent_ids.is_empty());
+    assert_eq!(log.epoch.len(), 16);
+    s.open_room(&b, 100).unwrap();
+
+    // One batch spanning two rooms, interleaved.
+    let mut batch = Vec::new();
+    for i in 1..=10 {
+        batch.extend(appends(&a, [i]));
+        if i <= 5 {
+            batch.extend(appends(&b, [i]));
+        }
+    }
+    s.append(&batch).unwrap();
+
+    let got = s.read(&a, 3, 8, 100).unwrap();
+    assert_eq!(seqs(&got), vec![4, 5, 6, 7, 8]);
+    assert_eq!(got[0], msg(4, Some("id4")));
+    assert_eq!(seqs(&s.read(&a, 0, u64::MAX, 2).unwrap()), vec![1, 2]);
+    assert_eq!(seqs(&s.read(&a, 9, u64::MAX, 100).unwrap()), vec![10]);
+    assert!(s.read(&a, 10, u64::MAX, 100).unwrap().is_empty());
+    assert!(s.read(&a, u64::MAX, u64::MAX, 100).unwrap().is_empty());
+    assert_eq!(seqs(&s.read(&b, 0, u64::MAX, 100).unwrap()), vec![1, 2, 3, 4, 5]);
+    // Unknown room: empty, no error, and not created.
+    assert!(s.read(&room("nope"), 0, u64::MAX, 10).unwrap().is_empty());
+    assert_eq!(s.epoch(&room("nope")).unwrap(), None);
+    assert_eq!(s.first_retained(&room("nope")).unwrap(), 1);
+
+    // A message without a client id round-trips as None.
+    s.append(&[Append {
+        room: b.clone(),
+        message: msg(6, None),
+    }])
+    .unwrap();
+    assert_eq!(s.read(&b, 5, 6, 10).unwrap(), vec![msg(6, None)]);
+
+    let rooms = s.rooms().unwrap();
+    let summary: Vec<_> = rooms.iter().map(|r| (r.room.as_str().to_owned(), r.last)).collect();
+    assert_eq!(summary, vec![("a".to_owned(), 10), ("b".to_owned(), 6)]);
+}
+
+#[test]
+fn restart_keeps_last_epoch_and_dedup_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = room("lobby");
+    let empty = room("empty");
+    let (epoch, empty_epoch) = {
+        let s = open(dir.path());
+        let log = s.open_room(&r, 5).unwrap();
+        let empty_epoch = s.open_room(&empty, 5).unwrap().epoch;
+        let mut batch = appends(&r, 1..=7);
+        batch.push(Append {
+            room: r.clone(),
+            message: msg(8, None),
+        });
+        s.append(&batch).unwrap();
+        (log.epoch, empty_epoch)
+    };
+    let s = open(dir.path());
+    let log = s.open_room(&r, 5).unwrap();
+    assert_eq!(log.epoch, epoch);
+    assert_eq!(log.last, 8);
+    // The newest 5 ids, oldest first; message 8 carried none.
+    let ids: Vec<_> = log.recent_ids.iter().map(|(u, id, seq)| (u.to_string(), id.clone(), *seq)).collect();
+    let want: Vec<_> = (3..=7).map(|i| (format!("user{}", i % 3), format!("id{i}"), i)).collect();
+    assert_eq!(ids, want);
+    assert_eq!(s.epoch(&r).unwrap(), Some(epoch));
+    let e = s.open_room(&empty, 5).unwrap();
+    assert_eq!((e.epoch, e.last), (empty_epoch, 0));
+    // Continues at last + 1.
+    s.append(&appends(&r, [9])).unwrap();
+    assert_eq!(s.open_room(&r, 0).unwrap().last, 9);
+}
+
+#[test]
+fn a_bad_sequence_fails_the_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let a = room("a");
+    let b = room("b");
+    s.open_room(&a, 10).unwrap();
+    s.open_room(&b, 10).unwrap();
+    s.append(&appends(&a, 1..=3)).unwrap();
+
+    // Good messages for b and a, then a gap in a: nothing is stored.
+    let mut batch = appends(&b, 1..=2);
+    batch.extend(appends(&a, [4, 6]));
+    assert!(matches!(s.append(&batch), Err(StoreError::Corrupt(_))));
+    // A reused sequence is refused too.
+    assert!(s.append(&appends(&a, [3])).is_err());
+    // Unopened room.
+    assert!(s.append(&appends(&room("ghost"), [1])).is_err());
+
+    assert_eq!(s.open_room(&a, 0).unwrap().last, 3);
+    assert_eq!(s.open_room(&b, 0).unwrap().last, 0);
+    assert!(s.read(&b, 0, u64::MAX, 10).unwrap().is_empty());
+    // And the store still works.
+    s.append(&appends(&a, [4])).unwrap();
+    assert_eq!(s.open_room(&a, 0).unwrap().last, 4);
+}
+
+#[test]
+fn retention_deletes_oldest_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let a = room("a");
+    let b = room("b");
+    s.open_room(&a, 10).unwrap();
+    s.open_room(&b, 10).unwrap();
+    s.append(&appends(&a, 1..=100)).unwrap();
+    s.append(&appends(&b, 1..=10)).unwrap();
+    assert_eq!(s.first_retained(&a).unwrap(), 1);
+
+    // keep 20 per room: a has 80 to delete, b none; at most 30 per call.
+    assert_eq!(s.apply_retention(20, 30).unwrap(), 30);
+    assert_eq!(s.first_retained(&a).unwrap(), 31);
+    // Appends keep flowing between retention calls.
+    s.append(&appends(&a, [101])).unwrap();
+    assert_eq!(s.apply_retention(20, 30).unwrap(), 30);
+    assert_eq!(s.apply_retention(20, 30).unwrap(), 21);
+    assert_eq!(s.apply_retention(20, 30).unwrap(), 0);
+    assert_eq!(s.first_retained(&a).unwrap(), 82);
+    assert_eq!(s.first_retained(&b).unwrap(), 1);
+    assert_eq!(seqs(&s.read(&a, 0, u64::MAX, 5).unwrap()), vec![82, 83, 84, 85, 86]);
+    assert_eq!(s.read(&a, 0, u64::MAX, 1000).unwrap().len(), 20);
+
+    // keep 0 still keeps the newest message, so last survives a restart.
+    assert_eq!(s.apply_retention(0, 1000).unwrap(), 19 + 9);
+    assert_eq!(s.first_retained(&a).unwrap(), 101);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.open_room(&a, 10).unwrap().last, 101);
+    assert_eq!(s.first_retained(&a).unwrap(), 101);
+    assert_eq!(s.open_room(&b, 10).unwrap().last, 10);
+}
+
+#[test]
+fn a_second_open_of_the_same_file_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let err = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10))
+        .err()
+        .expect("second open must fail");
+    let text = err.to_string();
+    assert!(text.contains("parlor.redb"), "{text}");
+    assert!(text.contains("already open"), "{text}");
+    // The first one is unharmed.
+    let r = room("r");
+    s.open_room(&r, 1).unwrap();
+    s.append(&appends(&r, [1])).unwrap();
+}
+
+#[test]
+fn a_foreign_or_corrupt_file_is_refused_and_left_alone() {
+    for garbage in [
+        b"this is not a database, it is somebody's notes\n".repeat(200),
+        vec![0x42],
+        // Starts like redb, then garbage.
+        [b"redb\x1a\x0a\xa9\x0d\x0a".as_slice(), &[0xEE; 8192]].concat(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("parlor.redb");
+        std::fs::write(&file, &garbage).unwrap();
+        let err = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10))
+            .err()
+            .expect("opening garbage must fail");
+        let text = err.to_string();
+        assert!(text.contains("parlor.redb"), "{text}");
+        assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file was modified");
+    }
+}
+
+#[test]
+fn a_redb_file_of_another_program_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parlor.redb");
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("settings");
+            let mut t = txn.open_table(def).unwrap();
+            t.insert("theme", "dark").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let before = std::fs::read(&file).unwrap();
+    let err = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10))
+        .err()
+        .expect("a foreign redb file must be refused");
+    let text = err.to_string();
+    assert!(text.contains("not a parlor store"), "{text}");
+    let db = redb::Database::open(&file).unwrap();
+    use redb::ReadableDatabase;
+    let txn = db.begin_read().unwrap();
+    let def: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("settings");
+    let t = txn.open_table(def).unwrap();
+    assert_eq!(t.get("theme").unwrap().unwrap().value(), "dark");
+    assert!(!before.is_empty());
+}
+
+#[test]
+fn an_unusable_data_dir_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data dir below a regular file cannot be created.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = RedbStore::open(&blocker.join("data"), Durability::Immediate, Duration::from_millis(10))
+        .err()
+        .expect("must fail");
+    let text = err.to_string();
+    assert!(text.contains("data dir") && text.contains("file/data"), "{text}");
+
+    // A read-only dir (skipped when running as root, which ignores modes).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let probe = ro.join("probe");
+        if std::fs::write(&probe, b"x").is_err() {
+            let err = RedbStore::open(&ro, Durability::Immediate, Duration::from_millis(10))
+                .err()
+                .expect("must fail");
+            let text = err.to_string();
+            assert!(text.contains("parlor.redb"), "{text}");
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // A directory where the file should be.
+    let d2 = dir.path().join("d2");
+    std::fs::create_dir_all(d2.join("parlor.redb")).unwrap();
+    let err = RedbStore::open(&d2, Durability::Immediate, Duration::from_millis(10))
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("parlor.redb"), "{err}");
+}
+
+#[test]
+fn every_durability_mode_keeps_data_across_a_clean_reopen() {
+    for mode in [Durability::Immediate, Durability::Batched, Durability::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let r = room("r");
+        {
+            let s = RedbStore::open(dir.path(), mode, Duration::from_millis(5)).unwrap();
+            s.open_room(&r, 10).unwrap();
+            for i in 1..=20 {
+                s.append(&appends(&r, [i])).unwrap();
+                if i % 7 == 0 {
+                    std::thread::sleep(Duration::from_millis(8));
+                }
+            }
+        }
+        let s = RedbStore::open(dir.path(), mode, Duration::from_millis(5)).unwrap();
+        assert_eq!(s.open_room(&r, 10).unwrap().last, 20, "{mode:?}");
+        assert_eq!(s.read(&r, 0, u64::MAX, 100).unwrap().len(), 20, "{mode:?}");
+    }
+}
+
+#[test]
+fn reads_do_not_block_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap());
+    let r = room("busy");
+    s.open_room(&r, 10).unwrap();
+    s.append(&appends(&r, 1..=1000)).unwrap();
+    let reader = {
+        let s = s.clone();
+        let r = r.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let got = s.read(&r, 0, u64::MAX, 1000).unwrap();
+                assert!(got.len() >= 1000);
+                // Always a gapless prefix.
+                for (i, m) in got.iter().enumerate() {
+                    assert_eq!(m.sequence, i as u64 + 1);
+                }
+            }
+        })
+    };
+    for i in 1001..=1500 {
+        s.append(&appends(&r, [i])).unwrap();
+    }
+    reader.join().unwrap();
+    assert_eq!(s.open_room(&r, 0).unwrap().last, 1500);
+}
+
+#[test]
+fn replays_fifty_thousand_messages_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = room("big");
+    {
+        let s = RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap();
+        s.open_room(&r, 100).unwrap();
+        for start in (1..=50_000u64).step_by(1000) {
+            s.append(&appends(&r, start..start + 1000)).unwrap();
+        }
+    }
+    let s = open(dir.path());
+    let log = s.open_room(&r, 100).unwrap();
+    assert_eq!(log.last, 50_000);
+    assert_eq!(log.recent_ids.len(), 100);
+    for since in [0u64, 25_000] {
+        let mut after = since;
+        let mut count = 0u64;
+        loop {
+            let chunk = s.read(&r, after, u64::MAX, 1000).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            for m in &chunk {
+                assert_eq!(m.sequence, after + 1);
+                assert_eq!(m.content, format!("message number {}", m.sequence));
+                after = m.sequence;
+            }
+            count += chunk.len() as u64;
+        }
+        assert_eq!(count, 50_000 - since);
+        assert_eq!(after, 50_000);
+    }
+    // Bounded by upto as well.
+    assert_eq!(seqs(&s.read(&r, 24_990, 25_000, 1000).unwrap()), (24_991..=25_000).collect::<Vec<_>>());
+}
