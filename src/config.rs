@@ -149,6 +149,15 @@ pub struct Config {
     #[arg(long, env = "PARLOR_RETAIN_MESSAGES", default_value_t = 1_000_000)]
     pub retain_messages: u64,
 
+    /// Delete messages older than this (e.g. `30d`, `12h`) [default: off].
+    #[arg(long, env = "PARLOR_RETAIN_AGE", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub retain_age: Option<Duration>,
+
+    /// How often retention runs, in milliseconds.
+    #[arg(long, env = "PARLOR_RETENTION_INTERVAL_MS", default_value_t = 10_000)]
+    pub retention_interval_ms: u64,
+
     /// Serve a WebSocket echo endpoint at /echo (conformance testing only).
     #[arg(long, env = "PARLOR_ENABLE_ECHO")]
     pub enable_echo: bool,
@@ -223,7 +232,24 @@ impl Default for Config {
     }
 }
 
+fn human_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
 impl Config {
+    /// What history the store keeps, as of `now_ms`.
+    pub fn retention(&self, now_ms: u64) -> crate::store::Retention {
+        crate::store::Retention {
+            keep: self.retain_messages,
+            older_than_ms: self
+                .retain_age
+                .map(|age| now_ms.saturating_sub(age.as_millis() as u64)),
+        }
+    }
+
     pub fn workers(&self) -> usize {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub slow_consumer_cuts: IntCounter,
     pub store_errors: IntCounter,
     pub acks: IntCounter,
+    pub retained_deleted: IntCounter,
     pub auth_failures: IntCounter,
     errors: IntCounterVec,
     closes: IntCounterVec,
@@ -73,6 +74,10 @@ impl Metrics {
                 "Failed store operations"
             )),
             acks: reg!(IntCounter::new("parlor_acks_total", "Acks sent for stored messages")),
+            retained_deleted: reg!(IntCounter::new(
+                "parlor_retention_deleted_total",
+                "Messages deleted by retention"
+            )),
             auth_failures: reg!(IntCounter::new(
                 "parlor_auth_failures_total",
                 "Refused tokens, API keys and origins"

@@ -160,20 +160,20 @@ fn retention_deletes_oldest_in_bounded_batches() {
     assert_eq!(s.first_retained(&a).unwrap(), 1);
 
     // keep 20 per room: a has 80 to delete, b none; at most 30 per call.
-    assert_eq!(s.apply_retention(20, 30).unwrap(), 30);
+    assert_eq!(s.apply_retention(&keep(20), 30).unwrap(), 30);
     assert_eq!(s.first_retained(&a).unwrap(), 31);
     // Appends keep flowing between retention calls.
     s.append(&appends(&a, [101])).unwrap();
-    assert_eq!(s.apply_retention(20, 30).unwrap(), 30);
-    assert_eq!(s.apply_retention(20, 30).unwrap(), 21);
-    assert_eq!(s.apply_retention(20, 30).unwrap(), 0);
+    assert_eq!(s.apply_retention(&keep(20), 30).unwrap(), 30);
+    assert_eq!(s.apply_retention(&keep(20), 30).unwrap(), 21);
+    assert_eq!(s.apply_retention(&keep(20), 30).unwrap(), 0);
     assert_eq!(s.first_retained(&a).unwrap(), 82);
     assert_eq!(s.first_retained(&b).unwrap(), 1);
     assert_eq!(seqs(&s.read(&a, 0, u64::MAX, 5).unwrap()), vec![82, 83, 84, 85, 86]);
     assert_eq!(s.read(&a, 0, u64::MAX, 1000).unwrap().len(), 20);
 
     // keep 0 still keeps the newest message, so last survives a restart.
-    assert_eq!(s.apply_retention(0, 1000).unwrap(), 19 + 9);
+    assert_eq!(s.apply_retention(&keep(0), 1000).unwrap(), 19 + 9);
     assert_eq!(s.first_retained(&a).unwrap(), 101);
     drop(s);
     let s = open(dir.path());
@@ -370,4 +370,45 @@ fn replays_fifty_thousand_messages_in_chunks() {
     }
     // Bounded by upto as well.
     assert_eq!(seqs(&s.read(&r, 24_990, 25_000, 1000).unwrap()), (24_991..=25_000).collect::<Vec<_>>());
+}
+
+fn keep(n: u64) -> parlor::store::Retention {
+    parlor::store::Retention {
+        keep: n,
+        older_than_ms: None,
+    }
+}
+
+#[test]
+fn retention_by_age_keeps_recent_and_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = parlor::store::RedbStore::open(dir.path(), parlor::config::Durability::None, std::time::Duration::from_millis(10)).unwrap();
+    let room = parlor::protocol::RoomName::parse("aged").unwrap();
+    s.open_room(&room, 10).unwrap();
+    let batch: Vec<_> = (1..=10u64)
+        .map(|i| parlor::store::Append {
+            room: room.clone(),
+            message: parlor::store::StoredMessage {
+                sequence: i,
+                timestamp: i * 1000,
+                user: "u".into(),
+                content: format!("m{i}"),
+                client_msg_id: None,
+            },
+        })
+        .collect();
+    s.append(&batch).unwrap();
+    let by_age = parlor::store::Retention {
+        keep: u64::MAX,
+        older_than_ms: Some(4500),
+    };
+    assert_eq!(s.apply_retention(&by_age, 2).unwrap(), 2, "bounded per call");
+    assert_eq!(s.apply_retention(&by_age, 100).unwrap(), 2);
+    assert_eq!(s.first_retained(&room).unwrap(), 5);
+    let all_old = parlor::store::Retention {
+        keep: u64::MAX,
+        older_than_ms: Some(u64::MAX),
+    };
+    s.apply_retention(&all_old, 100).unwrap();
+    assert_eq!(s.first_retained(&room).unwrap(), 10, "the newest message stays");
 }

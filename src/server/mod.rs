@@ -186,6 +186,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     });
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
+    tasks.spawn(retention_loop(ctx.clone()));
     Ok(Running { addr, ctx, tasks })
 }
 
@@ -227,6 +228,42 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Most messages deleted per store call; appends interleave between calls.
+const RETENTION_BATCH: usize = 10_000;
+
+/// Deletes what retention no longer keeps, in bounded batches off the
+/// runtime, every `--retention-interval-ms`.
+async fn retention_loop(ctx: Arc<Ctx>) {
+    let every = Duration::from_millis(ctx.config.retention_interval_ms.max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let store = ctx.store.clone();
+            let policy = ctx.config.retention(crate::protocol::now_ms());
+            let deleted = tokio::task::spawn_blocking(move || store.apply_retention(&policy, RETENTION_BATCH)).await;
+            match deleted {
+                Ok(Ok(n)) => {
+                    ctx.metrics.retained_deleted.inc_by(n as u64);
+                    if n < RETENTION_BATCH {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(cause = %e, "retention failed");
+                    ctx.metrics.store_errors.inc();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker, tls: Option<TlsAcceptor>) {

@@ -43,7 +43,11 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 pub static ASSETS: &[Asset] = &[
-    asset("/", "text/html; charset=utf-8", include_bytes!("../../web/index.html")),
+    asset(
+        "/",
+        "text/html; charset=utf-8",
+        include_bytes!("../../web/index.html"),
+    ),
     asset(
         "/app.js",
         "text/javascript; charset=utf-8",
@@ -54,8 +58,16 @@ pub static ASSETS: &[Asset] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/msgpack.js"),
     ),
-    asset("/style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
-    asset("/favicon.svg", "image/svg+xml", include_bytes!("../../web/favicon.svg")),
+    asset(
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../web/style.css"),
+    ),
+    asset(
+        "/favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../web/favicon.svg"),
+    ),
 ];
 
 /// The page may load only its own scripts and styles and talk only to its
@@ -75,7 +87,11 @@ pub fn is_asset(path: &str) -> bool {
 /// Serves the asset at `path` (which `is_asset` accepted).
 pub fn serve(path: &str, headers: &HeaderMap) -> Response<Body> {
     let Some(a) = lookup(path) else {
-        return respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found");
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found",
+        );
     };
     let etag = format!("\"{:016x}\"", a.etag);
     let fresh = headers
@@ -141,6 +157,9 @@ mod tests {
         for needle in ["/app.js", "/msgpack.js", "/style.css", "/favicon.svg"] {
             assert!(html.contains(needle), "index.html does not load {needle}");
         }
-        assert!(!html.contains("http://") && !html.contains("https://"), "no external resources");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "no external resources"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use parking_lot::RwLock;
 
-use super::{Append, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
+use super::{Append, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
 use crate::protocol::RoomName;
 
 #[derive(Default)]
@@ -129,11 +129,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn apply_retention(&self, keep: u64, max_delete: usize) -> Result<usize, StoreError> {
+    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
         let mut rooms = self.rooms.write();
         let mut deleted = 0;
         for log in rooms.values_mut() {
-            while log.messages.len() as u64 > keep && deleted < max_delete {
+            while deleted < max_delete {
+                let Some(front) = log.messages.front() else { break };
+                if !policy.expired(log.messages.len() as u64 - 1, front.timestamp) {
+                    break;
+                }
                 log.messages.pop_front();
                 log.first += 1;
                 deleted += 1;
@@ -172,7 +176,11 @@ mod tests {
         let got = s.read(&room, 3, 8, 100).unwrap();
         assert_eq!(got.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
         assert_eq!(s.read(&room, 0, 10, 2).unwrap().len(), 2);
-        assert_eq!(s.apply_retention(4, 100).unwrap(), 6);
+        let keep4 = Retention {
+            keep: 4,
+            older_than_ms: None,
+        };
+        assert_eq!(s.apply_retention(&keep4, 100).unwrap(), 6);
         assert_eq!(s.first_retained(&room).unwrap(), 7);
         assert_eq!(s.read(&room, 0, 10, 100).unwrap()[0].sequence, 7);
         let log = s.open_room(&room, 2).unwrap();

@@ -55,6 +55,24 @@ pub struct RoomSummary {
     pub last: u64,
 }
 
+/// What history a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest messages kept per room.
+    pub keep: u64,
+    /// Messages with a `timestamp` (ms) before this are deleted too.
+    pub older_than_ms: Option<u64>,
+}
+
+impl Retention {
+    /// Whether a message that is `from_newest` places from the end of its
+    /// room (0: the newest) with `timestamp` is past retention.
+    pub fn expired(&self, from_newest: u64, timestamp: u64) -> bool {
+        from_newest > 0
+            && (from_newest >= self.keep.max(1) || self.older_than_ms.is_some_and(|t| timestamp < t))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
@@ -91,9 +109,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every room with its newest sequence, in name order.
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
 
-    /// Deletes the oldest messages of each room beyond `keep` per room, at
-    /// most `max_delete` in one call; returns how many were deleted.
-    fn apply_retention(&self, keep: u64, max_delete: usize) -> Result<usize, StoreError>;
+    /// Deletes the oldest messages of each room that the policy no longer
+    /// retains, at most `max_delete` in one call; returns how many were
+    /// deleted. A room's newest message is always kept (it carries the
+    /// room's last sequence across restarts).
+    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError>;
 }
 
 /// Fresh random epoch: names one incarnation of a room's log.

@@ -50,7 +50,7 @@ use ::redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Append, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
+use super::{Append, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
 use crate::config::Durability;
 use crate::protocol::RoomName;
 
@@ -613,10 +613,8 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn apply_retention(&self, keep: u64, max_delete: usize) -> Result<usize, StoreError> {
+    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
         let s = &*self.inner;
-        // Never delete a room's newest message: it carries the room's last sequence.
-        let keep = keep.max(1);
         // Plan under a read transaction (does not block appends), then delete
         // the planned front ranges in one write transaction. Appends only add
         // at the end of a room, so the planned ranges stay valid.
@@ -636,11 +634,29 @@ impl Store for RedbStore {
                     continue;
                 };
                 let last = s.last_in(&messages, id)?;
-                let count = last - first + 1;
-                if count > keep {
-                    let n = (count - keep).min(budget);
-                    plan.push((id, first, first + n));
-                    budget -= n;
+                // Over the count: no need to look at the messages themselves.
+                let by_count = (last - first + 1).saturating_sub(policy.keep.max(1)).min(budget);
+                let mut end = first + by_count;
+                if policy.older_than_ms.is_some() {
+                    let range = messages
+                        .range((id, end)..=(id, last))
+                        .map_err(|e| s.err("cannot read old messages", e))?;
+                    for item in range {
+                        if end - first >= budget {
+                            break;
+                        }
+                        let (k, v) = item.map_err(|e| s.err("cannot read old messages", e))?;
+                        let seq = k.value().1;
+                        let m = decode(seq, v.value())?;
+                        if !policy.expired(last - seq, m.timestamp) {
+                            break;
+                        }
+                        end = seq + 1;
+                    }
+                }
+                if end > first {
+                    plan.push((id, first, end));
+                    budget -= end - first;
                 }
             }
         }
