@@ -11,9 +11,18 @@ use parlor::store::StoredMessage;
 
 fn client_frames(format: Format, content: &str) -> Vec<(&'static str, Vec<u8>)> {
     let values = [
-        ("join", serde_json::json!({"type":"join","room":"lobby","since":41})),
-        ("message", serde_json::json!({"type":"message","id":"m-1","data":{"room":"lobby","content":content}})),
-        ("history", serde_json::json!({"type":"history","room":"lobby","since":10,"limit":100})),
+        (
+            "join",
+            serde_json::json!({"type":"join","room":"lobby","since":41}),
+        ),
+        (
+            "message",
+            serde_json::json!({"type":"message","id":"m-1","data":{"room":"lobby","content":content}}),
+        ),
+        (
+            "history",
+            serde_json::json!({"type":"history","room":"lobby","since":10,"limit":100}),
+        ),
         ("ping", serde_json::json!({"type":"ping"})),
     ];
     values
@@ -39,7 +48,9 @@ fn decode_bench(c: &mut Criterion) {
                 }
                 g.throughput(Throughput::Bytes(bytes.len() as u64));
                 let id = BenchmarkId::new(format!("{}/{name}", format.name()), size);
-                g.bench_with_input(id, &bytes, |b, bytes| b.iter(|| decode(format, black_box(bytes))));
+                g.bench_with_input(id, &bytes, |b, bytes| {
+                    b.iter(|| decode(format, black_box(bytes)))
+                });
             }
         }
     }

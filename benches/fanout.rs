@@ -28,7 +28,12 @@ fn room_with(members: usize) -> (Room, Vec<OutboxReceiver>) {
     let mut receivers = Vec::with_capacity(members);
     for i in 0..members {
         let (outbox, rx) = Outbox::new(BOUNDS.frames, BOUNDS.bytes);
-        let session = Arc::new(SessionHandle::new(i as u64, format!("u{i}").into(), Format::Json, outbox));
+        let session = Arc::new(SessionHandle::new(
+            i as u64,
+            format!("u{i}").into(),
+            Format::Json,
+            outbox,
+        ));
         room.add(
             Member {
                 session,
@@ -43,7 +48,10 @@ fn room_with(members: usize) -> (Room, Vec<OutboxReceiver>) {
 }
 
 fn fanout(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     let frame = parlor::protocol::frame::frame(fastwebsockets::OpCode::Text, &[b'x'; 64]);
     let frames: FramesByFormat = [vec![frame], Vec::<Bytes>::new()];
     let mut g = c.benchmark_group("fanout");

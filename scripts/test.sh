@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and socket-level tests of every crate, then the
-# Autobahn WebSocket conformance run against the release binary.
+# Autobahn WebSocket conformance run and the browser end-to-end test
+# against the release binary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -8,3 +9,4 @@ cargo test --workspace --all-targets
 cargo build --release --bin parlor
 scripts/check-dockerfile.sh
 scripts/autobahn.sh target/release/parlor
+tests/browser/run.sh target/release/parlor

@@ -12,7 +12,12 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "parlor", version, about = "Real-time chat server", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "parlor",
+    version,
+    about = "Real-time chat server",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -220,15 +225,15 @@ pub struct Config {
     pub config: Option<PathBuf>,
 }
 
-
-
 impl Default for Config {
     /// The documented defaults (environment variables are not consulted).
     fn default() -> Self {
         let matches = Cli::command()
             .mut_args(|a| a.env(None::<&str>))
             .get_matches_from(["parlor"]);
-        Cli::from_arg_matches(&matches).expect("defaults parse").serve
+        Cli::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .serve
     }
 }
 
@@ -286,7 +291,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Cli(#[from] clap::Error),
     #[error("cannot read config file {path}: {cause}")]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("config file {path}: {cause}")]
     Parse { path: PathBuf, cause: String },
     #[error("config file {path}: unknown key `{key}`")]
@@ -338,10 +346,12 @@ fn file_args(path: &std::path::Path, set: &ArgMatches) -> Result<Vec<OsString>, 
         path: path.to_owned(),
         cause,
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-        path: path.to_owned(),
-        cause: e.message().to_owned(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            cause: e.message().to_owned(),
+        })?;
     let command = Cli::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -355,7 +365,10 @@ fn file_args(path: &std::path::Path, set: &ArgMatches) -> Result<Vec<OsString>, 
                 key,
             });
         }
-        let from_file = matches!(set.value_source(&id), None | Some(ValueSource::DefaultValue));
+        let from_file = matches!(
+            set.value_source(&id),
+            None | Some(ValueSource::DefaultValue)
+        );
         if !from_file {
             continue;
         }
@@ -401,4 +414,3 @@ impl Config {
         toml::to_string(&shown).expect("config serializes")
     }
 }
-

@@ -37,12 +37,17 @@ impl Metrics {
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("metric definition");
-                registry.register(Box::new(m.clone())).expect("unique metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
                 m
             }};
         }
         Metrics {
-            connections: reg!(IntGauge::new("parlor_connections", "Open WebSocket connections")),
+            connections: reg!(IntGauge::new(
+                "parlor_connections",
+                "Open WebSocket connections"
+            )),
             connections_total: reg!(IntCounter::new(
                 "parlor_connections_total",
                 "WebSocket connections accepted"
@@ -73,7 +78,10 @@ impl Metrics {
                 "parlor_store_errors_total",
                 "Failed store operations"
             )),
-            acks: reg!(IntCounter::new("parlor_acks_total", "Acks sent for stored messages")),
+            acks: reg!(IntCounter::new(
+                "parlor_acks_total",
+                "Acks sent for stored messages"
+            )),
             retained_deleted: reg!(IntCounter::new(
                 "parlor_retention_deleted_total",
                 "Messages deleted by retention"
@@ -83,7 +91,10 @@ impl Metrics {
                 "Refused tokens, API keys and origins"
             )),
             closes: reg!(IntCounterVec::new(
-                Opts::new("parlor_closes_total", "Sessions ended, by the close code sent (0: none)"),
+                Opts::new(
+                    "parlor_closes_total",
+                    "Sessions ended, by the close code sent (0: none)"
+                ),
                 &["code"]
             )),
             outbox_depth: reg!(Histogram::with_opts(

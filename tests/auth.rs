@@ -13,11 +13,19 @@ use serde_json::json;
 const SECRET: &str = "test-secret-0123456789";
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn token(claims: serde_json::Value, secret: &str) -> String {
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 const UPGRADE: [(&str, &str); 4] = [
@@ -79,7 +87,10 @@ async fn tokens_are_required_and_checked_before_the_upgrade() {
 #[tokio::test]
 async fn a_room_claim_limits_what_may_be_joined() {
     let server = start(auth_config()).await;
-    let t = token(json!({"sub": "bo", "exp": now() + 600, "rooms": ["lobby", "team-*"]}), SECRET);
+    let t = token(
+        json!({"sub": "bo", "exp": now() + 600, "rooms": ["lobby", "team-*"]}),
+        SECRET,
+    );
     let opts = Opts {
         path: Some(format!("/ws?token={t}")),
         ..Opts::default()
@@ -87,7 +98,8 @@ async fn a_room_claim_limits_what_may_be_joined() {
     let mut c = connect_opts(server.addr, opts).await;
     c.join("lobby").await;
     c.join("team-red").await;
-    c.send(&json!({"type": "join", "room": "secret", "id": "j1"})).await;
+    c.send(&json!({"type": "join", "room": "secret", "id": "j1"}))
+        .await;
     let e = c.recv_until("error").await;
     assert_error(&e, "forbidden", Some("j1"));
     c.send(&json!({"type": "ping"})).await;
@@ -127,7 +139,14 @@ async fn the_api_key_guards_writes_and_optionally_reads() {
             if let Some(a) = auth {
                 h.push(("Authorization", a));
             }
-            http(addr, "POST", "/api/rooms/ops/messages", &h, Some(body.as_bytes())).await
+            http(
+                addr,
+                "POST",
+                "/api/rooms/ops/messages",
+                &h,
+                Some(body.as_bytes()),
+            )
+            .await
         }
     };
     assert_eq!(post(None).await.status, 401);
@@ -143,7 +162,14 @@ async fn the_api_key_guards_writes_and_optionally_reads() {
     cfg.api_read_open = false;
     let closed = start(cfg).await;
     assert_eq!(get(closed.addr, "/api/rooms").await.status, 401);
-    let r = http(closed.addr, "GET", "/api/rooms", &[("Authorization", "Bearer k3y")], None).await;
+    let r = http(
+        closed.addr,
+        "GET",
+        "/api/rooms",
+        &[("Authorization", "Bearer k3y")],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -155,7 +181,12 @@ async fn a_refused_origin_gets_403() {
     let evil = upgrade_with(&[("Origin", "https://evil.example")]);
     let r = http(server.addr, "GET", "/ws?user=a", &evil, None).await;
     assert_eq!(r.status, 403);
-    Raw::connect_with(server.addr, "/ws?user=a", &[("Origin", "https://chat.example.com")]).await;
+    Raw::connect_with(
+        server.addr,
+        "/ws?user=a",
+        &[("Origin", "https://chat.example.com")],
+    )
+    .await;
     // Non-browser clients send no Origin.
     Raw::connect(server.addr, "/ws?user=a").await;
 }

@@ -36,13 +36,20 @@ fn flags_beat_env_beat_file_beat_defaults() {
         .env("PARLOR_MAX_FRAME_BYTES", "2000")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let toml = String::from_utf8(out.stdout).unwrap();
     assert_eq!(value(&toml, "workers"), "7", "flag wins");
     assert_eq!(value(&toml, "max-frame-bytes"), "2000", "env beats file");
     assert_eq!(value(&toml, "heartbeat-ms"), "111", "file beats default");
     assert_eq!(value(&toml, "max-content-bytes"), "16384", "default");
-    assert_eq!(value(&toml, "allowed-origins"), r#"["https://a.example", "https://b.example"]"#);
+    assert_eq!(
+        value(&toml, "allowed-origins"),
+        r#"["https://a.example", "https://b.example"]"#
+    );
 }
 
 #[test]
@@ -64,7 +71,10 @@ fn secrets_are_redacted() {
         .output()
         .unwrap();
     let toml = String::from_utf8(out.stdout).unwrap();
-    assert!(!toml.contains("hunter2") && !toml.contains("s3cret"), "{toml}");
+    assert!(
+        !toml.contains("hunter2") && !toml.contains("s3cret"),
+        "{toml}"
+    );
     assert_eq!(value(&toml, "api-key"), "\"<redacted>\"");
     assert_eq!(value(&toml, "jwt-secret"), "\"<redacted>\"");
 }
@@ -73,7 +83,18 @@ fn secrets_are_redacted() {
 fn help_documents_every_flag_with_its_env_var() {
     let out = parlor().arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--addr", "--data-dir", "--store", "--durability", "--workers", "--max-frame-bytes", "--outbox-bytes", "--heartbeat-ms", "--replay-limit", "--history-on-join"] {
+    for flag in [
+        "--addr",
+        "--data-dir",
+        "--store",
+        "--durability",
+        "--workers",
+        "--max-frame-bytes",
+        "--outbox-bytes",
+        "--heartbeat-ms",
+        "--replay-limit",
+        "--history-on-join",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert!(help.contains("PARLOR_MAX_FRAME_BYTES"));

@@ -34,7 +34,11 @@ struct Server {
 impl Server {
     /// Starts `parlor serve --store redb` on `dir` and waits for /healthz.
     async fn start(dir: &Path, extra: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -45,7 +49,14 @@ impl Server {
             .args(["serve", "--store", "redb", "--data-dir"])
             .arg(dir)
             .args(["--addr", &addr.to_string()])
-            .args(["--rate-per-sec", "100000", "--rate-burst", "100000", "--workers", "2"])
+            .args([
+                "--rate-per-sec",
+                "100000",
+                "--rate-burst",
+                "100000",
+                "--workers",
+                "2",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -106,7 +117,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status"))?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((status, body))
@@ -119,7 +133,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
             return out;
         };
         let size_str = String::from_utf8_lossy(&data[..eol]);
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -134,9 +149,12 @@ async fn history(addr: SocketAddr, room: &str) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut since = 0;
     loop {
-        let (status, body) = http_get(addr, &format!("/api/rooms/{room}/messages?since={since}&limit=1000"))
-            .await
-            .unwrap();
+        let (status, body) = http_get(
+            addr,
+            &format!("/api/rooms/{room}/messages?since={since}&limit=1000"),
+        )
+        .await
+        .unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let v: Value = serde_json::from_slice(&body).unwrap();
         let messages = v["messages"].as_array().unwrap();
@@ -156,23 +174,32 @@ async fn history(addr: SocketAddr, room: &str) -> Vec<(u64, String)> {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn connect(addr: SocketAddr, user: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws?user={user}")))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let (ws, _) = tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?user={user}")),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect");
     ws
 }
 
 async fn send(ws: &mut Ws, v: Value) -> Result<(), String> {
-    ws.send(Message::text(v.to_string())).await.map_err(|e| e.to_string())
+    ws.send(Message::text(v.to_string()))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Next JSON frame; Err when the connection ended.
 async fn recv(ws: &mut Ws) -> Result<Value, String> {
     loop {
-        let next = tokio::time::timeout(TIMEOUT, ws.next()).await.map_err(|_| "recv timed out".to_string())?;
+        let next = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .map_err(|_| "recv timed out".to_string())?;
         match next {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).map_err(|e| e.to_string()),
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(&t).map_err(|e| e.to_string())
+            }
             Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.to_string()),
@@ -182,7 +209,9 @@ async fn recv(ws: &mut Ws) -> Result<Value, String> {
 
 /// Joins and waits for `joined`.
 async fn join(ws: &mut Ws, room: &str) {
-    send(ws, json!({"type": "join", "room": room})).await.unwrap();
+    send(ws, json!({"type": "join", "room": room}))
+        .await
+        .unwrap();
     loop {
         let f = recv(ws).await.unwrap();
         if f["type"] == "joined" && f["data"]["room"] == room {
@@ -213,15 +242,27 @@ type Acks = Arc<Mutex<BTreeMap<(String, u64), String>>>;
 
 /// Publishes into `rooms` round-robin, `window` messages in flight, until the
 /// connection dies; records every ack.
-async fn publisher(addr: SocketAddr, user: String, rooms: Vec<String>, round: usize, acks: Acks) -> usize {
+async fn publisher(
+    addr: SocketAddr,
+    user: String,
+    rooms: Vec<String>,
+    round: usize,
+    acks: Acks,
+) -> usize {
     // The kill may come before this client is even connected or joined.
-    let Ok(Ok((mut ws, _))) =
-        tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(format!("ws://{addr}/ws?user={user}"))).await
+    let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?user={user}")),
+    )
+    .await
     else {
         return 0;
     };
     for r in &rooms {
-        if send(&mut ws, json!({"type": "join", "room": r})).await.is_err() {
+        if send(&mut ws, json!({"type": "join", "room": r}))
+            .await
+            .is_err()
+        {
             return 0;
         }
         loop {
@@ -241,7 +282,8 @@ async fn publisher(addr: SocketAddr, user: String, rooms: Vec<String>, round: us
             let room = &rooms[n % rooms.len()];
             let id = format!("{user}-r{round}-{n}");
             let content = format!("{user} round {round} message {n} in {room}");
-            let frame = json!({"type": "message", "id": id, "data": {"room": room, "content": content}});
+            let frame =
+                json!({"type": "message", "id": id, "data": {"room": room, "content": content}});
             if send(&mut ws, frame).await.is_err() {
                 return acked;
             }
@@ -278,12 +320,20 @@ async fn verify(addr: SocketAddr, rooms: &[String], acks: &Acks) -> HashMap<Stri
     for room in rooms {
         let stored = history(addr, room).await;
         for (i, (seq, _)) in stored.iter().enumerate() {
-            assert_eq!(*seq, i as u64 + 1, "room {room}: gap or disorder at index {i}");
+            assert_eq!(
+                *seq,
+                i as u64 + 1,
+                "room {room}: gap or disorder at index {i}"
+            );
         }
         let by_seq: HashMap<u64, &String> = stored.iter().map(|(s, c)| (*s, c)).collect();
         for ((r, seq), content) in acks.range((room.clone(), 0)..=(room.clone(), u64::MAX)) {
             assert_eq!(r, room);
-            assert_eq!(by_seq.get(seq).copied(), Some(content), "room {room}: acked message {seq} lost or changed");
+            assert_eq!(
+                by_seq.get(seq).copied(),
+                Some(content),
+                "room {room}: acked message {seq} lost or changed"
+            );
         }
         lasts.insert(room.clone(), stored.len() as u64);
     }
@@ -303,13 +353,24 @@ async fn acked_messages_survive_sigkill_at_several_points() {
         let server = Server::start(&dir, &[]).await;
         let lasts = verify(server.addr, &rooms, &acks).await;
         if round > 0 {
-            assert!(lasts.values().sum::<u64>() > 0, "nothing stored after round {round}");
+            assert!(
+                lasts.values().sum::<u64>() > 0,
+                "nothing stored after round {round}"
+            );
         }
         let mut tasks = Vec::new();
         for c in 0..6 {
             // Each client joins three of the four rooms.
-            let mine: Vec<String> = (0..3).map(|k| rooms[(c + k) % rooms.len()].clone()).collect();
-            tasks.push(tokio::spawn(publisher(server.addr, format!("u{c}"), mine, round, acks.clone())));
+            let mine: Vec<String> = (0..3)
+                .map(|k| rooms[(c + k) % rooms.len()].clone())
+                .collect();
+            tasks.push(tokio::spawn(publisher(
+                server.addr,
+                format!("u{c}"),
+                mine,
+                round,
+                acks.clone(),
+            )));
         }
         // Kill mid-stream: once acks flow, after a delay that picks the point.
         let before = acks.lock().len();
@@ -322,9 +383,15 @@ async fn acked_messages_survive_sigkill_at_several_points() {
         server.kill();
         let mut acked = 0;
         for t in tasks {
-            acked += tokio::time::timeout(TIMEOUT, t).await.expect("publisher ended").unwrap();
+            acked += tokio::time::timeout(TIMEOUT, t)
+                .await
+                .expect("publisher ended")
+                .unwrap();
         }
-        assert!(acked > 0, "round {round}: no message was acked before the kill");
+        assert!(
+            acked > 0,
+            "round {round}: no message was acked before the kill"
+        );
         eprintln!("round {round}: killed after {kill_after_ms} ms, {acked} acks");
     }
 
@@ -379,7 +446,10 @@ async fn batched_durability_persists_a_quiet_log_before_a_kill() {
     let mut ws = connect(server.addr, "carol").await;
     join(&mut ws, room).await;
     for i in 1..=30u64 {
-        assert_eq!(publish(&mut ws, room, &format!("m{i}"), &format!("id{i}")).await, i);
+        assert_eq!(
+            publish(&mut ws, room, &format!("m{i}"), &format!("id{i}")).await,
+            i
+        );
     }
     // Quiet for many sync intervals: the background sync must have run.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -406,7 +476,10 @@ async fn a_second_server_on_the_same_data_dir_exits_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("parlor.redb") && err.contains("already open"), "{err}");
+    assert!(
+        err.contains("parlor.redb") && err.contains("already open"),
+        "{err}"
+    );
     // The first server is unharmed.
     assert_eq!(http_get(server.addr, "/healthz").await.unwrap().0, 200);
     drop(server);
@@ -425,6 +498,9 @@ async fn a_second_server_on_the_same_data_dir_exits_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("parlor.redb") && err.contains("not a parlor store"), "{err}");
+    assert!(
+        err.contains("parlor.redb") && err.contains("not a parlor store"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), b"not a database");
 }

@@ -49,7 +49,8 @@ async fn counts_move_with_traffic() {
     a.join("m").await;
     b.join("m").await;
     for i in 0..3 {
-        a.publish("m", &format!("hello {i}"), &format!("id{i}")).await;
+        a.publish("m", &format!("hello {i}"), &format!("id{i}"))
+            .await;
     }
     for _ in 0..3 {
         b.recv_until("message").await;
@@ -64,8 +65,15 @@ async fn counts_move_with_traffic() {
     assert_eq!(value(&s, "parlor_messages_in_total", None), 3.0);
     assert_eq!(value(&s, "parlor_messages_stored_total", None), 3.0);
     assert_eq!(value(&s, "parlor_acks_total", None), 3.0);
-    assert_eq!(value(&s, "parlor_deliveries_total", None), 6.0, "3 messages × 2 members");
-    assert_eq!(value(&s, "parlor_errors_total", Some(("code", "unknown_type"))), 1.0);
+    assert_eq!(
+        value(&s, "parlor_deliveries_total", None),
+        6.0,
+        "3 messages × 2 members"
+    );
+    assert_eq!(
+        value(&s, "parlor_errors_total", Some(("code", "unknown_type"))),
+        1.0
+    );
     assert!(value(&s, "parlor_rooms", None) >= 1.0);
     assert!(histogram_count(&s, "parlor_store_commit_seconds") >= 1.0);
     assert!(histogram_count(&s, "parlor_store_batch_messages") >= 1.0);
@@ -77,7 +85,10 @@ async fn counts_move_with_traffic() {
     ] {
         assert!(s.samples.iter().any(|x| x.metric == name), "{name} missing");
     }
-    assert!(s.samples.iter().any(|x| x.metric == "parlor_shard_queue_depth"));
+    assert!(s
+        .samples
+        .iter()
+        .any(|x| x.metric == "parlor_shard_queue_depth"));
 
     drop(a);
     b.tx.close().await;

@@ -28,11 +28,16 @@ async fn old_messages_go_and_replay_says_not_recovered() {
     // Appends keep flowing while retention deletes behind them: every ack is
     // the next sequence.
     for i in 1..=200u64 {
-        assert_eq!(a.publish("kept", &format!("m{i}"), &format!("id{i}")).await, i);
+        assert_eq!(
+            a.publish("kept", &format!("m{i}"), &format!("id{i}")).await,
+            i
+        );
     }
     // Wait until retention has caught up with the last append.
     let oldest = loop {
-        let page = get(server.addr, "/api/rooms/kept/messages?since=0&limit=1").await.json();
+        let page = get(server.addr, "/api/rooms/kept/messages?since=0&limit=1")
+            .await
+            .json();
         let first = page["messages"][0]["sequence"].as_u64().unwrap();
         if first == 181 {
             break first;

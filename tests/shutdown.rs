@@ -19,7 +19,15 @@ fn free_addr() -> SocketAddr {
 
 fn spawn(dir: &std::path::Path, addr: SocketAddr) -> Child {
     Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["serve", "--store", "redb", "--rate-per-sec", "100000", "--rate-burst", "100000"])
+        .args([
+            "serve",
+            "--store",
+            "redb",
+            "--rate-per-sec",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .arg("--addr")
@@ -32,7 +40,9 @@ fn spawn(dir: &std::path::Path, addr: SocketAddr) -> Child {
 
 async fn wait_healthy(addr: SocketAddr) {
     for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() && get(addr, "/healthz").await.status == 200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && get(addr, "/healthz").await.status == 200
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -69,7 +79,10 @@ async fn sigterm_under_load_closes_1001_keeps_every_ack_and_exits_0() {
             let code = loop {
                 match rx.event().await {
                     Event::Frame { value, .. } if value["type"] == "ack" => {
-                        acked.insert(value["data"]["sequence"].as_u64().unwrap(), value["id"].as_str().unwrap().into());
+                        acked.insert(
+                            value["data"]["sequence"].as_u64().unwrap(),
+                            value["id"].as_str().unwrap().into(),
+                        );
                     }
                     Event::Frame { .. } => {}
                     Event::Close(code) => break code,
@@ -86,7 +99,10 @@ async fn sigterm_under_load_closes_1001_keeps_every_ack_and_exits_0() {
     for _ in 0..50 {
         watcher.recv_until("message").await;
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut acked_by_room = Vec::new();
     for p in publishers {
@@ -94,7 +110,10 @@ async fn sigterm_under_load_closes_1001_keeps_every_ack_and_exits_0() {
         assert_eq!(code, Some(1001));
         acked_by_room.push(acked);
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "clean exit after SIGTERM");
 
     let mut child = spawn(dir.path(), addr);
@@ -104,7 +123,12 @@ async fn sigterm_under_load_closes_1001_keeps_every_ack_and_exits_0() {
         let mut stored = HashMap::new();
         let mut since = 0;
         loop {
-            let page = get(addr, &format!("/api/rooms/{room}/messages?since={since}&limit=1000")).await.json();
+            let page = get(
+                addr,
+                &format!("/api/rooms/{room}/messages?since={since}&limit=1000"),
+            )
+            .await
+            .json();
             for m in page["messages"].as_array().unwrap() {
                 let seq = m["sequence"].as_u64().unwrap();
                 assert_eq!(seq, since + 1, "{room}: gapless");
@@ -117,7 +141,11 @@ async fn sigterm_under_load_closes_1001_keeps_every_ack_and_exits_0() {
         }
         for (seq, id) in &acked {
             let n = id.rsplit('-').next().unwrap();
-            assert_eq!(stored.get(seq).map(String::as_str), Some(format!("c{n}").as_str()), "{room}: acked {id} at {seq}");
+            assert_eq!(
+                stored.get(seq).map(String::as_str),
+                Some(format!("c{n}").as_str()),
+                "{room}: acked {id} at {seq}"
+            );
         }
     }
     child.kill().unwrap();

@@ -68,7 +68,10 @@ fn appends_and_reads_ranges() {
     assert_eq!(seqs(&s.read(&a, 9, u64::MAX, 100).unwrap()), vec![10]);
     assert!(s.read(&a, 10, u64::MAX, 100).unwrap().is_empty());
     assert!(s.read(&a, u64::MAX, u64::MAX, 100).unwrap().is_empty());
-    assert_eq!(seqs(&s.read(&b, 0, u64::MAX, 100).unwrap()), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        seqs(&s.read(&b, 0, u64::MAX, 100).unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
     // Unknown room: empty, no error, and not created.
     assert!(s.read(&room("nope"), 0, u64::MAX, 10).unwrap().is_empty());
     assert_eq!(s.epoch(&room("nope")).unwrap(), None);
@@ -83,7 +86,10 @@ fn appends_and_reads_ranges() {
     assert_eq!(s.read(&b, 5, 6, 10).unwrap(), vec![msg(6, None)]);
 
     let rooms = s.rooms().unwrap();
-    let summary: Vec<_> = rooms.iter().map(|r| (r.room.as_str().to_owned(), r.last)).collect();
+    let summary: Vec<_> = rooms
+        .iter()
+        .map(|r| (r.room.as_str().to_owned(), r.last))
+        .collect();
     assert_eq!(summary, vec![("a".to_owned(), 10), ("b".to_owned(), 6)]);
 }
 
@@ -109,8 +115,14 @@ fn restart_keeps_last_epoch_and_dedup_ids() {
     assert_eq!(log.epoch, epoch);
     assert_eq!(log.last, 8);
     // The newest 5 ids, oldest first; message 8 carried none.
-    let ids: Vec<_> = log.recent_ids.iter().map(|(u, id, seq)| (u.to_string(), id.clone(), *seq)).collect();
-    let want: Vec<_> = (3..=7).map(|i| (format!("user{}", i % 3), format!("id{i}"), i)).collect();
+    let ids: Vec<_> = log
+        .recent_ids
+        .iter()
+        .map(|(u, id, seq)| (u.to_string(), id.clone(), *seq))
+        .collect();
+    let want: Vec<_> = (3..=7)
+        .map(|i| (format!("user{}", i % 3), format!("id{i}"), i))
+        .collect();
     assert_eq!(ids, want);
     assert_eq!(s.epoch(&r).unwrap(), Some(epoch));
     let e = s.open_room(&empty, 5).unwrap();
@@ -169,7 +181,10 @@ fn retention_deletes_oldest_in_bounded_batches() {
     assert_eq!(s.apply_retention(&keep(20), 30).unwrap(), 0);
     assert_eq!(s.first_retained(&a).unwrap(), 82);
     assert_eq!(s.first_retained(&b).unwrap(), 1);
-    assert_eq!(seqs(&s.read(&a, 0, u64::MAX, 5).unwrap()), vec![82, 83, 84, 85, 86]);
+    assert_eq!(
+        seqs(&s.read(&a, 0, u64::MAX, 5).unwrap()),
+        vec![82, 83, 84, 85, 86]
+    );
     assert_eq!(s.read(&a, 0, u64::MAX, 1000).unwrap().len(), 20);
 
     // keep 0 still keeps the newest message, so last survives a restart.
@@ -214,7 +229,11 @@ fn a_foreign_or_corrupt_file_is_refused_and_left_alone() {
             .expect("opening garbage must fail");
         let text = err.to_string();
         assert!(text.contains("parlor.redb"), "{text}");
-        assert_eq!(std::fs::read(&file).unwrap(), garbage, "the file was modified");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            garbage,
+            "the file was modified"
+        );
     }
 }
 
@@ -253,11 +272,18 @@ fn an_unusable_data_dir_fails_clearly() {
     // A data dir below a regular file cannot be created.
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
-    let err = RedbStore::open(&blocker.join("data"), Durability::Immediate, Duration::from_millis(10))
-        .err()
-        .expect("must fail");
+    let err = RedbStore::open(
+        &blocker.join("data"),
+        Durability::Immediate,
+        Duration::from_millis(10),
+    )
+    .err()
+    .expect("must fail");
     let text = err.to_string();
-    assert!(text.contains("data dir") && text.contains("file/data"), "{text}");
+    assert!(
+        text.contains("data dir") && text.contains("file/data"),
+        "{text}"
+    );
 
     // A read-only dir (skipped when running as root, which ignores modes).
     #[cfg(unix)]
@@ -310,7 +336,8 @@ fn every_durability_mode_keeps_data_across_a_clean_reopen() {
 #[test]
 fn reads_do_not_block_appends() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap());
+    let s =
+        Arc::new(RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap());
     let r = room("busy");
     s.open_room(&r, 10).unwrap();
     s.append(&appends(&r, 1..=1000)).unwrap();
@@ -369,7 +396,10 @@ fn replays_fifty_thousand_messages_in_chunks() {
         assert_eq!(after, 50_000);
     }
     // Bounded by upto as well.
-    assert_eq!(seqs(&s.read(&r, 24_990, 25_000, 1000).unwrap()), (24_991..=25_000).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&s.read(&r, 24_990, 25_000, 1000).unwrap()),
+        (24_991..=25_000).collect::<Vec<_>>()
+    );
 }
 
 fn keep(n: u64) -> parlor::store::Retention {
@@ -382,7 +412,12 @@ fn keep(n: u64) -> parlor::store::Retention {
 #[test]
 fn retention_by_age_keeps_recent_and_the_newest() {
     let dir = tempfile::tempdir().unwrap();
-    let s = parlor::store::RedbStore::open(dir.path(), parlor::config::Durability::None, std::time::Duration::from_millis(10)).unwrap();
+    let s = parlor::store::RedbStore::open(
+        dir.path(),
+        parlor::config::Durability::None,
+        std::time::Duration::from_millis(10),
+    )
+    .unwrap();
     let room = parlor::protocol::RoomName::parse("aged").unwrap();
     s.open_room(&room, 10).unwrap();
     let batch: Vec<_> = (1..=10u64)
@@ -402,7 +437,11 @@ fn retention_by_age_keeps_recent_and_the_newest() {
         keep: u64::MAX,
         older_than_ms: Some(4500),
     };
-    assert_eq!(s.apply_retention(&by_age, 2).unwrap(), 2, "bounded per call");
+    assert_eq!(
+        s.apply_retention(&by_age, 2).unwrap(),
+        2,
+        "bounded per call"
+    );
     assert_eq!(s.apply_retention(&by_age, 100).unwrap(), 2);
     assert_eq!(s.first_retained(&room).unwrap(), 5);
     let all_old = parlor::store::Retention {
@@ -410,5 +449,9 @@ fn retention_by_age_keeps_recent_and_the_newest() {
         older_than_ms: Some(u64::MAX),
     };
     s.apply_retention(&all_old, 100).unwrap();
-    assert_eq!(s.first_retained(&room).unwrap(), 10, "the newest message stays");
+    assert_eq!(
+        s.first_retained(&room).unwrap(),
+        10,
+        "the newest message stays"
+    );
 }

@@ -17,7 +17,11 @@ where
     S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
-        let m = tokio::time::timeout(TIMEOUT, ws.next()).await.unwrap().unwrap().unwrap();
+        let m = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = m {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] != "heartbeat" {
@@ -60,11 +64,14 @@ async fn chat_round_trip_over_wss() {
         .expect("WebSocket handshake over TLS");
 
     assert_eq!(next_json(&mut ws).await["type"], "connected");
-    ws.send(Message::text(json!({"type": "join", "room": "secure"}).to_string()))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        json!({"type": "join", "room": "secure"}).to_string(),
+    ))
+    .await
+    .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "joined");
-    let msg = json!({"type": "message", "id": "t1", "data": {"room": "secure", "content": "over tls"}});
+    let msg =
+        json!({"type": "message", "id": "t1", "data": {"room": "secure", "content": "over tls"}});
     ws.send(Message::text(msg.to_string())).await.unwrap();
     let mut got_ack = false;
     let mut got_copy = false;
@@ -81,7 +88,10 @@ async fn chat_round_trip_over_wss() {
     let plain = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut plain = plain;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(TIMEOUT, plain.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("\"ok\""));

@@ -205,6 +205,7 @@
     }[state];
     document.body.dataset.conn = state;
     renderBanner();
+    renderRoomList();
     $("send").disabled = false; // messages queue while disconnected
   }
 
@@ -280,6 +281,7 @@
     }
     r.epoch = d.epoch;
     r.joined = true;
+    refreshRoomsSoon();
     if (!rejoin) r.last = Math.max(r.last, d.last || 0);
     renderRoomList();
     if (r.name === S.active) renderRoomHead();
@@ -352,6 +354,17 @@
     const r = S.rooms.get(d.room);
     if (!r || typeof d.sequence !== "number") return;
     if (live) r.last = Math.max(r.last, d.sequence);
+    if (live && d.user === S.me) {
+      // Our own copy came back before its ack (or the ack was lost with the
+      // connection): show it once, keep the pending entry for the retry.
+      for (const p of r.pending.values()) {
+        if (!p.echoed && p.sentOn >= 0 && p.content === d.content) {
+          p.echoed = d.sequence;
+          p.el.hidden = true;
+          break;
+        }
+      }
+    }
     const stick = r.name === S.active && nearBottom();
     const added = insertMessage(r, d);
     if (added && live && r.name !== S.active) {
@@ -670,6 +683,11 @@
   }
 
   let roomsTimer = 0;
+  let roomsSoon = 0;
+  function refreshRoomsSoon() {
+    clearTimeout(roomsSoon);
+    roomsSoon = setTimeout(refreshRooms, 300);
+  }
   async function refreshRooms() {
     clearTimeout(roomsTimer);
     roomsTimer = setTimeout(refreshRooms, 15000);
@@ -737,6 +755,7 @@
 
   function renderMe() {
     $("me").textContent = S.me || S.name;
+    $("me").hidden = !(S.me || S.name);
   }
 
   function askName(initial) {
@@ -788,10 +807,14 @@
       if (open) refreshRooms();
     };
     $("presence-toggle").onclick = () => {
+      const stick = nearBottom();
       const open = document.body.classList.toggle("presence-open");
       $("presence-toggle").setAttribute("aria-expanded", String(open));
+      if (stick) scrollToBottom();
     };
     $("refresh-rooms").onclick = refreshRooms;
+    $("main").addEventListener("click", () => { if (document.body.classList.contains("menu-open")) closeMenu(); });
+    document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenu(); });
     $("leave-room").onclick = () => closeRoom(S.active);
 
     $("join-form").addEventListener("submit", (e) => {
@@ -838,7 +861,8 @@
     activate_(S.rooms.has(act) ? act : openRoomNames()[0] || "");
     renderRoomList();
     refreshRooms();
-    if (S.name) { renderMe(); connect(); } else { setState("connecting"); askName(""); }
+    renderMe();
+    if (S.name) connect(); else { setState("connecting"); askName(""); }
   }
 
   // Test and debugging hook: a read-only view of the client's state.

@@ -164,9 +164,9 @@ fn interpret(raw: Raw) -> Result<Request, (ErrorCode, String)> {
         "history" => ClientMsg::History {
             room: room(raw.room)?,
             since: raw.since.unwrap_or(0),
-            limit: raw
-                .limit
-                .map_or(HISTORY_DEFAULT_LIMIT, |l| (l as usize).clamp(1, HISTORY_MAX_LIMIT)),
+            limit: raw.limit.map_or(HISTORY_DEFAULT_LIMIT, |l| {
+                (l as usize).clamp(1, HISTORY_MAX_LIMIT)
+            }),
         },
         "presence" => ClientMsg::Presence {
             room: room(raw.room)?,
@@ -203,21 +203,41 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("m1"));
         assert!(matches!(r.msg, ClientMsg::Message { .. }));
         let r = json(r#"{"type":"history","room":"a","limit":5000}"#).unwrap();
-        assert!(matches!(r.msg, ClientMsg::History { since: 0, limit: 1000, .. }));
+        assert!(matches!(
+            r.msg,
+            ClientMsg::History {
+                since: 0,
+                limit: 1000,
+                ..
+            }
+        ));
         assert_eq!(json(r#"{"type":"ping"}"#).unwrap().msg, ClientMsg::Ping);
     }
 
     #[test]
     fn classifies_errors_and_keeps_the_id() {
         let e = json(r#"{"type":"join","room":5,"id":"x"}"#).unwrap_err();
-        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::BadRequest, Some("x")));
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::BadRequest, Some("x"))
+        );
         let e = json(r#"{"type":"join","since":-1,"room":"a"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         let e = json(r#"{"type":"dance","id":"y"}"#).unwrap_err();
-        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::UnknownType, Some("y")));
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::UnknownType, Some("y"))
+        );
         let e = json(r#"{"type":"join","room":"../x"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRoom);
-        for bad in ["[1,2]", "nope", "{", r#"{"room":"a"}"#, r#"{"type":7}"#, "\"join\""] {
+        for bad in [
+            "[1,2]",
+            "nope",
+            "{",
+            r#"{"room":"a"}"#,
+            r#"{"type":7}"#,
+            "\"join\"",
+        ] {
             assert_eq!(json(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
         }
         let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "i".repeat(65));
@@ -232,13 +252,24 @@ mod tests {
             ty: &'a str,
             room: &'a str,
         }
-        let named = rmp_serde::to_vec_named(&Join { ty: "join", room: "r" }).unwrap();
+        let named = rmp_serde::to_vec_named(&Join {
+            ty: "join",
+            room: "r",
+        })
+        .unwrap();
         assert!(decode(Format::Msgpack, &named).is_ok());
-        let positional = rmp_serde::to_vec(&Join { ty: "join", room: "r" }).unwrap();
+        let positional = rmp_serde::to_vec(&Join {
+            ty: "join",
+            room: "r",
+        })
+        .unwrap();
         assert_eq!(
             decode(Format::Msgpack, &positional).unwrap_err().code,
             ErrorCode::BadRequest
         );
-        assert_eq!(decode(Format::Msgpack, &[0xc1]).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            decode(Format::Msgpack, &[0xc1]).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 }

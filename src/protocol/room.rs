@@ -18,8 +18,7 @@ impl RoomName {
         let valid = !s.is_empty()
             && s.len() <= MAX_ROOM_LEN
             && !s.starts_with('.')
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if valid {
             Ok(RoomName(Arc::from(s)))
@@ -59,7 +58,15 @@ mod tests {
     #[test]
     fn rejects_paths_and_odd_names() {
         for bad in [
-            "", "../x", "a/b", ".hidden", "a b", "é", "a\\b", "a\0", &"x".repeat(65),
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            "é",
+            "a\\b",
+            "a\0",
+            &"x".repeat(65),
         ] {
             assert!(RoomName::parse(bad).is_err(), "{bad:?}");
         }

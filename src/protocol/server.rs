@@ -170,7 +170,8 @@ mod tests {
             client_msg_id: None,
         };
         let data = MessageData::of("lobby", "e1", &m);
-        let j: serde_json::Value = serde_json::from_slice(payload(&message(Format::Json, &data))).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_slice(payload(&message(Format::Json, &data))).unwrap();
         let p: serde_json::Value =
             rmp_serde::from_slice(payload(&message(Format::Msgpack, &data))).unwrap();
         assert_eq!(j, p);

@@ -69,11 +69,21 @@ impl ApiError {
 }
 
 fn room_or_error(name: &str) -> Result<RoomName, ApiError> {
-    RoomName::parse(name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, e.to_string()))
+    RoomName::parse(name).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRoom,
+            e.to_string(),
+        )
+    })
 }
 
 fn internal() -> Response<Body> {
-    json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "store unavailable")
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        "store unavailable",
+    )
 }
 
 #[derive(Serialize)]
@@ -91,20 +101,31 @@ pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Respons
     };
     let q = Query::parse(query);
     let number = |key: &str| -> Result<Option<u64>, ApiError> {
-        q.get(key).map(|v| v.parse::<u64>()).transpose().map_err(|_| {
-            let m = format!("{key} must be a non-negative integer");
-            ApiError(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m)
-        })
+        q.get(key)
+            .map(|v| v.parse::<u64>())
+            .transpose()
+            .map_err(|_| {
+                let m = format!("{key} must be a non-negative integer");
+                ApiError(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m)
+            })
     };
     let (since, limit) = match (number("since"), number("limit")) {
-        (Ok(s), Ok(l)) => (s.unwrap_or(0), l.map_or(HISTORY_DEFAULT_LIMIT, |l| (l as usize).clamp(1, HISTORY_MAX_LIMIT))),
+        (Ok(s), Ok(l)) => (
+            s.unwrap_or(0),
+            l.map_or(HISTORY_DEFAULT_LIMIT, |l| {
+                (l as usize).clamp(1, HISTORY_MAX_LIMIT)
+            }),
+        ),
         (Err(e), _) | (_, Err(e)) => return e.response(),
     };
     match history_page(ctx, &room, since, limit).await {
         Ok((epoch, messages, more)) => {
             let body = HistoryBody {
                 room: room.as_str(),
-                messages: messages.iter().map(|m| MessageData::of(room.as_str(), &epoch, m)).collect(),
+                messages: messages
+                    .iter()
+                    .map(|m| MessageData::of(room.as_str(), &epoch, m))
+                    .collect(),
                 more,
             };
             json(StatusCode::OK, &body)
@@ -127,19 +148,45 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
         Err(e) => return e.response(),
     };
     let cfg = &ctx.config;
-    let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes).collect().await {
+    let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(_) => return json_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, "body is too large"),
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                "body is too large",
+            )
+        }
     };
     let body: PublishBody = match serde_json::from_slice(&bytes) {
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &format!("expected {{user, content, id?}}: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("expected {{user, content, id?}}: {e}"),
+            )
+        }
     };
-    if body.user.is_empty() || body.user.chars().count() > 64 || body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN) {
-        return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "user must be 1-64 characters and id at most 64 bytes");
+    if body.user.is_empty()
+        || body.user.chars().count() > 64
+        || body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "user must be 1-64 characters and id at most 64 bytes",
+        );
     }
     if body.content.len() > cfg.max_content_bytes {
-        return json_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, &format!("content is over {} bytes", cfg.max_content_bytes));
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            &format!("content is over {} bytes", cfg.max_content_bytes),
+        );
     }
     let (tx, rx) = oneshot::channel();
     let cmd = ShardCmd::Publish {
@@ -154,8 +201,15 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
         return internal();
     }
     match rx.await {
-        Ok(Ok(sequence)) => json(StatusCode::CREATED, &serde_json::json!({ "sequence": sequence })),
-        Ok(Err(code)) => json_error(StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, "message was not stored"),
+        Ok(Ok(sequence)) => json(
+            StatusCode::CREATED,
+            &serde_json::json!({ "sequence": sequence }),
+        ),
+        Ok(Err(code)) => json_error(
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            "message was not stored",
+        ),
         Err(_) => internal(),
     }
 }

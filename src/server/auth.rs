@@ -86,7 +86,11 @@ impl Auth {
 
     /// Checks a WebSocket upgrade's token (query or bearer header). `None`
     /// when authentication is off.
-    pub fn check_token(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Grant>, AuthError> {
+    pub fn check_token(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Option<Grant>, AuthError> {
         let Some((key, validation)) = &self.jwt else {
             return Ok(None);
         };
@@ -124,10 +128,10 @@ impl Auth {
         }
         match headers.get(ORIGIN).and_then(|o| o.to_str().ok()) {
             None => true,
-            Some(origin) => self
-                .allowed_origins
-                .iter()
-                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+            Some(origin) => self.allowed_origins.iter().any(|a| {
+                a.trim_end_matches('/')
+                    .eq_ignore_ascii_case(origin.trim_end_matches('/'))
+            }),
         }
     }
 }
@@ -149,7 +153,8 @@ fn read_secret(
     let Some(path) = file else {
         return Ok(None);
     };
-    let s = std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} from {}", path.display()))?;
     let s = s.trim().to_owned();
     anyhow::ensure!(!s.is_empty(), "the {what} file {} is empty", path.display());
     Ok(Some(s))

@@ -35,14 +35,24 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
         (&Method::GET, "/healthz") => {
             if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
-                json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}))
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "draining"}),
+                )
             } else {
                 json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
             }
         }
-        (_, p) if p.starts_with("/api/") && !ctx.auth.api_allowed(req.headers(), method != Method::GET) => {
+        (_, p)
+            if p.starts_with("/api/")
+                && !ctx.auth.api_allowed(req.headers(), method != Method::GET) =>
+        {
             ctx.metrics.auth_failures.inc();
-            json_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "a valid API key is required")
+            json_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Forbidden,
+                "a valid API key is required",
+            )
         }
         (&Method::GET, "/metrics") => {
             for (i, depth) in ctx.shards.queue_depths().into_iter().enumerate() {
@@ -51,24 +61,44 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
                     .with_label_values(&[&i.to_string()])
                     .set(depth as i64);
             }
-            respond(StatusCode::OK, "text/plain; version=0.0.4", ctx.metrics.render())
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                ctx.metrics.render(),
+            )
         }
         (&Method::GET, "/api/rooms") => api::rooms(&ctx).await,
-        (_, p) if p.starts_with("/api/rooms/") => match p["/api/rooms/".len()..].strip_suffix("/messages") {
-            Some(room) if method == Method::GET => api::history(&ctx, room, req.uri().query()).await,
-            Some(room) if method == Method::POST => api::publish(&ctx, room, req).await,
-            Some(_) => json_error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest, "use GET or POST"),
-            None => not_found(),
-        },
+        (_, p) if p.starts_with("/api/rooms/") => {
+            match p["/api/rooms/".len()..].strip_suffix("/messages") {
+                Some(room) if method == Method::GET => {
+                    api::history(&ctx, room, req.uri().query()).await
+                }
+                Some(room) if method == Method::POST => api::publish(&ctx, room, req).await,
+                Some(_) => json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::BadRequest,
+                    "use GET or POST",
+                ),
+                None => not_found(),
+            }
+        }
         _ => not_found(),
     }
 }
 
 fn not_found() -> Response<Body> {
-    json_error(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such endpoint")
+    json_error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::BadRequest,
+        "no such endpoint",
+    )
 }
 
-pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()

@@ -111,7 +111,10 @@ impl Running {
         self.ctx.draining.store(true, Ordering::Release);
         self.ctx.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(timeout, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("sessions still open after the shutdown timeout");
             return;
         }
@@ -133,8 +136,9 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreKind::Redb => {
             let interval = Duration::from_millis(config.sync_interval_ms);
-            let store = crate::store::RedbStore::open(&config.data_dir, config.durability, interval)
-                .context("cannot open the store")?;
+            let store =
+                crate::store::RedbStore::open(&config.data_dir, config.durability, interval)
+                    .context("cannot open the store")?;
             Ok(Arc::new(store))
         }
     }
@@ -201,7 +205,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !running.ctx.auth.tokens_required() {
         tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
     }
-    let scheme = if running.ctx.config.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if running.ctx.config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(addr = %running.addr, %scheme, "parlor listening");
     shutdown_signal().await;
     tracing::info!("shutting down: closing sessions, flushing the store");
@@ -247,7 +255,10 @@ async fn retention_loop(ctx: Arc<Ctx>) {
         loop {
             let store = ctx.store.clone();
             let policy = ctx.config.retention(crate::protocol::now_ms());
-            let deleted = tokio::task::spawn_blocking(move || store.apply_retention(&policy, RETENTION_BATCH)).await;
+            let deleted = tokio::task::spawn_blocking(move || {
+                store.apply_retention(&policy, RETENTION_BATCH)
+            })
+            .await;
             match deleted {
                 Ok(Ok(n)) => {
                     ctx.metrics.retained_deleted.inc_by(n as u64);
@@ -266,7 +277,12 @@ async fn retention_loop(ctx: Arc<Ctx>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    tasks: TaskTracker,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -284,10 +300,14 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: TaskTracker, t
                 tasks.spawn(async move {
                     match tls {
                         None => serve_connection(tcp, ctx, tasks2, permit).await,
-                        Some(tls) => match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
-                            Ok(Ok(stream)) => serve_connection(stream, ctx, tasks2, permit).await,
-                            _ => tracing::debug!("TLS handshake failed"),
-                        },
+                        Some(tls) => {
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(stream, ctx, tasks2, permit).await
+                                }
+                                _ => tracing::debug!("TLS handshake failed"),
+                            }
+                        }
                     }
                 });
             }

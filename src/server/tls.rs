@@ -11,14 +11,16 @@ use tokio_rustls::TlsAcceptor;
 /// Builds an acceptor from PEM files: a certificate chain and a private key.
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = {
-        let pem = std::fs::read(cert).with_context(|| format!("cannot read TLS certificate {}", cert.display()))?;
+        let pem = std::fs::read(cert)
+            .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?;
         rustls_pemfile::certs(&mut pem.as_slice())
             .collect::<Result<_, _>>()
             .with_context(|| format!("bad PEM in TLS certificate {}", cert.display()))?
     };
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
     let key: PrivateKeyDer<'static> = {
-        let pem = std::fs::read(key).with_context(|| format!("cannot read TLS key {}", key.display()))?;
+        let pem =
+            std::fs::read(key).with_context(|| format!("cannot read TLS key {}", key.display()))?;
         rustls_pemfile::private_key(&mut pem.as_slice())
             .with_context(|| format!("bad PEM in TLS key {}", key.display()))?
             .with_context(|| format!("no private key in {}", key.display()))?

@@ -25,17 +25,29 @@ use crate::session::{self, Params};
 const MAX_USER_LEN: usize = 64;
 
 pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Full<Bytes>> {
-    let Conn { ctx, tasks, slot: conn_slot } = conn;
+    let Conn {
+        ctx,
+        tasks,
+        slot: conn_slot,
+    } = conn;
     let query = Query::parse(req.uri().query());
     if !ctx.auth.origin_allowed(req.headers()) {
         ctx.metrics.auth_failures.inc();
-        return json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
     }
     let grant = match ctx.auth.check_token(req.headers(), query.get("token")) {
         Ok(grant) => grant,
         Err(e) => {
             ctx.metrics.auth_failures.inc();
-            return json_error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, &e.to_string());
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Forbidden,
+                &e.to_string(),
+            );
         }
     };
     let user: Arc<str> = match (&grant, query.get("user")) {
@@ -51,7 +63,11 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
     };
     let Some(slot) = ctx.admit_user(&user) else {
-        return json_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, "too many connections for this user");
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many connections for this user",
+        );
     };
     let offered = req
         .headers()
@@ -65,20 +81,31 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         (None, Some(q)) => match Format::from_query(q) {
             Some(f) => f,
             None => {
-                return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "format must be json or msgpack")
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "format must be json or msgpack",
+                )
             }
         },
         (None, None) => Format::Json,
     };
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e.to_string()),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &e.to_string(),
+            )
+        }
     };
     let mut response = response.map(|_| Full::new(Bytes::new()));
     if let Some(f) = offered {
-        response
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(f.subprotocol()));
+        response.headers_mut().insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(f.subprotocol()),
+        );
     }
     let params = Params {
         user,

@@ -73,8 +73,14 @@ where
         cfg.outbox_bytes
     };
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
-    let session = Arc::new(SessionHandle::new(client_id, params.user.clone(), params.format, outbox));
-    let span = tracing::info_span!("session", client_id = %session.client_name(), user = %session.user);
+    let session = Arc::new(SessionHandle::new(
+        client_id,
+        params.user.clone(),
+        params.format,
+        outbox,
+    ));
+    let span =
+        tracing::info_span!("session", client_id = %session.client_name(), user = %session.user);
     async move {
         ctx.metrics.connections.inc();
         ctx.metrics.connections_total.inc();
@@ -91,13 +97,23 @@ where
                 heartbeat_ms: cfg.heartbeat().as_millis() as u64,
                 server: concat!("parlor/", env!("CARGO_PKG_VERSION")),
             };
-            session
-                .outbox
-                .push_or_cut(msg::encode(session.format, "connected", None, Some(connected)));
+            session.outbox.push_or_cut(msg::encode(
+                session.format,
+                "connected",
+                None,
+                Some(connected),
+            ));
         }
         let writer = tokio::spawn(
-            writer::run(write, rx, session.clone(), heartbeat, liveness.clone(), ctx.metrics.clone())
-                .instrument(tracing::Span::current()),
+            writer::run(
+                write,
+                rx,
+                session.clone(),
+                heartbeat,
+                liveness.clone(),
+                ctx.metrics.clone(),
+            )
+            .instrument(tracing::Span::current()),
         );
         let end = reader::run(read, &session, &ctx, &liveness, &params).await;
         let code = session.outbox.cut_code();

@@ -54,7 +54,11 @@ pub async fn run<R: AsyncRead + Unpin>(
         session: session.clone(),
         ctx: ctx.clone(),
         joined: HashSet::new(),
-        rate: RateLimiter::new(ctx.config.rate_per_sec, ctx.config.rate_burst, Instant::now()),
+        rate: RateLimiter::new(
+            ctx.config.rate_per_sec,
+            ctx.config.rate_burst,
+            Instant::now(),
+        ),
     };
     let end = read_loop(&mut raw, &mut state, liveness, echo).await;
     // Leave every room before anything slow, so presence updates at once.
@@ -165,7 +169,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 };
                 if echo {
-                    if session.outbox.push_wait(frame::frame(opcode, &data)).await.is_err() {
+                    if session
+                        .outbox
+                        .push_wait(frame::frame(opcode, &data))
+                        .await
+                        .is_err()
+                    {
                         return ReadEnd::WriterGone;
                     }
                     continue;
@@ -200,7 +209,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
     match expires_at {
         Some(at) => {
-            let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             tokio::time::sleep(left).await
         }
         None => std::future::pending().await,
@@ -300,7 +311,11 @@ impl State {
             ClientMsg::Ping => self.reply(msg::bare(self.session.format, "pong")),
             ClientMsg::Join { room, since, epoch } => {
                 if self.grant.as_ref().is_some_and(|g| !g.allows(&room)) {
-                    self.error(ErrorCode::Forbidden, "your token does not grant this room", id);
+                    self.error(
+                        ErrorCode::Forbidden,
+                        "your token does not grant this room",
+                        id,
+                    );
                     return Ok(());
                 }
                 if !self.joined.contains(&room) && self.joined.len() >= cfg.max_rooms_per_conn {
@@ -357,7 +372,11 @@ impl State {
                     return Ok(());
                 }
                 if !self.joined.contains(&room) {
-                    self.error(ErrorCode::NotJoined, "join the room before sending to it", id);
+                    self.error(
+                        ErrorCode::NotJoined,
+                        "join the room before sending to it",
+                        id,
+                    );
                     return Ok(());
                 }
                 self.ctx.metrics.messages_in.inc();

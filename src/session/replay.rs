@@ -15,7 +15,7 @@ use super::SessionHandle;
 use crate::protocol::server::{self as msg, MessageData};
 use crate::protocol::{Format, RoomName};
 use crate::server::Ctx;
-use crate::shard::{JoinPlan, ShardCmd, CatchUp};
+use crate::shard::{CatchUp, JoinPlan, ShardCmd};
 use crate::store::{StoreError, StoredMessage};
 
 /// Messages read from the store per round trip.
@@ -44,7 +44,10 @@ pub async fn run(ctx: &Arc<Ctx>, session: &Arc<SessionHandle>, room: &RoomName, 
                 next = last.sequence;
                 ctx.metrics.replayed.inc_by(messages.len() as u64);
                 for m in &messages {
-                    let f = msg::message(session.format, &MessageData::of(room.as_str(), &plan.epoch, m));
+                    let f = msg::message(
+                        session.format,
+                        &MessageData::of(room.as_str(), &plan.epoch, m),
+                    );
                     if session.outbox.push_wait(f).await.is_err() {
                         return;
                     }

@@ -9,7 +9,9 @@
 //! that shard, which meanwhile queues the next batch (group commit).
 
 mod dedup;
+mod join;
 mod presence;
+mod replies;
 pub mod room;
 mod worker;
 
@@ -58,10 +60,7 @@ pub enum ShardCmd {
         session: Arc<SessionHandle>,
     },
     /// The session has replayed up to the plan's `upto`: release held frames.
-    CaughtUp {
-        room: RoomName,
-        client_id: u64,
-    },
+    CaughtUp { room: RoomName, client_id: u64 },
     Stats {
         reply: oneshot::Sender<Vec<RoomStats>>,
     },

@@ -85,7 +85,10 @@ impl Presence {
 
     /// The changes since the last call: (joins, leaves).
     pub fn take_changes(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        (std::mem::take(&mut self.joins), std::mem::take(&mut self.leaves))
+        (
+            std::mem::take(&mut self.joins),
+            std::mem::take(&mut self.leaves),
+        )
     }
 
     pub fn snapshot(&self) -> Snapshot<'_> {
@@ -144,6 +147,9 @@ mod tests {
             p.add(&Arc::from(format!("u{i:05}")), 0);
         }
         let s = p.snapshot();
-        assert_eq!((s.count, s.users.len(), s.truncated), (MAX_LISTED + 5, MAX_LISTED, true));
+        assert_eq!(
+            (s.count, s.users.len(), s.truncated),
+            (MAX_LISTED + 5, MAX_LISTED, true)
+        );
     }
 }

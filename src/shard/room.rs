@@ -313,7 +313,10 @@ mod tests {
             },
             0,
         );
-        let frames: FramesByFormat = [vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")], vec![]];
+        let frames: FramesByFormat = [
+            vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")],
+            vec![],
+        ];
         r.fan_out(&frames, BOUNDS, None);
         assert_eq!(s.outbox.depth(), 0);
         assert!(r.member_mut(1).unwrap().release(BOUNDS));

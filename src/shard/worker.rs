@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::replies::{flush_presence, presence_frame, reply_error, reply_ok};
 use super::room::{Bounds, FramesByFormat, Held, Member, Room};
-use super::{CatchUp, JoinPlan, PublishReply, RoomStats, ShardCmd, ShardEnv};
+use super::{join, CatchUp, JoinPlan, PublishReply, RoomStats, ShardCmd, ShardEnv};
 use crate::error::ErrorCode;
 use crate::protocol::server::{self as msg, MessageData};
 use crate::protocol::{now_ms, Format, RoomName};
@@ -133,7 +133,8 @@ impl Worker {
                 self.env.metrics.store_errors.inc();
                 ErrorCode::Internal
             })?;
-            self.rooms.insert(name.clone(), Room::new(name.clone(), log, window));
+            self.rooms
+                .insert(name.clone(), Room::new(name.clone(), log, window));
             self.env.metrics.rooms.inc();
         }
         Ok(self.rooms.get_mut(name).expect("inserted above"))
@@ -176,41 +177,19 @@ impl Worker {
             let _ = reply.send(Ok(plan));
             return;
         }
-        let first_retained = || store.first_retained(&name).unwrap_or(1);
-        let mut recovered = true;
-        let catch_up = match since {
-            None if cfg.history_on_join == 0 => CatchUp::Nothing,
-            None => {
-                let after = last - cfg.history_on_join.min(last);
-                let more = after > 0 && after >= first_retained();
-                CatchUp::History {
-                    after,
-                    upto: last,
-                    more,
-                }
-            }
-            Some(since) => {
-                let mut after = since;
-                if since > last || epoch.as_ref().is_some_and(|e| *e != room.epoch) {
-                    recovered = false;
-                    after = 0;
-                }
-                let first = if after < last { first_retained() } else { 1 };
-                if after + 1 < first {
-                    recovered = false;
-                    after = first - 1;
-                }
-                if last - after > cfg.replay_limit {
-                    recovered = false;
-                    after = last - cfg.replay_limit;
-                }
-                if after == last {
-                    CatchUp::Nothing
-                } else {
-                    CatchUp::Replay { after, upto: last }
-                }
-            }
+        let limits = join::Limits {
+            history_on_join: cfg.history_on_join,
+            replay_limit: cfg.replay_limit,
         };
+        let first_retained = || store.first_retained(&name).unwrap_or(1);
+        let (catch_up, recovered) = join::plan(
+            since,
+            epoch.as_deref(),
+            &room.epoch,
+            last,
+            limits,
+            first_retained,
+        );
         session.outbox.push_or_cut(joined(recovered, &room.epoch));
         let now = now_ms();
         let held = (catch_up != CatchUp::Nothing).then(Held::default);
@@ -240,7 +219,9 @@ impl Worker {
             return;
         };
         if reply {
-            let data = msg::RoomOnly { room: name.as_str() };
+            let data = msg::RoomOnly {
+                room: name.as_str(),
+            };
             let f = msg::encode(member.session.format, "left", None, Some(data));
             member.session.outbox.push_or_cut(f);
         }
@@ -338,7 +319,9 @@ impl Worker {
         let metrics = self.env.metrics.clone();
         let started = Instant::now();
         let result = self.env.store.append(&self.batch);
-        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.batch_size.observe(self.batch.len() as f64);
         let batch = std::mem::take(&mut self.batch);
         let pending = std::mem::take(&mut self.pending);
@@ -362,7 +345,8 @@ impl Worker {
                     if let Some(room) = self.rooms.get_mut(&append.room) {
                         room.assigned = room.committed;
                         if let Some(id) = &append.message.client_msg_id {
-                            room.dedup.remove(&append.message.user, id, append.message.sequence);
+                            room.dedup
+                                .remove(&append.message.user, id, append.message.sequence);
                         }
                     }
                     let id = append.message.client_msg_id.as_deref();
@@ -405,7 +389,9 @@ impl Worker {
                 if room.uses(format) {
                     frames[format.index()] = messages
                         .iter()
-                        .map(|m| msg::message(format, &MessageData::of(name.as_str(), &room.epoch, m)))
+                        .map(|m| {
+                            msg::message(format, &MessageData::of(name.as_str(), &room.epoch, m))
+                        })
                         .collect();
                 }
             }
@@ -432,8 +418,10 @@ impl Worker {
         }
         let now = Instant::now();
         let before = self.rooms.len();
-        self.rooms
-            .retain(|_, r| r.idle_since.is_none_or(|t| now.duration_since(t) <= IDLE_UNLOAD));
+        self.rooms.retain(|_, r| {
+            r.idle_since
+                .is_none_or(|t| now.duration_since(t) <= IDLE_UNLOAD)
+        });
         let unloaded = before - self.rooms.len();
         if unloaded > 0 {
             self.env.metrics.rooms.sub(unloaded as i64);
@@ -450,93 +438,5 @@ impl Worker {
                 connections: r.connections(),
             })
             .collect()
-    }
-}
-
-/// Sends one window's presence changes to the room's members; a member that
-/// joined within the window is not told about its own user.
-fn flush_presence(room: &mut Room, joins: &[Arc<str>], leaves: &[Arc<str>], bounds: Bounds) {
-    let name = room.name.clone();
-    let encode = |format: Format, joins: &[&str], leaves: &[&str]| {
-        let data = msg::PresenceDiff {
-            room: name.as_str(),
-            joins,
-            leaves,
-        };
-        msg::encode(format, "presence_diff", None, Some(data))
-    };
-    let joins: Vec<&str> = joins.iter().map(|u| &**u).collect();
-    let leaves: Vec<&str> = leaves.iter().map(|u| &**u).collect();
-    let shared: [Bytes; 2] = Format::ALL.map(|f| encode(f, &joins, &leaves));
-    let mut gone = Vec::new();
-    for m in room.members_mut() {
-        let fresh = std::mem::take(&mut m.fresh);
-        let user = &*m.session.user;
-        let f = if fresh && joins.contains(&user) {
-            let others: Vec<&str> = joins.iter().copied().filter(|u| *u != user).collect();
-            if others.is_empty() && leaves.is_empty() {
-                continue;
-            }
-            encode(m.session.format, &others, &leaves)
-        } else {
-            shared[m.session.format.index()].clone()
-        };
-        if !m.deliver(&[f], bounds) {
-            gone.push(m.session.client_id);
-        }
-    }
-    for id in gone {
-        room.remove(id);
-    }
-}
-
-fn presence_frame(room: &Room, format: Format) -> Bytes {
-    let snap = room.presence.snapshot();
-    let data = msg::Presence {
-        room: room.name.as_str(),
-        count: snap.count,
-        users: snap
-            .users
-            .iter()
-            .map(|(user, last_seen)| msg::PresenceUser {
-                user,
-                status: "online",
-                last_seen: *last_seen,
-            })
-            .collect(),
-        truncated: snap.truncated,
-    };
-    msg::encode(format, "presence", None, Some(data))
-}
-
-fn reply_ok(reply: PublishReply, id: Option<&str>, room: &RoomName, sequence: u64) {
-    match reply {
-        PublishReply::Session(s) => {
-            if let Some(id) = id {
-                let data = msg::AckData {
-                    room: room.as_str(),
-                    sequence,
-                };
-                s.outbox.push_or_cut(msg::encode(s.format, "ack", Some(id), Some(data)));
-            }
-        }
-        PublishReply::Http(tx) => {
-            let _ = tx.send(Ok(sequence));
-        }
-    }
-}
-
-fn reply_error(reply: PublishReply, code: ErrorCode, id: Option<&str>, room: &RoomName) {
-    match reply {
-        PublishReply::Session(s) => {
-            let message = match code {
-                ErrorCode::NotJoined => format!("not joined to {room}"),
-                _ => format!("message to {room} was not stored"),
-            };
-            s.outbox.push_or_cut(msg::error(s.format, code, &message, id));
-        }
-        PublishReply::Http(tx) => {
-            let _ = tx.send(Err(code));
-        }
     }
 }

@@ -71,11 +71,15 @@ impl Store for MemoryStore {
         for a in batch {
             let expected = match next.get(&a.room) {
                 Some(n) => *n,
-                None => rooms
-                    .get(&a.room)
-                    .ok_or_else(|| StoreError::Corrupt(format!("append to unopened room {}", a.room)))?
-                    .last()
-                    + 1,
+                None => {
+                    rooms
+                        .get(&a.room)
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("append to unopened room {}", a.room))
+                        })?
+                        .last()
+                        + 1
+                }
             };
             if a.message.sequence != expected {
                 return Err(StoreError::Corrupt(format!(
@@ -134,7 +138,9 @@ impl Store for MemoryStore {
         let mut deleted = 0;
         for log in rooms.values_mut() {
             while deleted < max_delete {
-                let Some(front) = log.messages.front() else { break };
+                let Some(front) = log.messages.front() else {
+                    break;
+                };
                 if !policy.expired(log.messages.len() as u64 - 1, front.timestamp) {
                     break;
                 }
@@ -174,7 +180,10 @@ mod tests {
             .collect();
         s.append(&batch).unwrap();
         let got = s.read(&room, 3, 8, 100).unwrap();
-        assert_eq!(got.iter().map(|m| m.sequence).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        assert_eq!(
+            got.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+            vec![4, 5, 6, 7, 8]
+        );
         assert_eq!(s.read(&room, 0, 10, 2).unwrap().len(), 2);
         let keep4 = Retention {
             keep: 4,
@@ -185,7 +194,10 @@ mod tests {
         assert_eq!(s.read(&room, 0, 10, 100).unwrap()[0].sequence, 7);
         let log = s.open_room(&room, 2).unwrap();
         assert_eq!(log.last, 10);
-        assert_eq!(log.recent_ids.iter().map(|r| r.2).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(
+            log.recent_ids.iter().map(|r| r.2).collect::<Vec<_>>(),
+            vec![9, 10]
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use crate::protocol::RoomName;
 
-pub use memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use memory::MemoryStore;
 
 /// One chat message as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,8 @@ impl Retention {
     /// room (0: the newest) with `timestamp` is past retention.
     pub fn expired(&self, from_newest: u64, timestamp: u64) -> bool {
         from_newest > 0
-            && (from_newest >= self.keep.max(1) || self.older_than_ms.is_some_and(|t| timestamp < t))
+            && (from_newest >= self.keep.max(1)
+                || self.older_than_ms.is_some_and(|t| timestamp < t))
     }
 }
 

@@ -43,11 +43,11 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
 use ::redb::{
-    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, StorageError, TableDefinition, TableHandle,
-    WriteTransaction,
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition, TableHandle, WriteTransaction,
 };
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{Append, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
@@ -98,7 +98,8 @@ fn encode(m: &StoredMessage) -> Result<Vec<u8>, StoreError> {
         c: &m.content,
         i: m.client_msg_id.as_deref(),
     };
-    rmp_serde::to_vec_named(&r).map_err(|e| StoreError::Io(format!("cannot encode message {}: {e}", m.sequence)))
+    rmp_serde::to_vec_named(&r)
+        .map_err(|e| StoreError::Io(format!("cannot encode message {}: {e}", m.sequence)))
 }
 
 fn decode(sequence: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {
@@ -144,12 +145,21 @@ impl RedbStore {
     /// created or written, when the file is not a parlor store (it is then
     /// left untouched), when it is corrupt, or when another process has it
     /// open.
-    pub fn open(dir: &Path, durability: Durability, sync_interval: Duration) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", dir.display())))?;
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        sync_interval: Duration,
+    ) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Io(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
         let path = dir.join(FILE_NAME);
         refuse_foreign_file(&path)?;
-        let opened = std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(&path));
+        let opened = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(open_error(&path, e)),
@@ -212,7 +222,12 @@ fn refuse_foreign_file(path: &Path) -> Result<(), StoreError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::Io(format!("cannot open {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(StoreError::Io(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )))
+        }
     };
     let mut head = Vec::with_capacity(REDB_MAGIC.len());
     (&mut file)
@@ -231,19 +246,27 @@ fn refuse_foreign_file(path: &Path) -> Result<(), StoreError> {
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {
     let p = path.display();
     match e {
-        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => StoreError::Io(format!(
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::Io(format!(
             "{p} is already open in another process (is another parlor running on this data dir?)"
-        )),
-        DatabaseError::UpgradeRequired(v) => {
-            StoreError::Corrupt(format!("{p} has an old redb file format ({v}) that must be upgraded"))
+        ))
         }
-        DatabaseError::Storage(StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
-            StoreError::Corrupt(format!("{p} is not a valid redb database ({io}); refusing to touch it"))
+        DatabaseError::UpgradeRequired(v) => StoreError::Corrupt(format!(
+            "{p} has an old redb file format ({v}) that must be upgraded"
+        )),
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::Corrupt(format!(
+                "{p} is not a valid redb database ({io}); refusing to touch it"
+            ))
         }
         DatabaseError::Storage(StorageError::Corrupted(why)) => {
             StoreError::Corrupt(format!("{p} is corrupt: {why}"))
         }
-        DatabaseError::Storage(StorageError::Io(io)) => StoreError::Io(format!("cannot open {p}: {io}")),
+        DatabaseError::Storage(StorageError::Io(io)) => {
+            StoreError::Io(format!("cannot open {p}: {io}"))
+        }
         other => StoreError::Io(format!("cannot open {p}: {other}")),
     }
 }
@@ -257,14 +280,20 @@ impl Inner {
     /// it makes one) and creates the tables.
     fn init_schema(&self) -> Result<(), StoreError> {
         let _guard = self.writer.lock();
-        let txn = self.db.begin_write().map_err(|e| self.err("cannot begin a transaction", e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("cannot begin a transaction", e))?;
         let tables: Vec<String> = txn
             .list_tables()
             .map_err(|e| self.err("cannot list tables", e))?
             .map(|t| t.name().to_string())
             .collect();
         let ours = [META.name(), ROOMS.name(), MESSAGES.name()];
-        let foreign: Vec<&String> = tables.iter().filter(|t| !ours.contains(&t.as_str())).collect();
+        let foreign: Vec<&String> = tables
+            .iter()
+            .filter(|t| !ours.contains(&t.as_str()))
+            .collect();
         let has_meta = tables.iter().any(|t| t == META.name());
         if !foreign.is_empty() || (!tables.is_empty() && !has_meta) {
             let _ = txn.abort();
@@ -275,7 +304,9 @@ impl Inner {
             )));
         }
         if has_meta {
-            let meta = txn.open_table(META).map_err(|e| self.err("cannot open the meta table", e))?;
+            let meta = txn
+                .open_table(META)
+                .map_err(|e| self.err("cannot open the meta table", e))?;
             let version = meta
                 .get(META_FORMAT)
                 .map_err(|e| self.err("cannot read the format version", e))?
@@ -293,25 +324,39 @@ impl Inner {
             return Ok(());
         }
         {
-            let mut meta = txn.open_table(META).map_err(|e| self.err("cannot create tables", e))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| self.err("cannot create tables", e))?;
             meta.insert(META_FORMAT, FORMAT_VERSION)
                 .map_err(|e| self.err("cannot write the format version", e))?;
-            meta.insert(META_NEXT_ROOM, 1).map_err(|e| self.err("cannot write the meta table", e))?;
-            txn.open_table(ROOMS).map_err(|e| self.err("cannot create tables", e))?;
-            txn.open_table(MESSAGES).map_err(|e| self.err("cannot create tables", e))?;
+            meta.insert(META_NEXT_ROOM, 1)
+                .map_err(|e| self.err("cannot write the meta table", e))?;
+            txn.open_table(ROOMS)
+                .map_err(|e| self.err("cannot create tables", e))?;
+            txn.open_table(MESSAGES)
+                .map_err(|e| self.err("cannot create tables", e))?;
         }
-        txn.commit().map_err(|e| self.err("cannot commit the new store", e))
+        txn.commit()
+            .map_err(|e| self.err("cannot commit the new store", e))
     }
 
     fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(|e| self.err("cannot begin a read transaction", e))
+        self.db
+            .begin_read()
+            .map_err(|e| self.err("cannot begin a read transaction", e))
     }
 
     /// Runs `f` in one write transaction and commits it with the durability
     /// the mode asks for; `f`'s error aborts the transaction.
-    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut state = self.writer.lock();
-        let mut txn = self.db.begin_write().map_err(|e| self.err("cannot begin a write transaction", e))?;
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("cannot begin a write transaction", e))?;
         let durable = match self.durability {
             Durability::Immediate => true,
             Durability::None => false,
@@ -322,7 +367,8 @@ impl Inner {
         } else {
             ::redb::Durability::None
         };
-        txn.set_durability(level).map_err(|e| self.err("cannot set durability", e))?;
+        txn.set_durability(level)
+            .map_err(|e| self.err("cannot set durability", e))?;
         let out = match f(&txn) {
             Ok(out) => out,
             Err(e) => {
@@ -348,8 +394,12 @@ impl Inner {
             return Ok(());
         }
         let started = Instant::now();
-        let txn = self.db.begin_write().map_err(|e| self.err("cannot begin a write transaction", e))?;
-        txn.commit().map_err(|e| self.err("sync commit failed", e))?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.err("cannot begin a write transaction", e))?;
+        txn.commit()
+            .map_err(|e| self.err("sync commit failed", e))?;
         state.last_sync = started;
         state.dirty = false;
         Ok(())
@@ -406,7 +456,11 @@ impl Inner {
         Ok(found)
     }
 
-    fn last_in<T: ReadableTable<(u64, u64), &'static [u8]>>(&self, messages: &T, id: u64) -> Result<u64, StoreError> {
+    fn last_in<T: ReadableTable<(u64, u64), &'static [u8]>>(
+        &self,
+        messages: &T,
+        id: u64,
+    ) -> Result<u64, StoreError> {
         let mut range = messages
             .range((id, 0)..=(id, u64::MAX))
             .map_err(|e| self.err("cannot read messages", e))?;
@@ -442,7 +496,9 @@ impl Store for RedbStore {
         let s = &*self.inner;
         let existing = {
             let txn = s.read_txn()?;
-            let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
+            let rooms = txn
+                .open_table(ROOMS)
+                .map_err(|e| s.err("cannot open the rooms table", e))?;
             let found = rooms
                 .get(room.as_str())
                 .map_err(|e| s.err("cannot read the rooms table", e))?
@@ -455,7 +511,9 @@ impl Store for RedbStore {
         let (id, epoch) = match existing {
             Some(found) => found,
             None => s.write(|txn| {
-                let mut rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
+                let mut rooms = txn
+                    .open_table(ROOMS)
+                    .map_err(|e| s.err("cannot open the rooms table", e))?;
                 let raced = rooms
                     .get(room.as_str())
                     .map_err(|e| s.err("cannot read the rooms table", e))?
@@ -466,7 +524,9 @@ impl Store for RedbStore {
                 if let Some(found) = raced {
                     return Ok(found);
                 }
-                let mut meta = txn.open_table(META).map_err(|e| s.err("cannot open the meta table", e))?;
+                let mut meta = txn
+                    .open_table(META)
+                    .map_err(|e| s.err("cannot open the meta table", e))?;
                 let id = meta
                     .get(META_NEXT_ROOM)
                     .map_err(|e| s.err("cannot read the meta table", e))?
@@ -483,7 +543,9 @@ impl Store for RedbStore {
         s.room_ids.write().insert(room.clone(), id);
 
         let txn = s.read_txn()?;
-        let messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(|e| s.err("cannot open the messages table", e))?;
         let last = s.last_in(&messages, id)?;
         let mut recent_ids = Vec::new();
         if dedup_window > 0 && last > 0 {
@@ -514,7 +576,9 @@ impl Store for RedbStore {
     fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = txn
+            .open_table(ROOMS)
+            .map_err(|e| s.err("cannot open the rooms table", e))?;
         let epoch = rooms
             .get(room.as_str())
             .map_err(|e| s.err("cannot read the rooms table", e))?
@@ -528,17 +592,21 @@ impl Store for RedbStore {
         }
         let s = &*self.inner;
         s.write(|txn| {
-            let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
-            let mut messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+            let rooms = txn
+                .open_table(ROOMS)
+                .map_err(|e| s.err("cannot open the rooms table", e))?;
+            let mut messages = txn
+                .open_table(MESSAGES)
+                .map_err(|e| s.err("cannot open the messages table", e))?;
             // Room → (id, next expected sequence), for the rooms of this batch.
             let mut next: HashMap<&RoomName, (u64, u64)> = HashMap::new();
             for a in batch {
                 let (id, expected) = match next.get(&a.room) {
                     Some(v) => *v,
                     None => {
-                        let id = s
-                            .room_id_in(&rooms, &a.room)?
-                            .ok_or_else(|| StoreError::Corrupt(format!("append to unopened room {}", a.room)))?;
+                        let id = s.room_id_in(&rooms, &a.room)?.ok_or_else(|| {
+                            StoreError::Corrupt(format!("append to unopened room {}", a.room))
+                        })?;
                         (id, s.last_in(&messages, id)? + 1)
                     }
                 };
@@ -559,17 +627,27 @@ impl Store for RedbStore {
         })
     }
 
-    fn read(&self, room: &RoomName, after: u64, upto: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+    fn read(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         let s = &*self.inner;
         if limit == 0 || after >= upto {
             return Ok(Vec::new());
         }
         let txn = s.read_txn()?;
-        let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = txn
+            .open_table(ROOMS)
+            .map_err(|e| s.err("cannot open the rooms table", e))?;
         let Some(id) = s.room_id_in(&rooms, room)? else {
             return Ok(Vec::new());
         };
-        let messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(|e| s.err("cannot open the messages table", e))?;
         let range = messages
             .range((id, after + 1)..=(id, upto))
             .map_err(|e| s.err("cannot read messages", e))?;
@@ -584,11 +662,15 @@ impl Store for RedbStore {
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = txn
+            .open_table(ROOMS)
+            .map_err(|e| s.err("cannot open the rooms table", e))?;
         let Some(id) = s.room_id_in(&rooms, room)? else {
             return Ok(1);
         };
-        let messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(|e| s.err("cannot open the messages table", e))?;
         match s.first_in(&messages, id)? {
             Some(first) => Ok(first),
             None => Ok(s.last_in(&messages, id)? + 1),
@@ -598,13 +680,23 @@ impl Store for RedbStore {
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
-        let messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+        let rooms = txn
+            .open_table(ROOMS)
+            .map_err(|e| s.err("cannot open the rooms table", e))?;
+        let messages = txn
+            .open_table(MESSAGES)
+            .map_err(|e| s.err("cannot open the messages table", e))?;
         let mut out = Vec::new();
-        for entry in rooms.iter().map_err(|e| s.err("cannot read the rooms table", e))? {
+        for entry in rooms
+            .iter()
+            .map_err(|e| s.err("cannot read the rooms table", e))?
+        {
             let (name, v) = entry.map_err(|e| s.err("cannot read the rooms table", e))?;
             let Ok(room) = RoomName::parse(name.value()) else {
-                tracing::warn!(room = name.value(), "skipping a stored room with an invalid name");
+                tracing::warn!(
+                    room = name.value(),
+                    "skipping a stored room with an invalid name"
+                );
                 continue;
             };
             let last = s.last_in(&messages, v.value().0)?;
@@ -622,9 +714,16 @@ impl Store for RedbStore {
         let mut budget = max_delete as u64;
         {
             let txn = s.read_txn()?;
-            let rooms = txn.open_table(ROOMS).map_err(|e| s.err("cannot open the rooms table", e))?;
-            let messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
-            for entry in rooms.iter().map_err(|e| s.err("cannot read the rooms table", e))? {
+            let rooms = txn
+                .open_table(ROOMS)
+                .map_err(|e| s.err("cannot open the rooms table", e))?;
+            let messages = txn
+                .open_table(MESSAGES)
+                .map_err(|e| s.err("cannot open the messages table", e))?;
+            for entry in rooms
+                .iter()
+                .map_err(|e| s.err("cannot read the rooms table", e))?
+            {
                 if budget == 0 {
                     break;
                 }
@@ -635,7 +734,9 @@ impl Store for RedbStore {
                 };
                 let last = s.last_in(&messages, id)?;
                 // Over the count: no need to look at the messages themselves.
-                let by_count = (last - first + 1).saturating_sub(policy.keep.max(1)).min(budget);
+                let by_count = (last - first + 1)
+                    .saturating_sub(policy.keep.max(1))
+                    .min(budget);
                 let mut end = first + by_count;
                 if policy.older_than_ms.is_some() {
                     let range = messages
@@ -664,7 +765,9 @@ impl Store for RedbStore {
             return Ok(0);
         }
         s.write(|txn| {
-            let mut messages = txn.open_table(MESSAGES).map_err(|e| s.err("cannot open the messages table", e))?;
+            let mut messages = txn
+                .open_table(MESSAGES)
+                .map_err(|e| s.err("cannot open the messages table", e))?;
             let mut deleted = 0usize;
             for &(id, from, to) in &plan {
                 messages

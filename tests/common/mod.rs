@@ -40,7 +40,9 @@ pub async fn start(cfg: Config) -> Running {
 }
 
 pub async fn start_with_store(cfg: Config, store: Arc<dyn parlor::store::Store>) -> Running {
-    parlor::server::start(cfg, store).await.expect("server starts")
+    parlor::server::start(cfg, store)
+        .await
+        .expect("server starts")
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -87,10 +89,12 @@ pub fn seq(v: &Value) -> u64 {
 pub fn assert_error(v: &Value, code: &str, id: Option<&str>) {
     assert_eq!(ty(v), "error", "expected error {code}, got {v}");
     assert_eq!(v["data"]["code"], code, "wrong error code in {v}");
-    assert!(v["data"]["message"].is_string(), "error without message: {v}");
-    match id {
-        Some(id) => assert_eq!(v["id"], id, "error does not echo id: {v}"),
-        None => {}
+    assert!(
+        v["data"]["message"].is_string(),
+        "error without message: {v}"
+    );
+    if let Some(id) = id {
+        assert_eq!(v["id"], id, "error does not echo id: {v}");
     }
 }
 
@@ -185,8 +189,13 @@ pub async fn connect(addr: SocketAddr, user: &str) -> Client {
 pub async fn try_connect(
     addr: SocketAddr,
     opts: &Opts,
-) -> Result<(Ws, tokio_tungstenite::tungstenite::handshake::client::Response), tokio_tungstenite::tungstenite::Error>
-{
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     let mut req = opts.url(addr).into_client_request().expect("valid url");
     if !opts.subprotocols.is_empty() {
         req.headers_mut().insert(
@@ -260,11 +269,15 @@ impl ClientTx {
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.send_raw(Message::text(s.to_string())).await.expect("send failed");
+        self.send_raw(Message::text(s.to_string()))
+            .await
+            .expect("send failed");
     }
 
     pub async fn send_binary(&mut self, b: Vec<u8>) {
-        self.send_raw(Message::binary(b)).await.expect("send failed");
+        self.send_raw(Message::binary(b))
+            .await
+            .expect("send failed");
     }
 
     pub async fn close(&mut self) {
@@ -277,12 +290,18 @@ fn decode(m: Message) -> Option<Event> {
         Message::Text(t) => {
             let value = serde_json::from_str(t.as_str())
                 .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {}", t.as_str()));
-            Some(Event::Frame { value, binary: false })
+            Some(Event::Frame {
+                value,
+                binary: false,
+            })
         }
         Message::Binary(b) => {
             let value = rmp_serde::from_slice(&b)
                 .unwrap_or_else(|e| panic!("server sent invalid MessagePack ({e}): {b:?}"));
-            Some(Event::Frame { value, binary: true })
+            Some(Event::Frame {
+                value,
+                binary: true,
+            })
         }
         Message::Close(c) => Some(Event::Close(c.map(|f| u16::from(f.code)))),
         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
@@ -417,12 +436,26 @@ impl Client {
     }
 
     /// Joins `room` without `since`: returns (joined, presence, history).
+    /// Frames before `joined` (traffic of rooms already joined) are skipped;
+    /// `presence` and `history` must follow it.
     pub async fn join(&mut self, room: &str) -> (Value, Value, Value) {
         self.send(&join(room)).await;
-        let joined = self.expect("joined").await;
+        let joined = loop {
+            let v = self.recv().await;
+            match ty(&v) {
+                "joined" => break v,
+                "error" => panic!("join {room} refused: {v}"),
+                _ => {}
+            }
+        };
+        assert_eq!(joined["data"]["room"], room, "{joined}");
         let presence = self.expect("presence").await;
         let history = self.rx.recv_skip_diffs().await;
-        assert_eq!(ty(&history), "history", "join without since must send history, got {history}");
+        assert_eq!(
+            ty(&history),
+            "history",
+            "join without since must send history, got {history}"
+        );
         (joined, presence, history)
     }
 
@@ -433,7 +466,9 @@ impl Client {
         loop {
             let v = self.recv().await;
             match ty(&v) {
-                "ack" if v["id"] == id => return v["data"]["sequence"].as_u64().expect("ack sequence"),
+                "ack" if v["id"] == id => {
+                    return v["data"]["sequence"].as_u64().expect("ack sequence")
+                }
                 "error" if v["id"] == id => panic!("message {id} refused: {v}"),
                 _ => {}
             }
@@ -448,9 +483,13 @@ impl Client {
         while ack.is_none() || copy.is_none() {
             let v = self.recv().await;
             match ty(&v) {
-                "ack" if v["id"] == id => ack = Some(v["data"]["sequence"].as_u64().expect("ack sequence")),
+                "ack" if v["id"] == id => {
+                    ack = Some(v["data"]["sequence"].as_u64().expect("ack sequence"))
+                }
                 "error" if v["id"] == id => panic!("message {id} refused: {v}"),
-                "message" if v["data"]["content"] == content && v["data"]["room"] == room => copy = Some(v),
+                "message" if v["data"]["content"] == content && v["data"]["room"] == room => {
+                    copy = Some(v)
+                }
                 _ => {}
             }
         }
@@ -539,7 +578,10 @@ impl Raw {
             if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            assert!(raw.fill().await > 0, "connection closed during the handshake");
+            assert!(
+                raw.fill().await > 0,
+                "connection closed during the handshake"
+            );
         };
         raw.response = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
         raw.buf.drain(..end);
@@ -595,7 +637,13 @@ impl Raw {
     }
 
     /// Writes one frame; an error (the server already closed) is returned.
-    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) -> std::io::Result<()> {
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        masked: bool,
+    ) -> std::io::Result<()> {
         let f = Self::encode(fin, opcode, payload, masked);
         self.stream.write_all(&f).await
     }
@@ -687,7 +735,10 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
             if buf.len() < 10 {
                 return None;
             }
-            (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)
+            (
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                10,
+            )
         }
         n => (n as usize, 2),
     };
@@ -714,12 +765,18 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -755,7 +812,9 @@ pub async fn http(
         s.read_to_end(&mut all).await.expect("read response");
         all
     };
-    let all = tokio::time::timeout(TIMEOUT, fut).await.expect("HTTP request timed out");
+    let all = tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .expect("HTTP request timed out");
     let end = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -784,7 +843,10 @@ pub async fn http(
         .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     {
         resp.body = dechunk(&resp.body);
-    } else if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         resp.body.truncate(len);
     }
     resp
@@ -792,10 +854,16 @@ pub async fn http(
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).split(';').next().unwrap().trim(), 16)
-            .expect("chunk size");
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..i])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .expect("chunk size");
         b = &b[i + 2..];
         if size == 0 {
             break;
@@ -812,7 +880,14 @@ pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
 
 pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> HttpResponse {
     let b = body.to_string();
-    http(addr, "POST", path, &[("Content-Type", "application/json")], Some(b.as_bytes())).await
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(b.as_bytes()),
+    )
+    .await
 }
 
 /// Small deterministic PRNG (xorshift64*), so tests need no extra crate.
