@@ -7,7 +7,7 @@
 //! `read_frame` is not cancel-safe, so it is only ever raced against the end
 //! of the session, never against other work.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::protocol::client::{decode, ClientMsg, Request};
 use crate::protocol::{frame, server as msg, Format, RoomName};
 use crate::server::auth::Grant;
 use crate::server::Ctx;
-use crate::shard::{PublishReply, ShardCmd};
+use crate::shard::{CatchUp, PublishReply, ShardCmd};
 
 /// How long a closing connection is drained before the socket is dropped
 /// (dropping unread input would make the kernel reset the connection and
@@ -50,6 +50,7 @@ pub async fn run<R: AsyncRead + Unpin>(
 ) -> ReadEnd {
     let echo = params.echo;
     let mut state = State {
+        replays: HashMap::new(),
         grant: params.grant.clone(),
         session: session.clone(),
         ctx: ctx.clone(),
@@ -61,6 +62,9 @@ pub async fn run<R: AsyncRead + Unpin>(
         ),
     };
     let end = read_loop(&mut raw, &mut state, liveness, echo).await;
+    for (_, replay) in state.replays.drain() {
+        replay.abort();
+    }
     // Leave every room before anything slow, so presence updates at once.
     for room in state.joined.drain() {
         let cmd = ShardCmd::Leave {
@@ -82,6 +86,8 @@ pub async fn run<R: AsyncRead + Unpin>(
 }
 
 struct State {
+    /// Catch-ups still running, by room; aborted on leave and at the end.
+    replays: HashMap<RoomName, tokio::task::AbortHandle>,
     grant: Option<Grant>,
     session: Arc<SessionHandle>,
     ctx: Arc<Ctx>,
@@ -336,7 +342,19 @@ impl State {
                     Ok(Ok(plan)) => {
                         self.joined.insert(room.clone());
                         self.ctx.metrics.joins.inc();
-                        replay::run(&self.ctx, &self.session, &room, plan).await;
+                        // The catch-up runs beside the reader, so the client's
+                        // other frames (pongs above all) are read meanwhile.
+                        if plan.catch_up != CatchUp::Nothing {
+                            let (ctx, session, r) =
+                                (self.ctx.clone(), self.session.clone(), room.clone());
+                            let task =
+                                tokio::spawn(
+                                    async move { replay::run(&ctx, &session, &r, plan).await },
+                                );
+                            if let Some(old) = self.replays.insert(room, task.abort_handle()) {
+                                old.abort();
+                            }
+                        }
                     }
                     Ok(Err(code)) => self.error(code, "join failed", id),
                     Err(_) => self.error(ErrorCode::Internal, "shard unavailable", id),
@@ -346,6 +364,9 @@ impl State {
                 if !self.joined.remove(&room) {
                     self.error(ErrorCode::NotJoined, "not joined to this room", id);
                     return Ok(());
+                }
+                if let Some(replay) = self.replays.remove(&room) {
+                    replay.abort();
                 }
                 let cmd = ShardCmd::Leave {
                     room: room.clone(),

@@ -105,17 +105,26 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 let res = {
                     let write = write_all(&mut io, &batch);
                     tokio::pin!(write);
-                    tokio::select! {
-                        biased;
-                        res = &mut write => res,
-                        _ = outbox.cut_signalled() => {
-                            // A close frame cannot start mid-frame: finish
-                            // this batch within the close grace first.
-                            let deadline = Instant::now() + CLOSE_GRACE;
-                            cut_meanwhile = Some(deadline);
-                            tokio::time::timeout_at(deadline, write)
-                                .await
-                                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    loop {
+                        let silent_until = liveness.last() + hb_every * 2;
+                        tokio::select! {
+                            biased;
+                            res = &mut write => break res,
+                            // A write stuck on a peer that also went silent: dead.
+                            _ = sleep_until(silent_until), if hb_frame.is_some() => {
+                                if liveness.last() + hb_every * 2 <= Instant::now() {
+                                    break Err(std::io::ErrorKind::TimedOut.into());
+                                }
+                            }
+                            _ = outbox.cut_signalled() => {
+                                // A close frame cannot start mid-frame: finish
+                                // this batch within the close grace first.
+                                let deadline = Instant::now() + CLOSE_GRACE;
+                                cut_meanwhile = Some(deadline);
+                                break tokio::time::timeout_at(deadline, &mut write)
+                                    .await
+                                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                            }
                         }
                     }
                 };
