@@ -455,3 +455,34 @@ fn retention_by_age_keeps_recent_and_the_newest() {
         "the newest message stays"
     );
 }
+
+#[test]
+fn quick_repair_stores_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = RoomName::parse("qr").unwrap();
+    {
+        let s = RedbStore::open_with(
+            dir.path(),
+            Durability::Immediate,
+            Duration::from_millis(10),
+            true,
+        )
+        .unwrap();
+        s.open_room(&room, 10).unwrap();
+        let batch: Vec<_> = (1..=3u64)
+            .map(|i| Append {
+                room: room.clone(),
+                message: StoredMessage {
+                    sequence: i,
+                    timestamp: i,
+                    user: "u".into(),
+                    content: format!("m{i}"),
+                    client_msg_id: None,
+                },
+            })
+            .collect();
+        s.append(&batch).unwrap();
+    }
+    let s = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10)).unwrap();
+    assert_eq!(s.open_room(&room, 10).unwrap().last, 3);
+}

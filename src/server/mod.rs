@@ -136,9 +136,13 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreKind::Redb => {
             let interval = Duration::from_millis(config.sync_interval_ms);
-            let store =
-                crate::store::RedbStore::open(&config.data_dir, config.durability, interval)
-                    .context("cannot open the store")?;
+            let store = crate::store::RedbStore::open_with(
+                &config.data_dir,
+                config.durability,
+                interval,
+                config.quick_repair,
+            )
+            .context("cannot open the store")?;
             Ok(Arc::new(store))
         }
     }
