@@ -18,8 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -353,14 +352,17 @@ where
         };
         async move { Ok::<_, std::convert::Infallible>(http::route(req, conn).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own HTTP/1 connection, not hyper-util's auto builder: the
+    // auto builder wraps the socket to sniff the protocol, and then an
+    // upgraded WebSocket can no longer be taken back as the bare TcpStream
+    // (see `upgrade`), which costs a lock per poll for the life of a session.
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = builder.http1_only();
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
         .await
     {
         tracing::debug!(cause = %e, "HTTP connection ended with an error");

@@ -130,6 +130,8 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
                 session::run(read, write, params, ctx).await;
             }
             Err(upgraded) => {
+                // TLS: one stream for both directions, split with a lock.
+                tracing::debug!("upgraded connection is not a bare TcpStream; splitting with a lock");
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 session::run(read, write, params, ctx).await;
             }
