@@ -18,7 +18,7 @@ const BOUNDS: Bounds = Bounds {
     bytes: 8 << 20,
 };
 
-fn room_with(members: usize) -> (Room, Vec<OutboxReceiver>) {
+fn room_with(members: usize) -> (Room, Vec<(Arc<SessionHandle>, OutboxReceiver)>) {
     let log = RoomLog {
         epoch: "e".into(),
         last: 0,
@@ -36,15 +36,21 @@ fn room_with(members: usize) -> (Room, Vec<OutboxReceiver>) {
         ));
         room.add(
             Member {
-                session,
+                session: session.clone(),
                 held: None,
                 fresh: false,
             },
             0,
         );
-        receivers.push(rx);
+        receivers.push((session, rx));
     }
     (room, receivers)
+}
+
+fn drain(receivers: &mut [(Arc<SessionHandle>, OutboxReceiver)]) {
+    for (session, rx) in receivers {
+        rx.drain(&session.outbox);
+    }
 }
 
 fn fanout(c: &mut Criterion) {
@@ -68,10 +74,10 @@ fn fanout(c: &mut Criterion) {
                         room.fan_out(&frames, BOUNDS, pool);
                         total += t.elapsed();
                         if i % 1024 == 1023 {
-                            receivers.iter_mut().for_each(OutboxReceiver::drain);
+                            drain(&mut receivers);
                         }
                     }
-                    receivers.iter_mut().for_each(OutboxReceiver::drain);
+                    drain(&mut receivers);
                     total
                 })
             });

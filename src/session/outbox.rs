@@ -8,10 +8,14 @@
 //! of frame data not shared with other sessions (broadcast frames are shared
 //! `Bytes`, so a room's traffic is stored once however many outboxes hold it).
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::error::close;
 
@@ -19,6 +23,14 @@ use crate::error::close;
 pub enum Out {
     Frame(Bytes),
     Close(Bytes),
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Frame(b) | Out::Close(b) => b.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,43 +41,116 @@ pub enum PushError {
     Closed,
 }
 
+/// Why not a channel: a push is one short, almost always uncontended lock
+/// (only this session's writer ever competes for it), the writer is woken
+/// only when the queue goes from empty to non-empty, and it takes everything
+/// queued in one swap. A bounded mpsc pays a permit and a block lookup per
+/// push and a locked permit release per received item.
 pub struct Outbox {
-    tx: mpsc::Sender<Out>,
-    /// Bytes queued and not yet written; bounded by `max_bytes`.
-    queued_bytes: AtomicUsize,
+    queue: Mutex<Queue>,
+    max_frames: usize,
     max_bytes: usize,
     /// 0 while open; else the close code the writer must send.
     cut_code: AtomicU16,
     /// Wakes the writer when the session is cut.
     cut_signal: Notify,
-    /// Wakes a waiting `push_wait` when the writer has drained frames.
+    /// Wakes a waiting `push_wait` when the writer has written frames.
     space: Notify,
 }
 
-/// The writer's end of an outbox.
-pub struct OutboxReceiver {
-    pub(super) rx: mpsc::Receiver<Out>,
+struct Queue {
+    items: VecDeque<Out>,
+    /// Frames and bytes queued or taken by the writer and not yet written:
+    /// what the bounds limit.
+    frames: usize,
+    bytes: usize,
+    closed: bool,
+    /// The writer, when it waits for frames.
+    waker: Option<Waker>,
 }
 
+/// The writer's end of an outbox: the frames it has taken.
+pub struct OutboxReceiver {
+    taken: VecDeque<Out>,
+}
+
+/// A taken deque with more room than this is freed once written, so a burst
+/// does not pin memory on an idle session.
+const KEEP_CAPACITY: usize = 64;
+
 impl OutboxReceiver {
-    /// Drops everything queued (benchmarks stand in for a writer with it).
-    pub fn drain(&mut self) {
-        while self.rx.try_recv().is_ok() {}
+    /// Waits for frames and takes all that are queued; false once the
+    /// outbox is closed and empty.
+    pub(super) async fn take(&mut self, outbox: &Outbox) -> bool {
+        poll_fn(|cx| {
+            let mut q = outbox.queue.lock();
+            if !q.items.is_empty() {
+                std::mem::swap(&mut q.items, &mut self.taken);
+                Poll::Ready(true)
+            } else if q.closed {
+                Poll::Ready(false)
+            } else {
+                match &q.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => q.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The frames taken by the last `take`, to write in order.
+    pub(super) fn taken(&mut self) -> impl Iterator<Item = Out> + '_ {
+        self.taken.drain(..)
+    }
+
+    /// Returns the room of what was written to the bounds.
+    pub(super) fn written(&mut self, outbox: &Outbox, frames: usize, bytes: usize) {
+        {
+            let mut q = outbox.queue.lock();
+            q.frames -= frames;
+            q.bytes -= bytes;
+        }
+        if self.taken.capacity() > KEEP_CAPACITY {
+            self.taken = VecDeque::new();
+        }
+        outbox.space.notify_waiters();
+    }
+
+    /// Takes and drops whatever is queued, as a writer that wrote it would
+    /// (benchmarks stand in for a writer with it).
+    pub fn drain(&mut self, outbox: &Outbox) {
+        let (frames, bytes) = {
+            let mut q = outbox.queue.lock();
+            std::mem::swap(&mut q.items, &mut self.taken);
+            (self.taken.len(), self.taken.iter().map(Out::len).sum())
+        };
+        self.taken.clear();
+        self.written(outbox, frames, bytes);
     }
 }
 
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(max_frames.max(1));
         let outbox = Outbox {
-            tx,
-            queued_bytes: AtomicUsize::new(0),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                frames: 0,
+                bytes: 0,
+                closed: false,
+                waker: None,
+            }),
+            max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
             cut_code: AtomicU16::new(0),
             cut_signal: Notify::new(),
             space: Notify::new(),
         };
-        (outbox, OutboxReceiver { rx })
+        let rx = OutboxReceiver {
+            taken: VecDeque::new(),
+        };
+        (outbox, rx)
     }
 
     /// Queues a frame if it fits; never waits.
@@ -80,27 +165,31 @@ impl Outbox {
     }
 
     fn try_send(&self, out: Out) -> Result<(), PushError> {
-        if self.is_cut() {
-            return Err(PushError::Closed);
-        }
-        let len = match &out {
-            Out::Frame(b) | Out::Close(b) => b.len(),
-        };
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return Err(PushError::Full);
-        }
-        match self.tx.try_send(out) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => PushError::Full,
-                    mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-                })
+        let len = out.len();
+        let waker = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                return Err(PushError::Closed);
             }
+            if q.frames >= self.max_frames || q.bytes + len > self.max_bytes {
+                return Err(PushError::Full);
+            }
+            q.frames += 1;
+            q.bytes += len;
+            if matches!(out, Out::Close(_)) {
+                q.closed = true;
+            }
+            q.items.push_back(out);
+            if q.items.len() == 1 {
+                q.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
+        Ok(())
     }
 
     /// Queues a frame, waiting while the outbox is full. For the session's
@@ -137,6 +226,14 @@ impl Outbox {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
+            let dropped = {
+                let mut q = self.queue.lock();
+                q.closed = true;
+                q.frames -= q.items.len();
+                q.bytes -= q.items.iter().map(Out::len).sum::<usize>();
+                std::mem::take(&mut q.items)
+            };
+            drop(dropped);
             self.cut_signal.notify_one();
             self.space.notify_waiters();
         }
@@ -155,14 +252,9 @@ impl Outbox {
         self.cut_signal.notified().await
     }
 
-    pub(super) fn written(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        self.space.notify_waiters();
-    }
-
     /// Frames waiting to be written.
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.queue.lock().frames
     }
 }
 
@@ -177,6 +269,24 @@ mod tests {
         assert_eq!(o.try_push(Bytes::from(vec![0; 60])), Err(PushError::Full));
         assert_eq!(o.try_push(Bytes::from(vec![0; 10])), Ok(()));
         assert_eq!(o.try_push(Bytes::from(vec![0; 1])), Err(PushError::Full));
+    }
+
+    #[test]
+    fn written_frames_free_their_room() {
+        let (o, mut rx) = Outbox::new(2, 100);
+        o.try_push(Bytes::from(vec![0; 60])).unwrap();
+        o.try_push(Bytes::from(vec![0; 30])).unwrap();
+        assert_eq!(o.try_push(Bytes::new()), Err(PushError::Full));
+        rx.drain(&o);
+        assert_eq!(o.depth(), 0);
+        assert_eq!(o.try_push(Bytes::from(vec![0; 100])), Ok(()));
+    }
+
+    #[test]
+    fn nothing_is_accepted_after_the_close_frame() {
+        let (o, _rx) = Outbox::new(8, 100);
+        o.push_close(Bytes::from_static(b"bye")).unwrap();
+        assert_eq!(o.try_push(Bytes::new()), Err(PushError::Closed));
     }
 
     #[test]

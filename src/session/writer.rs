@@ -15,9 +15,6 @@ use super::outbox::{Out, OutboxReceiver};
 use super::SessionHandle;
 use crate::protocol::frame;
 
-/// Most frames and bytes gathered into one write.
-const MAX_BATCH_FRAMES: usize = 512;
-const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// How long a cut session gets to take its close frame (PROTOCOL.md §6).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -90,16 +87,16 @@ pub async fn run<W: AsyncWrite + Unpin>(
             _ = outbox.cut_signalled() => {
                 break send_cut(&mut io, &mut rx, &session, Instant::now() + CLOSE_GRACE).await
             }
-            item = rx.rx.recv() => {
-                let Some(item) = item else { break WriterEnd::Gone };
-                let mut closing = push(&mut batch, item);
-                while !closing && batch.len() < MAX_BATCH_FRAMES && batched_bytes(&batch) < MAX_BATCH_BYTES {
-                    match rx.rx.try_recv() {
-                        Ok(item) => closing = push(&mut batch, item),
-                        Err(_) => break,
-                    }
+            more = rx.take(outbox) => {
+                if !more {
+                    break WriterEnd::Gone;
+                }
+                let mut closing = false;
+                for item in rx.taken() {
+                    closing |= push(&mut batch, item);
                 }
                 let bytes = batched_bytes(&batch);
+                let frames = batch.len();
                 metrics.outbox_depth.observe(batch.len() as f64);
                 let mut cut_meanwhile = None;
                 let res = {
@@ -129,7 +126,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     }
                 };
                 batch.clear();
-                outbox.written(bytes);
+                rx.written(outbox, frames, bytes);
                 if res.is_err() {
                     break WriterEnd::Gone;
                 }
@@ -185,8 +182,8 @@ async fn send_cut<W: AsyncWrite + Unpin>(
     session: &SessionHandle,
     deadline: Instant,
 ) -> WriterEnd {
-    rx.rx.close();
-    while rx.rx.try_recv().is_ok() {}
+    // `cut` already dropped what was queued; forget what was taken too.
+    rx.drain(&session.outbox);
     let code = session.outbox.cut_code();
     let close = frame::close(code, close_reason(code));
     let sent = tokio::time::timeout_at(deadline, async {
