@@ -126,12 +126,19 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                // Bytes hyper read past the handshake, copied out: even an
+                // empty slice would keep hyper's whole read buffer alive for
+                // the life of the session.
+                let early = Bytes::copy_from_slice(&parts.read_buf);
+                drop(parts.read_buf);
+                let read = std::io::Cursor::new(early).chain(read);
                 session::run(read, write, params, ctx).await;
             }
             Err(upgraded) => {
                 // TLS: one stream for both directions, split with a lock.
-                tracing::debug!("upgraded connection is not a bare TcpStream; splitting with a lock");
+                tracing::debug!(
+                    "upgraded connection is not a bare TcpStream; splitting with a lock"
+                );
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 session::run(read, write, params, ctx).await;
             }

@@ -77,7 +77,8 @@ pub async fn run<R: AsyncRead + Unpin>(
     if !matches!(end, ReadEnd::WriterGone) {
         session.writer_done.notified().await;
     }
-    let mut sink = [0u8; 4096];
+    // On the heap, and only now: an array here would sit in every session's future.
+    let mut sink = vec![0u8; 4096];
     let _ = tokio::time::timeout(DRAIN_GRACE, async {
         while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {}
     })
@@ -200,7 +201,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 match decoded {
                     Ok(request) => {
-                        if let Err(end) = state.dispatch(request).await {
+                        // Boxed: the dispatch state (join, replay, history) would
+                        // otherwise sit in every idle session's reader future.
+                        if let Err(end) = Box::pin(state.dispatch(request)).await {
                             return end;
                         }
                     }
