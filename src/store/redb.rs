@@ -456,6 +456,21 @@ impl Inner {
     }
 
     /// The room's id, from the cache or the rooms table.
+    /// A room's (id, epoch) as stored, if it exists.
+    fn room_entry_in<T: ReadableTable<&'static str, (u64, &'static str)>>(
+        &self,
+        rooms: &T,
+        room: &RoomName,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(rooms
+            .get(room.as_str())
+            .map_err(|e| self.err("cannot read the rooms table", e))?
+            .map(|v| {
+                let (id, epoch) = v.value();
+                (id, epoch.to_string())
+            }))
+    }
+
     fn room_id_in<T: ReadableTable<&'static str, (u64, &'static str)>>(
         &self,
         rooms: &T,
@@ -517,14 +532,7 @@ impl Store for RedbStore {
             let rooms = txn
                 .open_table(ROOMS)
                 .map_err(|e| s.err("cannot open the rooms table", e))?;
-            let found = rooms
-                .get(room.as_str())
-                .map_err(|e| s.err("cannot read the rooms table", e))?
-                .map(|v| {
-                    let (id, epoch) = v.value();
-                    (id, epoch.to_string())
-                });
-            found
+            s.room_entry_in(&rooms, room)?
         };
         let (id, epoch) = match existing {
             Some(found) => found,
@@ -532,14 +540,7 @@ impl Store for RedbStore {
                 let mut rooms = txn
                     .open_table(ROOMS)
                     .map_err(|e| s.err("cannot open the rooms table", e))?;
-                let raced = rooms
-                    .get(room.as_str())
-                    .map_err(|e| s.err("cannot read the rooms table", e))?
-                    .map(|v| {
-                        let (id, epoch) = v.value();
-                        (id, epoch.to_string())
-                    });
-                if let Some(found) = raced {
+                if let Some(found) = s.room_entry_in(&rooms, room)? {
                     return Ok(found);
                 }
                 let mut meta = txn
