@@ -5,9 +5,11 @@
 //! and replies go back over `oneshot` or into the session's outbox.
 //!
 //! Each shard runs on its own OS thread with a single-threaded runtime for
-//! its timers, and calls the synchronous store inline: a commit blocks only
-//! that shard, which meanwhile queues the next batch (group commit).
+//! its timers. Its messages are committed by one log writer thread shared by
+//! all shards (`commit`): while a batch commits, the shard keeps taking and
+//! sequencing messages into the next one (pipelined group commit).
 
+mod commit;
 mod dedup;
 mod join;
 mod presence;
@@ -124,15 +126,21 @@ impl Shards {
         let n = env.config.workers();
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
+        let (committer, log_writer) =
+            commit::Committer::start(env.store.clone(), env.metrics.clone())?;
         for i in 0..n {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let env = env.clone();
+            let committer = committer.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("parlor-shard-{i}"))
-                .spawn(move || worker::run(i, env, rx))?;
+                .spawn(move || worker::run(i, env, committer, rx))?;
             senders.push(tx);
             threads.push(handle);
         }
+        // The log writer ends once the shards (its only senders) have.
+        drop(committer);
+        threads.push(log_writer);
         Ok(Shards {
             senders,
             threads: parking_lot::Mutex::new(threads),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::commit::{Committed, Committer, Job};
 use super::replies::{flush_presence, presence_frame, reply_error, reply_ok};
 use super::room::{Bounds, FramesByFormat, Held, Member, Room};
 use super::{join, CatchUp, JoinPlan, PublishReply, RoomStats, ShardCmd, ShardEnv};
@@ -17,17 +18,20 @@ use crate::protocol::{now_ms, Format, RoomName};
 use crate::session::SessionHandle;
 use crate::store::{Append, StoredMessage};
 
-/// Most commands handled (and messages committed) in one round.
+/// Most commands handled in one round before the batch is handed on.
 const MAX_ROUND: usize = 1024;
+/// Most messages waiting behind a commit before the shard stops taking
+/// commands (bounds the memory of a batch).
+const MAX_BATCH: usize = 8192;
 /// Rooms without members are unloaded after this long.
 const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 
-pub fn run(id: usize, env: ShardEnv, rx: mpsc::Receiver<ShardCmd>) {
+pub fn run(id: usize, env: ShardEnv, committer: Committer, rx: mpsc::Receiver<ShardCmd>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("shard runtime");
-    let mut worker = Worker::new(env);
+    let mut worker = Worker::new(env, committer);
     rt.block_on(worker.run(rx));
     tracing::debug!(shard = id, "shard stopped");
 }
@@ -45,18 +49,31 @@ struct PendingRetry {
     sequence: u64,
 }
 
+/// The batch being committed: its replies wait for the outcome.
+struct InFlight {
+    pending: Vec<Pending>,
+    retries: Vec<PendingRetry>,
+}
+
 struct Worker {
     env: ShardEnv,
     bounds: Bounds,
     rooms: HashMap<RoomName, Room>,
-    /// This round's appends and, index for index, where each reply goes.
+    committer: Committer,
+    /// Where the log writer reports this shard's commits.
+    done_tx: mpsc::UnboundedSender<Committed>,
+    done_rx: Option<mpsc::UnboundedReceiver<Committed>>,
+    /// At most one batch is being committed; the next one accumulates here
+    /// meanwhile (appends and, index for index, where each reply goes).
+    in_flight: Option<InFlight>,
     batch: Vec<Append>,
     pending: Vec<Pending>,
     retries: Vec<PendingRetry>,
 }
 
 impl Worker {
-    fn new(env: ShardEnv) -> Worker {
+    fn new(env: ShardEnv, committer: Committer) -> Worker {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let bounds = Bounds {
             frames: env.config.outbox_frames,
             bytes: env.config.outbox_bytes,
@@ -65,6 +82,10 @@ impl Worker {
             env,
             bounds,
             rooms: HashMap::new(),
+            committer,
+            done_tx,
+            done_rx: Some(done_rx),
+            in_flight: None,
             batch: Vec::new(),
             pending: Vec::new(),
             retries: Vec::new(),
@@ -72,27 +93,42 @@ impl Worker {
     }
 
     async fn run(&mut self, mut rx: mpsc::Receiver<ShardCmd>) {
+        let mut done_rx = self.done_rx.take().expect("run once");
         let mut tick = tokio::time::interval(self.env.config.presence_window());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                cmd = rx.recv() => {
+                // A batch this big waits for the commit ahead of it: stop
+                // taking commands (their senders wait; TCP pushes back).
+                cmd = rx.recv(), if self.batch.len() < MAX_BATCH => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd);
                     let mut n = 1;
-                    while n < MAX_ROUND {
+                    while n < MAX_ROUND && self.batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(cmd) => self.handle(cmd),
                             Err(_) => break,
                         }
                         n += 1;
                     }
-                    self.commit();
+                    self.flush();
+                }
+                Some(done) = done_rx.recv() => {
+                    self.committed(done);
+                    self.flush();
                 }
                 _ = tick.tick() => self.on_tick(),
             }
         }
-        self.commit();
+        // Every sender is gone: land what was accepted.
+        self.flush();
+        while self.in_flight.is_some() {
+            let Some(done) = done_rx.recv().await else {
+                break;
+            };
+            self.committed(done);
+            self.flush();
+        }
     }
 
     fn handle(&mut self, cmd: ShardCmd) {
@@ -308,63 +344,69 @@ impl Worker {
         }
     }
 
-    /// Commits this round's messages in one batch, then broadcasts and acks
-    /// them — or, if the store failed, takes their sequences back and tells
-    /// each sender `internal`. Nothing uncommitted is ever shown.
-    fn commit(&mut self) {
-        if self.batch.is_empty() {
-            self.settle_retries(true);
+    /// Hands the accumulated batch to the log writer unless one is already
+    /// being committed. With nothing pending anywhere, every handed-out
+    /// sequence is committed, so waiting retries are answered at once.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() {
             return;
         }
-        let metrics = self.env.metrics.clone();
-        let started = Instant::now();
-        let result = self.env.store.append(&self.batch);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.observe(self.batch.len() as f64);
-        let batch = std::mem::take(&mut self.batch);
-        let pending = std::mem::take(&mut self.pending);
-        match result {
-            Ok(()) => {
-                metrics.messages_stored.inc_by(batch.len() as u64);
-                self.broadcast(&batch);
-                let mut acks = 0;
-                for (append, p) in batch.iter().zip(pending) {
-                    let id = append.message.client_msg_id.as_deref();
-                    acks += u64::from(id.is_some());
-                    reply_ok(p.reply, id, &append.room, append.message.sequence);
-                }
-                metrics.acks.inc_by(acks);
-                self.settle_retries(true);
-            }
-            Err(e) => {
-                tracing::error!(cause = %e, messages = batch.len(), "store append failed; not acked");
-                metrics.store_errors.inc();
-                for (append, p) in batch.iter().zip(pending) {
-                    if let Some(room) = self.rooms.get_mut(&append.room) {
-                        room.assigned = room.committed;
-                        if let Some(id) = &append.message.client_msg_id {
-                            room.dedup
-                                .remove(&append.message.user, id, append.message.sequence);
-                        }
-                    }
-                    let id = append.message.client_msg_id.as_deref();
-                    reply_error(p.reply, ErrorCode::Internal, id, &append.room);
-                }
-                self.settle_retries(false);
-            }
+        if self.batch.is_empty() {
+            settle_retries(std::mem::take(&mut self.retries), true);
+            return;
         }
+        self.in_flight = Some(InFlight {
+            pending: std::mem::take(&mut self.pending),
+            retries: std::mem::take(&mut self.retries),
+        });
+        self.committer.send(Job {
+            batch: std::mem::take(&mut self.batch),
+            done: self.done_tx.clone(),
+        });
     }
 
-    fn settle_retries(&mut self, committed: bool) {
-        for r in self.retries.drain(..) {
-            if committed {
-                reply_ok(r.reply, Some(&r.id), &r.room, r.sequence);
-            } else {
-                reply_error(r.reply, ErrorCode::Internal, Some(&r.id), &r.room);
+    /// The outcome of the batch in flight: broadcast and ack it — or, if the
+    /// store failed, take back its sequences and those of the batch that
+    /// accumulated behind it (they follow the failed ones), and tell every
+    /// sender `internal`. Nothing uncommitted is ever shown.
+    fn committed(&mut self, done: Committed) {
+        let Some(InFlight { pending, retries }) = self.in_flight.take() else {
+            tracing::error!("a commit came back with none in flight");
+            return;
+        };
+        if done.result.is_ok() {
+            self.broadcast(&done.batch);
+            let mut acks = 0;
+            for (append, p) in done.batch.iter().zip(pending) {
+                let id = append.message.client_msg_id.as_deref();
+                acks += u64::from(id.is_some());
+                reply_ok(p.reply, id, &append.room, append.message.sequence);
             }
+            self.env.metrics.acks.inc_by(acks);
+            settle_retries(retries, true);
+            return;
         }
+        let behind = std::mem::take(&mut self.batch);
+        let behind_pending = std::mem::take(&mut self.pending);
+        let behind_retries = std::mem::take(&mut self.retries);
+        let failed = done
+            .batch
+            .into_iter()
+            .zip(pending)
+            .chain(behind.into_iter().zip(behind_pending));
+        for (append, p) in failed {
+            if let Some(room) = self.rooms.get_mut(&append.room) {
+                room.assigned = room.committed;
+                if let Some(id) = &append.message.client_msg_id {
+                    room.dedup
+                        .remove(&append.message.user, id, append.message.sequence);
+                }
+            }
+            let id = append.message.client_msg_id.as_deref();
+            reply_error(p.reply, ErrorCode::Internal, id, &append.room);
+        }
+        settle_retries(retries, false);
+        settle_retries(behind_retries, false);
     }
 
     /// Encodes each committed message once per format in use and hands the
@@ -438,5 +480,15 @@ impl Worker {
                 connections: r.connections(),
             })
             .collect()
+    }
+}
+
+fn settle_retries(retries: Vec<PendingRetry>, committed: bool) {
+    for r in retries {
+        if committed {
+            reply_ok(r.reply, Some(&r.id), &r.room, r.sequence);
+        } else {
+            reply_error(r.reply, ErrorCode::Internal, Some(&r.id), &r.room);
+        }
     }
 }
