@@ -109,4 +109,18 @@ async fn counts_move_with_traffic() {
         })
         .sum();
     assert_eq!(total, 2.0);
+
+    // The sample dashboard only charts series parlor exports.
+    let dashboard = include_str!("../docs/grafana-dashboard.json");
+    let exported = get(server.addr, "/metrics").await.text();
+    let mut charted: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("parlor_"))
+        .collect();
+    charted.sort_unstable();
+    charted.dedup();
+    assert!(charted.len() > 10);
+    for name in charted {
+        assert!(exported.contains(name), "dashboard charts {name}, which /metrics lacks");
+    }
 }
