@@ -21,7 +21,8 @@ if [[ ! -x /usr/bin/chromium ]]; then
     echo "run.sh: installing chromium with apt" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update </dev/null
-    apt-get install -y --no-install-recommends chromium </dev/null
+    # fonts-liberation is only a Recommends: without a font, screenshots show no text.
+    apt-get install -y --no-install-recommends chromium fonts-liberation </dev/null
 fi
 command -v node >/dev/null || { echo "run.sh: node is required (Node.js 20 or newer)" >&2; exit 1; }
 if [[ ! -d "$HERE/node_modules/playwright-core" ]]; then
