@@ -121,6 +121,9 @@ async fn counts_move_with_traffic() {
     charted.dedup();
     assert!(charted.len() > 10);
     for name in charted {
-        assert!(exported.contains(name), "dashboard charts {name}, which /metrics lacks");
+        assert!(
+            exported.contains(name),
+            "dashboard charts {name}, which /metrics lacks"
+        );
     }
 }
