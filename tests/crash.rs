@@ -463,17 +463,22 @@ async fn batched_durability_persists_a_quiet_log_before_a_kill() {
     assert_eq!(publish(&mut ws, room, "m31", "id31").await, 31);
 }
 
+/// Runs the binary on `dir` to its exit (it should refuse to start).
+fn serve_until_exit(dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["serve", "--store", "redb", "--data-dir"])
+        .arg(dir)
+        .args(["--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_exits_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
     let server = Server::start(&dir, &[]).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["serve", "--store", "redb", "--data-dir"])
-        .arg(&dir)
-        .args(["--addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = serve_until_exit(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -490,12 +495,7 @@ async fn a_second_server_on_the_same_data_dir_exits_with_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("parlor.redb");
     std::fs::write(&file, b"not a database").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["serve", "--store", "redb", "--data-dir"])
-        .arg(&dir)
-        .args(["--addr", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = serve_until_exit(&dir);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -44,8 +44,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::redb::{
-    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition, TableHandle, WriteTransaction,
+    Database, DatabaseError, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    StorageError, TableDefinition, TableHandle, WriteTransaction,
 };
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -456,6 +456,22 @@ impl Inner {
     }
 
     /// The room's id, from the cache or the rooms table.
+    fn read_rooms(
+        &self,
+        txn: &ReadTransaction,
+    ) -> Result<ReadOnlyTable<&'static str, (u64, &'static str)>, StoreError> {
+        txn.open_table(ROOMS)
+            .map_err(|e| self.err("cannot open the rooms table", e))
+    }
+
+    fn read_messages(
+        &self,
+        txn: &ReadTransaction,
+    ) -> Result<ReadOnlyTable<(u64, u64), &'static [u8]>, StoreError> {
+        txn.open_table(MESSAGES)
+            .map_err(|e| self.err("cannot open the messages table", e))
+    }
+
     /// A room's (id, epoch) as stored, if it exists.
     fn room_entry_in<T: ReadableTable<&'static str, (u64, &'static str)>>(
         &self,
@@ -529,9 +545,7 @@ impl Store for RedbStore {
         let s = &*self.inner;
         let existing = {
             let txn = s.read_txn()?;
-            let rooms = txn
-                .open_table(ROOMS)
-                .map_err(|e| s.err("cannot open the rooms table", e))?;
+            let rooms = s.read_rooms(&txn)?;
             s.room_entry_in(&rooms, room)?
         };
         let (id, epoch) = match existing {
@@ -595,9 +609,7 @@ impl Store for RedbStore {
     fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn
-            .open_table(ROOMS)
-            .map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = s.read_rooms(&txn)?;
         let epoch = rooms
             .get(room.as_str())
             .map_err(|e| s.err("cannot read the rooms table", e))?
@@ -658,15 +670,11 @@ impl Store for RedbStore {
             return Ok(Vec::new());
         }
         let txn = s.read_txn()?;
-        let rooms = txn
-            .open_table(ROOMS)
-            .map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = s.read_rooms(&txn)?;
         let Some(id) = s.room_id_in(&rooms, room)? else {
             return Ok(Vec::new());
         };
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(|e| s.err("cannot open the messages table", e))?;
+        let messages = s.read_messages(&txn)?;
         let range = messages
             .range((id, after + 1)..=(id, upto))
             .map_err(|e| s.err("cannot read messages", e))?;
@@ -681,15 +689,11 @@ impl Store for RedbStore {
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn
-            .open_table(ROOMS)
-            .map_err(|e| s.err("cannot open the rooms table", e))?;
+        let rooms = s.read_rooms(&txn)?;
         let Some(id) = s.room_id_in(&rooms, room)? else {
             return Ok(1);
         };
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(|e| s.err("cannot open the messages table", e))?;
+        let messages = s.read_messages(&txn)?;
         match s.first_in(&messages, id)? {
             Some(first) => Ok(first),
             None => Ok(s.last_in(&messages, id)? + 1),
@@ -699,12 +703,8 @@ impl Store for RedbStore {
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         let s = &*self.inner;
         let txn = s.read_txn()?;
-        let rooms = txn
-            .open_table(ROOMS)
-            .map_err(|e| s.err("cannot open the rooms table", e))?;
-        let messages = txn
-            .open_table(MESSAGES)
-            .map_err(|e| s.err("cannot open the messages table", e))?;
+        let rooms = s.read_rooms(&txn)?;
+        let messages = s.read_messages(&txn)?;
         let mut out = Vec::new();
         for entry in rooms
             .iter()
@@ -733,12 +733,8 @@ impl Store for RedbStore {
         let mut budget = max_delete as u64;
         {
             let txn = s.read_txn()?;
-            let rooms = txn
-                .open_table(ROOMS)
-                .map_err(|e| s.err("cannot open the rooms table", e))?;
-            let messages = txn
-                .open_table(MESSAGES)
-                .map_err(|e| s.err("cannot open the messages table", e))?;
+            let rooms = s.read_rooms(&txn)?;
+            let messages = s.read_messages(&txn)?;
             for entry in rooms
                 .iter()
                 .map_err(|e| s.err("cannot read the rooms table", e))?
