@@ -3,6 +3,7 @@
 //! shards and the reader push ready-made frames into the outbox; the writer
 //! alone touches the socket's write half.
 
+pub mod assemble;
 pub mod outbox;
 pub mod rate;
 mod reader;

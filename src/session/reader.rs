@@ -1,9 +1,7 @@
 //! The reader half of a session: frames in, requests routed.
 //!
-//! fastwebsockets parses frames (unmasking, reserved bits, control frame
-//! rules, close codes); this file adds what it leaves to us: the mask check,
-//! reassembly of fragmented messages under the whole-message size limit,
-//! UTF-8 of reassembled text, and turning each failure into its close code.
+//! fastwebsockets parses frames; `assemble` checks and reassembles them into
+//! whole messages, and each failure becomes its close code.
 //! `read_frame` is not cancel-safe, so it is only ever raced against the end
 //! of the session, never against other work.
 
@@ -15,6 +13,7 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::assemble::{is_control, is_masked, Assembler};
 use super::rate::{RateLimiter, Verdict};
 use super::replay;
 use super::writer::Liveness;
@@ -224,73 +223,6 @@ async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
             tokio::time::sleep(left).await
         }
         None => std::future::pending().await,
-    }
-}
-
-fn is_control(op: OpCode) -> bool {
-    matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong)
-}
-
-/// RFC 6455 §5.1: a server must fail the connection on an unmasked client
-/// frame. fastwebsockets does not check; its `fmt_head` shows the mask bit.
-fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 16];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
-}
-
-/// Reassembles fragmented messages, enforcing the whole-message size limit
-/// (fastwebsockets only limits single frames).
-struct Assembler {
-    max: usize,
-    opcode: Option<OpCode>,
-    buf: Vec<u8>,
-}
-
-impl Assembler {
-    fn new(max: usize) -> Assembler {
-        Assembler {
-            max,
-            opcode: None,
-            buf: Vec::new(),
-        }
-    }
-
-    fn feed(&mut self, frame: Frame<'_>) -> Result<Option<(OpCode, Bytes)>, u16> {
-        match (frame.opcode, self.opcode) {
-            (OpCode::Text | OpCode::Binary, Some(_)) => Err(close::PROTOCOL_ERROR),
-            (OpCode::Continuation, None) => Err(close::PROTOCOL_ERROR),
-            (op @ (OpCode::Text | OpCode::Binary), None) if frame.fin => {
-                if frame.payload.len() > self.max {
-                    return Err(close::TOO_BIG);
-                }
-                let data = Bytes::copy_from_slice(&frame.payload);
-                check_utf8(op, &data)?;
-                Ok(Some((op, data)))
-            }
-            (op, started) => {
-                if self.buf.len() + frame.payload.len() > self.max {
-                    return Err(close::TOO_BIG);
-                }
-                self.opcode = Some(started.unwrap_or(op));
-                self.buf.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    return Ok(None);
-                }
-                let op = self.opcode.take().expect("set above");
-                let data = Bytes::from(std::mem::take(&mut self.buf));
-                check_utf8(op, &data)?;
-                Ok(Some((op, data)))
-            }
-        }
-    }
-}
-
-fn check_utf8(op: OpCode, data: &[u8]) -> Result<(), u16> {
-    if op == OpCode::Text && std::str::from_utf8(data).is_err() {
-        Err(close::INVALID_PAYLOAD)
-    } else {
-        Ok(())
     }
 }
 
