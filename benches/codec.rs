@@ -4,10 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use parlor::message::StoredMessage;
 use parlor::protocol::client::decode;
 use parlor::protocol::server::{self as msg, MessageData};
 use parlor::protocol::Format;
-use parlor::store::StoredMessage;
 
 fn client_frames(format: Format, content: &str) -> Vec<(&'static str, Vec<u8>)> {
     let values = [

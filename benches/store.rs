@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use parlor::config::Durability;
 use parlor::protocol::RoomName;
-use parlor::store::{Append, RedbStore, Store, StoredMessage};
+use parlor::store::{Append, Batch, NewRoom, ReadLimit, RedbStore, Store, StoredMessage};
 
 /// About 200 bytes of content, like a short chat line.
 fn message(seq: u64, user: &Arc<str>) -> StoredMessage {
@@ -26,6 +26,19 @@ fn message(seq: u64, user: &Arc<str>) -> StoredMessage {
 
 fn test_mode() -> bool {
     std::env::args().any(|a| a == "--test")
+}
+
+/// Messages `seqs` of `room`, creating the room if the log lacks it.
+fn messages(room: &RoomName, seqs: std::ops::Range<u64>, user: &Arc<str>) -> Batch {
+    Batch {
+        new_rooms: vec![NewRoom {
+            room: room.clone(),
+            epoch: "bench".into(),
+        }],
+        appends: seqs
+            .map(|s| Append::new(room.clone(), message(s, user)))
+            .collect(),
+    }
 }
 
 fn appends(c: &mut Criterion) {
@@ -43,21 +56,16 @@ fn appends(c: &mut Criterion) {
         let store = RedbStore::open(dir.path(), mode, Duration::from_millis(10)).unwrap();
         for batch in [1u64, 16, 256] {
             let room = RoomName::parse(&format!("bench-{batch}")).unwrap();
-            let mut next = store.open_room(&room, 0).unwrap().last + 1;
+            let mut next = store.load_room(&room, 0).unwrap().last + 1;
             group.throughput(Throughput::Elements(batch));
             group.bench_function(BenchmarkId::new(name, batch), |b| {
                 b.iter_batched(
                     || {
-                        let v: Vec<Append> = (next..next + batch)
-                            .map(|s| Append {
-                                room: room.clone(),
-                                message: message(s, &user),
-                            })
-                            .collect();
+                        let v = messages(&room, next..next + batch, &user);
                         next += batch;
                         v
                     },
-                    |v| store.append(&v).unwrap(),
+                    |mut v| store.append(&mut v).unwrap(),
                     BatchSize::SmallInput,
                 )
             });
@@ -71,16 +79,11 @@ fn reads(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(dir.path(), Durability::None, Duration::from_millis(10)).unwrap();
     let room = RoomName::parse("history").unwrap();
-    store.open_room(&room, 0).unwrap();
     let user: Arc<str> = Arc::from("bench-user");
     for start in (1..=total).step_by(1000) {
-        let v: Vec<Append> = (start..start + 1000)
-            .map(|s| Append {
-                room: room.clone(),
-                message: message(s, &user),
-            })
-            .collect();
-        store.append(&v).unwrap();
+        store
+            .append(&mut messages(&room, start..start + 1000, &user))
+            .unwrap();
     }
     store.sync().unwrap();
 
@@ -93,7 +96,8 @@ fn reads(c: &mut Criterion) {
         let mut after = 0;
         group.bench_function(BenchmarkId::new("range", limit), |b| {
             b.iter(|| {
-                let got = store.read(&room, after, u64::MAX, limit as usize).unwrap();
+                let bounds = ReadLimit::messages(limit as usize);
+                let got = store.read(&room, after, u64::MAX, bounds).unwrap();
                 assert_eq!(got.len() as u64, limit);
                 after = (after + 7919) % (total - limit);
                 std::hint::black_box(got)

@@ -151,6 +151,11 @@ pub struct Config {
     #[arg(long, env = "PARLOR_PRESENCE_WINDOW_MS", default_value_t = 100)]
     pub presence_window_ms: u64,
 
+    /// Rooms without members are unloaded from memory after this long
+    /// without activity, in milliseconds (they reload from the store).
+    #[arg(long, env = "PARLOR_ROOM_IDLE_MS", default_value_t = 60_000)]
+    pub room_idle_ms: u64,
+
     /// Message ids per room remembered for idempotent retries.
     #[arg(long, env = "PARLOR_DEDUP_WINDOW", default_value_t = 10_000)]
     pub dedup_window: usize,

@@ -20,10 +20,14 @@
 //! Data flow: session reader → (bounded channel) → shard → store batch →
 //! encode once per format → every member's outbox → session writer.
 
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
+pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod shard;

@@ -1,5 +1,6 @@
 //! The `parlor` binary: parse the config, set up logging, and run the server
-//! until SIGINT/SIGTERM (a second signal exits at once).
+//! until SIGINT/SIGTERM. Signals are the binary's business: the first one
+//! starts a clean shutdown, a second one exits at once (status 130).
 
 use parlor::config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -36,11 +37,41 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(parlor::server::serve(config)) {
+    let first_signal = async {
+        shutdown_signal().await;
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        });
+    };
+    match runtime.block_on(parlor::server::serve(config, first_signal)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("parlor: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

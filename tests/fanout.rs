@@ -108,12 +108,12 @@ async fn eight_publishers_fifty_members_see_every_sequence_once_in_order() {
     assert_eq!(entry["members"], MEMBERS);
 }
 
-/// Above `parlor::shard::PARALLEL_FANOUT_MIN` members a room is fanned out
+/// Above `parlor::shard::pool::PARALLEL_FANOUT_MIN` members a room is fanned out
 /// on the worker pool: order and completeness must hold there too, for
 /// JSON and MessagePack members alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn big_room_fanned_out_in_parallel_keeps_order() {
-    const BIG: usize = parlor::shard::PARALLEL_FANOUT_MIN + 100;
+    const BIG: usize = parlor::shard::pool::PARALLEL_FANOUT_MIN + 100;
     const N: u64 = 40;
     let mut cfg = config();
     cfg.workers = Some(2);

@@ -41,7 +41,12 @@ async fn shutdown_closes_sessions_with_1001_and_keeps_acked_messages() {
     assert_eq!(closes.await.unwrap(), (1001, 1001));
 
     let stored = store
-        .read(&RoomName::parse("r").unwrap(), 0, u64::MAX, 10)
+        .read(
+            &RoomName::parse("r").unwrap(),
+            0,
+            u64::MAX,
+            parlor::store::ReadLimit::messages(10),
+        )
         .unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(

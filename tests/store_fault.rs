@@ -4,63 +4,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use common::faulty::FaultyStore;
 use common::*;
-use parlor::protocol::RoomName;
-use parlor::store::{
-    Append, MemoryStore, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage,
-};
 use serde_json::json;
-
-/// A memory store whose next `append` (or `open_room`) fails when armed.
-#[derive(Default)]
-struct FaultyStore {
-    inner: MemoryStore,
-    fail_append: AtomicBool,
-    fail_open: AtomicBool,
-}
-
-impl Store for FaultyStore {
-    fn open_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError> {
-        if self.fail_open.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Injected("open_room".into()));
-        }
-        self.inner.open_room(room, dedup_window)
-    }
-    fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
-        self.inner.epoch(room)
-    }
-    fn append(&self, batch: &[Append]) -> Result<(), StoreError> {
-        if self.fail_append.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Injected("append".into()));
-        }
-        self.inner.append(batch)
-    }
-    fn read(
-        &self,
-        room: &RoomName,
-        after: u64,
-        upto: u64,
-        limit: usize,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.inner.read(room, after, upto, limit)
-    }
-    fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
-        self.inner.first_retained(room)
-    }
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.inner.rooms()
-    }
-    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
-        self.inner.apply_retention(policy, max_delete)
-    }
-}
 
 #[tokio::test]
 async fn failed_append_is_internal_unseen_and_leaves_no_gap() {
-    let store = Arc::new(FaultyStore::default());
+    let store = FaultyStore::new();
     let server = start_with_store(config(), store.clone()).await;
     let mut a = connect(server.addr, "ann").await;
     let mut b = connect(server.addr, "bob").await;
@@ -120,7 +72,7 @@ async fn failed_append_is_internal_unseen_and_leaves_no_gap() {
 
 #[tokio::test]
 async fn failed_append_over_http_is_500_internal() {
-    let store = Arc::new(FaultyStore::default());
+    let store = FaultyStore::new();
     let server = start_with_store(config(), store.clone()).await;
     let mut a = connect(server.addr, "ann").await;
     a.join("r").await;
@@ -147,10 +99,10 @@ async fn failed_append_over_http_is_500_internal() {
 
 #[tokio::test]
 async fn failed_room_open_refuses_the_join_with_internal() {
-    let store = Arc::new(FaultyStore::default());
+    let store = FaultyStore::new();
     let server = start_with_store(config(), store.clone()).await;
     let mut a = connect(server.addr, "ann").await;
-    store.fail_open.store(true, Ordering::SeqCst);
+    store.fail_load.store(true, Ordering::SeqCst);
     a.send(&json!({"type": "join", "room": "r", "id": "j1"}))
         .await;
     assert_error(&a.recv().await, "internal", Some("j1"));

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::frame;
 use super::Format;
 use crate::error::ErrorCode;
-use crate::store::StoredMessage;
+use crate::message::StoredMessage;
 
 #[derive(Serialize)]
 struct Envelope<'a, D: Serialize> {
@@ -68,6 +68,25 @@ impl<'a> MessageData<'a> {
 
 pub fn message(format: Format, data: &MessageData<'_>) -> Bytes {
     encode(format, "message", None, Some(data))
+}
+
+/// A `history` frame: `messages` oldest first, `more` when older ones exist.
+pub fn history(
+    format: Format,
+    room: &str,
+    epoch: &str,
+    messages: &[StoredMessage],
+    more: bool,
+) -> Bytes {
+    let data = History {
+        room,
+        messages: messages
+            .iter()
+            .map(|m| MessageData::of(room, epoch, m))
+            .collect(),
+        more,
+    };
+    encode(format, "history", None, Some(data))
 }
 
 #[derive(Serialize)]

@@ -15,8 +15,8 @@ use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
 use crate::protocol::server::MessageData;
 use crate::protocol::RoomName;
+use crate::rooms::{Command, Origin, Publish};
 use crate::session::history_page;
-use crate::shard::{PublishReply, ShardCmd};
 
 #[derive(Serialize)]
 struct RoomEntry {
@@ -28,7 +28,7 @@ struct RoomEntry {
 
 /// `GET /api/rooms`: every stored room, with who is in it now.
 pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
-    let store = ctx.store.clone();
+    let store = ctx.env.store.clone();
     let stored = match tokio::task::spawn_blocking(move || store.rooms()).await {
         Ok(Ok(rooms)) => rooms,
         _ => return internal(),
@@ -45,7 +45,7 @@ pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
             (r.room.to_string(), entry)
         })
         .collect();
-    for s in ctx.shards.stats().await {
+    for s in ctx.env.shards.stats().await {
         let e = all.entry(s.room.to_string()).or_insert_with(|| RoomEntry {
             room: s.room.to_string(),
             last: 0,
@@ -118,7 +118,7 @@ pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Respons
         ),
         (Err(e), _) | (_, Err(e)) => return e.response(),
     };
-    match history_page(ctx, &room, since, limit).await {
+    match history_page(&ctx.env, &room, since, limit, usize::MAX).await {
         Ok((epoch, messages, more)) => {
             let body = HistoryBody {
                 room: room.as_str(),
@@ -147,7 +147,7 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
         Ok(r) => r,
         Err(e) => return e.response(),
     };
-    let cfg = &ctx.config;
+    let cfg = &ctx.env.config;
     let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes)
         .collect()
         .await
@@ -189,15 +189,15 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
         );
     }
     let (tx, rx) = oneshot::channel();
-    let cmd = ShardCmd::Publish {
+    let cmd = Command::Publish(Publish {
         room: room.clone(),
         user: body.user.into(),
         content: body.content,
         client_msg_id: body.id,
-        reply: PublishReply::Http(tx),
-    };
-    ctx.metrics.messages_in.inc();
-    if ctx.shards.send(&room, cmd).await.is_err() {
+        origin: Origin::Http(tx),
+    });
+    ctx.env.metrics.messages_in.inc();
+    if ctx.env.shards.send(&room, cmd).await.is_err() {
         return internal();
     }
     match rx.await {

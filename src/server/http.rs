@@ -29,7 +29,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let is_ws = fastwebsockets::upgrade::is_upgrade_request(&req);
     match (&method, path.as_str()) {
         (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, conn, false),
-        (&Method::GET, "/echo") if is_ws && ctx.config.enable_echo => {
+        (&Method::GET, "/echo") if is_ws && ctx.env.config.enable_echo => {
             upgrade::upgrade(req, conn, true)
         }
         (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
@@ -47,7 +47,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             if p.starts_with("/api/")
                 && !ctx.auth.api_allowed(req.headers(), method != Method::GET) =>
         {
-            ctx.metrics.auth_failures.inc();
+            ctx.env.metrics.auth_failures.inc();
             json_error(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Forbidden,
@@ -55,8 +55,9 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             )
         }
         (&Method::GET, "/metrics") => {
-            for (i, depth) in ctx.shards.queue_depths().into_iter().enumerate() {
-                ctx.metrics
+            for (i, depth) in ctx.env.shards.queue_depths().into_iter().enumerate() {
+                ctx.env
+                    .metrics
                     .shard_queue_depth
                     .with_label_values(&[&i.to_string()])
                     .set(depth as i64);
@@ -64,7 +65,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                ctx.metrics.render(),
+                ctx.env.metrics.render(),
             )
         }
         (&Method::GET, "/api/rooms") => api::rooms(&ctx).await,

@@ -5,15 +5,15 @@
 //! wait for a signal, shut down). Tests call `start` on port 0.
 
 mod api;
-pub mod auth;
 mod http;
 mod tls;
 mod upgrade;
 mod web;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +23,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth;
 use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
+use crate::session;
 use crate::shard::{ShardEnv, Shards};
 use crate::store::{MemoryStore, Store};
 
@@ -36,25 +37,25 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub shards: Shards,
-    pub metrics: Arc<Metrics>,
+    /// What sessions see of the server (config, shards, store, metrics,
+    /// the shutdown signal).
+    pub env: Arc<session::Env>,
     pub auth: auth::Auth,
-    /// Cancelled when the server shuts down: sessions close with 1001.
-    pub shutdown: CancellationToken,
     /// Set when shutting down: `/healthz` answers 503.
     pub draining: AtomicBool,
     /// One permit per open TCP connection (`--max-connections`).
     connections: Arc<Semaphore>,
     /// Open WebSocket sessions per user, for `--max-conns-per-user`.
     per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
-    next_client_id: AtomicU64,
 }
 
 impl Ctx {
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    pub fn config(&self) -> &Config {
+        &self.env.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.env.metrics
     }
 
     /// Counts a new session of `user`; `None` when the user is at the limit.
@@ -62,7 +63,11 @@ impl Ctx {
     pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Option<UserSlot> {
         let mut map = self.per_user.lock();
         let n = map.entry(user.clone()).or_insert(0);
-        if self.config.max_conns_per_user.is_some_and(|max| *n >= max) {
+        if self
+            .config()
+            .max_conns_per_user
+            .is_some_and(|max| *n >= max)
+        {
             return None;
         }
         *n += 1;
@@ -102,29 +107,34 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes every session with 1001, waits (at most
-    /// `timeout`) for them to end, then lets the shards finish what is
-    /// queued and drops the store (which flushes it). Everything acked was
-    /// committed before its ack; this only lets in-flight work land.
+    /// Stops accepting, closes every session with 1001 and waits (at most
+    /// `timeout`) for them to end; then, whatever clients do, stops the
+    /// shards — each lands every batch it accepted — and flushes the store.
+    /// Everything acked was committed before its ack; this lets in-flight
+    /// work land and makes `--durability none` durable at a clean stop.
     pub async fn shutdown(self, timeout: Duration) {
+        let env = self.ctx.env.clone();
         self.ctx.draining.store(true, Ordering::Release);
-        self.ctx.shutdown.cancel();
+        env.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("sessions still open after the shutdown timeout");
-            return;
+            tracing::warn!(
+                open = self.tasks.len(),
+                "connections still open after the shutdown timeout; stopping anyway"
+            );
         }
-        // Every session is gone; the shards are the last holders of work.
-        if let Ok(ctx) = Arc::try_unwrap(self.ctx) {
-            let Ctx { shards, store, .. } = ctx;
-            let _ = tokio::task::spawn_blocking(move || {
-                shards.shutdown();
-                drop(store);
-            })
-            .await;
+        let landed = tokio::task::spawn_blocking(move || {
+            env.shards.stop();
+            env.store.flush()
+        })
+        .await;
+        match landed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(cause = %e, "flushing the store at shutdown failed"),
+            Err(e) => tracing::error!(cause = %e, "stopping the shards failed"),
         }
     }
 }
@@ -180,16 +190,11 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     })
     .context("cannot start the shard threads")?;
     let ctx = Arc::new(Ctx {
-        config,
-        store,
-        shards,
-        metrics,
+        env: Arc::new(session::Env::new(config, store, shards, metrics)),
         auth,
-        shutdown: CancellationToken::new(),
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),
         per_user: Default::default(),
-        next_client_id: AtomicU64::new(1),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
@@ -197,8 +202,9 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     Ok(Running { addr, ctx, tasks })
 }
 
-/// What the binary runs: serve until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// What the binary runs: open the store, serve until `stop` resolves (the
+/// binary passes its first SIGINT/SIGTERM), then shut down cleanly.
+pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let store = open_store(&config)?;
     if config.store == StoreKind::Memory {
         tracing::warn!("--store memory: history is lost when parlor stops");
@@ -208,37 +214,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !running.ctx.auth.tokens_required() {
         tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
     }
-    let scheme = if running.ctx.config.tls_cert.is_some() {
+    let scheme = if running.ctx.config().tls_cert.is_some() {
         "https"
     } else {
         "http"
     };
     tracing::info!(addr = %running.addr, %scheme, "parlor listening");
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: closing sessions, flushing the store");
-    tokio::spawn(async {
-        shutdown_signal().await;
-        tracing::warn!("second signal: exiting at once");
-        std::process::exit(130);
-    });
     running.shutdown(timeout).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Most messages deleted per store call; appends interleave between calls.
@@ -247,31 +233,32 @@ const RETENTION_BATCH: usize = 10_000;
 /// Deletes what retention no longer keeps, in bounded batches off the
 /// runtime, every `--retention-interval-ms`.
 async fn retention_loop(ctx: Arc<Ctx>) {
-    let every = Duration::from_millis(ctx.config.retention_interval_ms.max(10));
+    let env = ctx.env.clone();
+    let every = Duration::from_millis(env.config.retention_interval_ms.max(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = env.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         loop {
-            let store = ctx.store.clone();
-            let policy = ctx.config.retention(crate::protocol::now_ms());
+            let store = env.store.clone();
+            let policy = env.config.retention(crate::protocol::now_ms());
             let deleted = tokio::task::spawn_blocking(move || {
                 store.apply_retention(&policy, RETENTION_BATCH)
             })
             .await;
             match deleted {
                 Ok(Ok(n)) => {
-                    ctx.metrics.retained_deleted.inc_by(n as u64);
+                    env.metrics.retained_deleted.inc_by(n as u64);
                     if n < RETENTION_BATCH {
                         break;
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::error!(cause = %e, "retention failed");
-                    ctx.metrics.store_errors.inc();
+                    env.metrics.store_errors.inc();
                     break;
                 }
                 Err(_) => break,
@@ -288,7 +275,7 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.env.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {

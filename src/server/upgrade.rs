@@ -32,7 +32,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
     } = conn;
     let query = Query::parse(req.uri().query());
     if !ctx.auth.origin_allowed(req.headers()) {
-        ctx.metrics.auth_failures.inc();
+        ctx.env.metrics.auth_failures.inc();
         return json_error(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -42,7 +42,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
     let grant = match ctx.auth.check_token(req.headers(), query.get("token")) {
         Ok(grant) => grant,
         Err(e) => {
-            ctx.metrics.auth_failures.inc();
+            ctx.env.metrics.auth_failures.inc();
             return json_error(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Forbidden,
@@ -132,7 +132,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
                 let early = Bytes::copy_from_slice(&parts.read_buf);
                 drop(parts.read_buf);
                 let read = std::io::Cursor::new(early).chain(read);
-                session::run(read, write, params, ctx).await;
+                session::run(read, write, params, ctx.env.clone()).await;
             }
             Err(upgraded) => {
                 // TLS: one stream for both directions, split with a lock.
@@ -140,7 +140,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
                     "upgraded connection is not a bare TcpStream; splitting with a lock"
                 );
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                session::run(read, write, params, ctx).await;
+                session::run(read, write, params, ctx.env.clone()).await;
             }
         }
     });

@@ -1,51 +1,67 @@
 //! A session is one WebSocket connection: a reader (this task), a writer task
-//! and the outbox between them. The reader decodes and routes requests; the
-//! shards and the reader push ready-made frames into the outbox; the writer
-//! alone touches the socket's write half.
+//! and the outbox between them. The reader decodes requests and routes them
+//! (`dispatch`); the rooms and the reader push ready-made frames into the
+//! outbox; the writer alone touches the socket's write half.
+//!
+//! A session knows the server only through `Env`: the config, the shards,
+//! the store (for `history` pages), the metrics and the shutdown signal.
 
 pub mod assemble;
-pub mod outbox;
+mod dispatch;
+mod history;
 pub mod rate;
 mod reader;
-mod replay;
-pub use replay::history_page;
-pub mod writer;
+mod writer;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::auth::Grant;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::protocol::{server as msg, Format};
-use crate::server::Ctx;
-pub use outbox::{Outbox, PushError};
+use crate::rooms::Peer;
+use crate::shard::Shards;
+use crate::store::Store;
 
-/// What shards hold of a session: where to push its frames and how.
-pub struct SessionHandle {
-    /// Process-unique id, the key of a member in a room.
-    pub client_id: u64,
-    pub user: Arc<str>,
-    pub format: Format,
-    pub outbox: Outbox,
-    /// Signalled once when the writer has finished.
-    pub(crate) writer_done: Notify,
+pub use history::history_page;
+
+/// What sessions share with the rest of the server.
+pub struct Env {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub shards: Shards,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down: sessions close with 1001.
+    pub shutdown: CancellationToken,
+    next_client_id: AtomicU64,
 }
 
-impl SessionHandle {
-    pub fn new(client_id: u64, user: Arc<str>, format: Format, outbox: Outbox) -> SessionHandle {
-        SessionHandle {
-            client_id,
-            user,
-            format,
-            outbox,
-            writer_done: Notify::new(),
+impl Env {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        shards: Shards,
+        metrics: Arc<Metrics>,
+    ) -> Env {
+        Env {
+            config,
+            store,
+            shards,
+            metrics,
+            shutdown: CancellationToken::new(),
+            next_client_id: AtomicU64::new(1),
         }
     }
 
-    /// The `clientId` shown on the wire.
-    pub fn client_name(&self) -> String {
-        format!("c{:x}", self.client_id)
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -56,54 +72,62 @@ pub struct Params {
     /// Echo every data message back (conformance endpoint) instead of chat.
     pub echo: bool,
     /// What the client's token allows (`None`: authentication is off).
-    pub grant: Option<crate::server::auth::Grant>,
+    pub grant: Option<Grant>,
+}
+
+/// The session's own end of its peer: the rooms hold the `Peer`; the reader
+/// also waits for the writer to finish.
+pub(crate) struct Session {
+    pub peer: Arc<Peer>,
+    /// Signalled once when the writer has finished.
+    pub writer_done: Notify,
 }
 
 /// Runs a session to its end. `read` and `write` are the two halves of an
 /// upgraded connection; the writer runs on its own task.
-pub async fn run<R, W>(read: R, write: W, params: Params, ctx: Arc<Ctx>)
+pub async fn run<R, W>(read: R, write: W, params: Params, env: Arc<Env>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = ctx.config.clone();
-    let client_id = ctx.next_client_id();
+    let cfg = env.config.clone();
+    let client_id = env.next_client_id();
     let max_bytes = if params.echo {
         cfg.outbox_bytes.max(cfg.max_frame_bytes.saturating_mul(2))
     } else {
         cfg.outbox_bytes
     };
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
-    let session = Arc::new(SessionHandle::new(
+    let peer = Arc::new(Peer {
         client_id,
-        params.user.clone(),
-        params.format,
+        user: params.user.clone(),
+        format: params.format,
         outbox,
-    ));
-    let span =
-        tracing::info_span!("session", client_id = %session.client_name(), user = %session.user);
+    });
+    let session = Arc::new(Session {
+        peer,
+        writer_done: Notify::new(),
+    });
+    let span = tracing::info_span!("session", client_id = %session.peer.client_name(), user = %session.peer.user);
     async move {
-        ctx.metrics.connections.inc();
-        ctx.metrics.connections_total.inc();
+        let peer = &session.peer;
+        env.metrics.connections.inc();
+        env.metrics.connections_total.inc();
         let liveness = Arc::new(writer::Liveness::new());
         let heartbeat = (!params.echo).then(|| writer::Heartbeat {
             interval: cfg.heartbeat(),
-            frame: msg::bare(session.format, "heartbeat"),
+            frame: msg::bare(peer.format, "heartbeat"),
         });
         if !params.echo {
             let connected = msg::Connected {
-                client_id: &session.client_name(),
-                user: &session.user,
-                format: session.format.name(),
+                client_id: &peer.client_name(),
+                user: &peer.user,
+                format: peer.format.name(),
                 heartbeat_ms: cfg.heartbeat().as_millis() as u64,
                 server: concat!("parlor/", env!("CARGO_PKG_VERSION")),
             };
-            session.outbox.push_or_cut(msg::encode(
-                session.format,
-                "connected",
-                None,
-                Some(connected),
-            ));
+            let f = msg::encode(peer.format, "connected", None, Some(connected));
+            peer.outbox.push_or_cut(f);
         }
         let writer = tokio::spawn(
             writer::run(
@@ -112,19 +136,19 @@ where
                 session.clone(),
                 heartbeat,
                 liveness.clone(),
-                ctx.metrics.clone(),
+                env.metrics.clone(),
             )
             .instrument(tracing::Span::current()),
         );
-        let end = reader::run(read, &session, &ctx, &liveness, &params).await;
-        let code = session.outbox.cut_code();
+        let end = reader::run(read, &session, &env, &liveness, &params).await;
+        let code = peer.outbox.cut_code();
         if code == crate::error::close::SLOW_CONSUMER {
-            ctx.metrics.slow_consumer_cuts.inc();
+            env.metrics.slow_consumer_cuts.inc();
         }
-        ctx.metrics.closed(code);
+        env.metrics.closed(code);
         tracing::debug!(?end, close = code, "session reader ended");
         let _ = writer.await;
-        ctx.metrics.connections.dec();
+        env.metrics.connections.dec();
     }
     .instrument(span)
     .await

@@ -5,25 +5,19 @@
 //! `read_frame` is not cancel-safe, so it is only ever raced against the end
 //! of the session, never against other work.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
-use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::assemble::{is_control, is_masked, Assembler};
-use super::rate::{RateLimiter, Verdict};
-use super::replay;
+use super::dispatch::State;
 use super::writer::Liveness;
-use super::{PushError, SessionHandle};
+use super::{Env, Session};
 use crate::error::{close, close_code_for, ErrorCode};
-use crate::protocol::client::{decode, ClientMsg, Request};
-use crate::protocol::{frame, server as msg, Format, RoomName};
-use crate::server::auth::Grant;
-use crate::server::Ctx;
-use crate::shard::{CatchUp, PublishReply, ShardCmd};
+use crate::protocol::client::decode;
+use crate::protocol::{frame, Format};
+use crate::rooms::Command;
 
 /// How long a closing connection is drained before the socket is dropped
 /// (dropping unread input would make the kernel reset the connection and
@@ -42,36 +36,21 @@ pub enum ReadEnd {
 
 pub async fn run<R: AsyncRead + Unpin>(
     mut raw: R,
-    session: &Arc<SessionHandle>,
-    ctx: &Arc<Ctx>,
+    session: &Arc<Session>,
+    env: &Arc<Env>,
     liveness: &Liveness,
     params: &super::Params,
 ) -> ReadEnd {
-    let echo = params.echo;
-    let mut state = State {
-        replays: HashMap::new(),
-        grant: params.grant.clone(),
-        session: session.clone(),
-        ctx: ctx.clone(),
-        joined: HashSet::new(),
-        rate: RateLimiter::new(
-            ctx.config.rate_per_sec,
-            ctx.config.rate_burst,
-            Instant::now(),
-        ),
-    };
-    let end = read_loop(&mut raw, &mut state, liveness, echo).await;
-    for (_, replay) in state.replays.drain() {
-        replay.abort();
-    }
+    let mut state = State::new(session.clone(), env.clone(), params.grant.clone());
+    let end = read_loop(&mut raw, &mut state, liveness, params.echo).await;
     // Leave every room before anything slow, so presence updates at once.
-    for room in state.joined.drain() {
-        let cmd = ShardCmd::Leave {
+    for room in state.take_joined() {
+        let cmd = Command::Leave {
             room: room.clone(),
-            client_id: session.client_id,
-            reply: false,
+            client_id: session.peer.client_id,
+            explicit: false,
         };
-        let _ = ctx.shards.send(&room, cmd).await;
+        let _ = env.shards.send(&room, cmd).await;
     }
     if !matches!(end, ReadEnd::WriterGone) {
         session.writer_done.notified().await;
@@ -85,36 +64,28 @@ pub async fn run<R: AsyncRead + Unpin>(
     end
 }
 
-struct State {
-    /// Catch-ups still running, by room; aborted on leave and at the end.
-    replays: HashMap<RoomName, tokio::task::AbortHandle>,
-    grant: Option<Grant>,
-    session: Arc<SessionHandle>,
-    ctx: Arc<Ctx>,
-    joined: HashSet<RoomName>,
-    rate: RateLimiter,
-}
-
 async fn read_loop<R: AsyncRead + Unpin>(
     raw: &mut R,
     state: &mut State,
     liveness: &Liveness,
     echo: bool,
 ) -> ReadEnd {
-    let session = state.session.clone();
-    let cfg = &state.ctx.config;
+    let session = state.session().clone();
+    let env = state.env().clone();
+    let peer = &session.peer;
+    let cfg = &env.config;
     let max_message = cfg.max_frame_bytes;
     let (mut ws, _) = fastwebsockets::after_handshake_split(raw, tokio::io::sink(), Role::Server);
     ws.set_auto_pong(false);
     // The library refuses frames of `len >= max`; ours is inclusive.
     ws.set_max_message_size(max_message.saturating_add(1));
     let mut assembler = Assembler::new(max_message);
-    let expiry = token_expiry(state.grant.as_ref().and_then(|g| g.expires_at));
+    let expiry = token_expiry(state.grant().and_then(|g| g.expires_at));
     tokio::pin!(expiry);
     // Frames the library obliges us to send (close echo, 1002 on a bad close
     // code) are final: they go through the outbox after what is queued.
     let mut send_fn = |f: Frame<'_>| {
-        let res = session
+        let res = peer
             .outbox
             .push_close(frame::from_fastwebsockets(&f))
             .map_err(|e| std::io::Error::other(format!("{e:?}")));
@@ -124,12 +95,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let read = tokio::select! {
             biased;
             _ = session.writer_done.notified() => return ReadEnd::WriterGone,
-            _ = state.ctx.shutdown.cancelled() => {
-                session.outbox.cut(close::GOING_AWAY);
+            _ = env.shutdown.cancelled() => {
+                peer.outbox.cut(close::GOING_AWAY);
                 return ReadEnd::Shutdown;
             }
             _ = &mut expiry => {
-                session.outbox.cut(close::BAD_CREDENTIALS);
+                peer.outbox.cut(close::BAD_CREDENTIALS);
                 return ReadEnd::TokenExpired;
             }
             read = ws.read_frame(&mut send_fn) => read,
@@ -139,14 +110,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Err(e) => {
                 return match close_code_for(&e) {
                     Some(code) => {
-                        session.outbox.cut(code);
+                        peer.outbox.cut(code);
                         ReadEnd::ProtocolError
                     }
                     None if matches!(e, fastwebsockets::WebSocketError::InvalidCloseCode) => {
                         ReadEnd::ProtocolError
                     }
                     None => {
-                        session.outbox.cut(close::GOING_AWAY);
+                        peer.outbox.cut(close::GOING_AWAY);
                         ReadEnd::Eof
                     }
                 };
@@ -154,14 +125,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
         };
         liveness.touch();
         if !is_masked(&mut frame) || (is_control(frame.opcode) && frame.payload.len() > 125) {
-            session.outbox.cut(close::PROTOCOL_ERROR);
+            peer.outbox.cut(close::PROTOCOL_ERROR);
             return ReadEnd::ProtocolError;
         }
         match frame.opcode {
             OpCode::Close => return ReadEnd::ClientClosed,
             OpCode::Ping => {
-                session
-                    .outbox
+                peer.outbox
                     .push_or_cut(frame::frame(OpCode::Pong, &frame.payload));
             }
             OpCode::Pong => {}
@@ -170,12 +140,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Ok(Some(message)) => message,
                     Ok(None) => continue,
                     Err(code) => {
-                        session.outbox.cut(code);
+                        peer.outbox.cut(code);
                         return ReadEnd::ProtocolError;
                     }
                 };
                 if echo {
-                    if session
+                    if peer
                         .outbox
                         .push_wait(frame::frame(opcode, &data))
                         .await
@@ -185,16 +155,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     continue;
                 }
-                let expected = match session.format {
+                let expected = match peer.format {
                     Format::Json => OpCode::Text,
                     Format::Msgpack => OpCode::Binary,
                 };
                 let decoded = if opcode == expected {
-                    decode(session.format, &data)
+                    decode(peer.format, &data)
                 } else {
                     Err(crate::protocol::DecodeError {
                         code: ErrorCode::BadRequest,
-                        message: format!("this connection speaks {}", session.format.name()),
+                        message: format!("this connection speaks {}", peer.format.name()),
                         id: None,
                     })
                 };
@@ -223,146 +193,5 @@ async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
             tokio::time::sleep(left).await
         }
         None => std::future::pending().await,
-    }
-}
-
-impl State {
-    fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
-        self.ctx.metrics.error(code);
-        let f = msg::error(self.session.format, code, message, id);
-        self.session.outbox.push_or_cut(f);
-    }
-
-    fn reply(&self, f: Bytes) {
-        self.session.outbox.push_or_cut(f);
-    }
-
-    async fn to_shard(&self, room: &RoomName, cmd: ShardCmd) -> Result<(), ReadEnd> {
-        self.ctx.shards.send(room, cmd).await.map_err(|_| {
-            self.session.outbox.cut(close::GOING_AWAY);
-            ReadEnd::WriterGone
-        })
-    }
-
-    async fn dispatch(&mut self, req: Request) -> Result<(), ReadEnd> {
-        let Request { id, msg: m } = req;
-        let id = id.as_deref();
-        let cfg = &self.ctx.config;
-        match m {
-            ClientMsg::Ping => self.reply(msg::bare(self.session.format, "pong")),
-            ClientMsg::Join { room, since, epoch } => {
-                if self.grant.as_ref().is_some_and(|g| !g.allows(&room)) {
-                    self.error(
-                        ErrorCode::Forbidden,
-                        "your token does not grant this room",
-                        id,
-                    );
-                    return Ok(());
-                }
-                if !self.joined.contains(&room) && self.joined.len() >= cfg.max_rooms_per_conn {
-                    let m = format!("at most {} rooms per connection", cfg.max_rooms_per_conn);
-                    self.error(ErrorCode::RateLimited, &m, id);
-                    return Ok(());
-                }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let cmd = ShardCmd::Join {
-                    room: room.clone(),
-                    session: self.session.clone(),
-                    since,
-                    epoch,
-                    reply: tx,
-                };
-                self.to_shard(&room, cmd).await?;
-                match rx.await {
-                    Ok(Ok(plan)) => {
-                        self.joined.insert(room.clone());
-                        self.ctx.metrics.joins.inc();
-                        // The catch-up runs beside the reader, so the client's
-                        // other frames (pongs above all) are read meanwhile.
-                        if plan.catch_up != CatchUp::Nothing {
-                            let (ctx, session, r) =
-                                (self.ctx.clone(), self.session.clone(), room.clone());
-                            let task =
-                                tokio::spawn(
-                                    async move { replay::run(&ctx, &session, &r, plan).await },
-                                );
-                            if let Some(old) = self.replays.insert(room, task.abort_handle()) {
-                                old.abort();
-                            }
-                        }
-                    }
-                    Ok(Err(code)) => self.error(code, "join failed", id),
-                    Err(_) => self.error(ErrorCode::Internal, "shard unavailable", id),
-                }
-            }
-            ClientMsg::Leave { room } => {
-                if !self.joined.remove(&room) {
-                    self.error(ErrorCode::NotJoined, "not joined to this room", id);
-                    return Ok(());
-                }
-                if let Some(replay) = self.replays.remove(&room) {
-                    replay.abort();
-                }
-                let cmd = ShardCmd::Leave {
-                    room: room.clone(),
-                    client_id: self.session.client_id,
-                    reply: true,
-                };
-                self.to_shard(&room, cmd).await?;
-            }
-            ClientMsg::Message { room, content } => {
-                match self.rate.check(Instant::now()) {
-                    Verdict::Allow => {}
-                    Verdict::Refuse => {
-                        self.error(ErrorCode::RateLimited, "too many messages", id);
-                        return Ok(());
-                    }
-                    Verdict::Close => {
-                        self.session.outbox.cut(close::TOO_MANY_REFUSALS);
-                        return Err(ReadEnd::ProtocolError);
-                    }
-                }
-                if content.len() > cfg.max_content_bytes {
-                    let m = format!("content is over {} bytes", cfg.max_content_bytes);
-                    self.error(ErrorCode::TooLarge, &m, id);
-                    return Ok(());
-                }
-                if !self.joined.contains(&room) {
-                    self.error(
-                        ErrorCode::NotJoined,
-                        "join the room before sending to it",
-                        id,
-                    );
-                    return Ok(());
-                }
-                self.ctx.metrics.messages_in.inc();
-                let cmd = ShardCmd::Publish {
-                    room: room.clone(),
-                    user: self.session.user.clone(),
-                    content,
-                    client_msg_id: id.map(str::to_owned),
-                    reply: PublishReply::Session(self.session.clone()),
-                };
-                self.to_shard(&room, cmd).await?;
-            }
-            ClientMsg::History { room, since, limit } => {
-                match replay::history(&self.ctx, &room, since, limit, self.session.format).await {
-                    Ok(f) => {
-                        if let Err(PushError::Closed) = self.session.outbox.push_wait(f).await {
-                            return Err(ReadEnd::WriterGone);
-                        }
-                    }
-                    Err(_) => self.error(ErrorCode::Internal, "history is unavailable", id),
-                }
-            }
-            ClientMsg::Presence { room } => {
-                let cmd = ShardCmd::Presence {
-                    room: room.clone(),
-                    session: self.session.clone(),
-                };
-                self.to_shard(&room, cmd).await?;
-            }
-        }
-        Ok(())
     }
 }

@@ -1,6 +1,11 @@
 //! The writer task: drains the outbox, coalesces what is queued into one
 //! vectored write, sends heartbeats and pings, and ends the connection when
 //! the session is cut, a close was sent, or the client went silent.
+//!
+//! Invariant: no write waits unboundedly. Every write (frames or heartbeat)
+//! races the cut signal and the silence deadline, so a peer that stopped
+//! reading cannot keep a session — and its connection permit — past its cut
+//! plus the close grace, or past twice the heartbeat of silence.
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +16,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
-use super::outbox::{Out, OutboxReceiver};
-use super::SessionHandle;
+use super::Session;
+use crate::outbox::{Out, Outbox, OutboxReceiver};
 use crate::protocol::frame;
 
 /// How long a cut session gets to take its close frame (PROTOCOL.md §6).
@@ -67,25 +72,28 @@ pub enum WriterEnd {
 pub async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
     mut rx: OutboxReceiver,
-    session: Arc<SessionHandle>,
+    session: Arc<Session>,
     heartbeat: Option<Heartbeat>,
     liveness: Arc<Liveness>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> WriterEnd {
-    let outbox = &session.outbox;
+    let outbox = &session.peer.outbox;
+    let silence = heartbeat.as_ref().map(|h| h.interval * 2);
     let far = Duration::from_secs(86_400 * 365);
-    let (hb_every, hb_frame) = match heartbeat {
-        Some(h) => (h.interval, Some(h.frame)),
-        None => (far, None),
-    };
+    let hb_every = heartbeat.as_ref().map_or(far, |h| h.interval);
     let mut next_beat = Instant::now() + hb_every;
     let mut batch: Vec<Bytes> = Vec::new();
+    let guard = Guard {
+        outbox,
+        liveness: &liveness,
+        silence,
+    };
     let end = loop {
-        let deadline = liveness.last() + hb_every * 2;
+        let deadline = liveness.last() + silence.unwrap_or(far);
         tokio::select! {
             biased;
             _ = outbox.cut_signalled() => {
-                break send_cut(&mut io, &mut rx, &session, Instant::now() + CLOSE_GRACE).await
+                break send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE).await
             }
             more = rx.take(outbox) => {
                 if !more {
@@ -98,55 +106,34 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 let bytes = batched_bytes(&batch);
                 let frames = batch.len();
                 metrics.outbox_depth.observe(batch.len() as f64);
-                let mut cut_meanwhile = None;
-                let res = {
-                    let write = write_all(&mut io, &batch);
-                    tokio::pin!(write);
-                    loop {
-                        let silent_until = liveness.last() + hb_every * 2;
-                        tokio::select! {
-                            biased;
-                            res = &mut write => break res,
-                            // A write stuck on a peer that also went silent: dead.
-                            _ = sleep_until(silent_until), if hb_frame.is_some() => {
-                                if liveness.last() + hb_every * 2 <= Instant::now() {
-                                    break Err(std::io::ErrorKind::TimedOut.into());
-                                }
-                            }
-                            _ = outbox.cut_signalled() => {
-                                // A close frame cannot start mid-frame: finish
-                                // this batch within the close grace first.
-                                let deadline = Instant::now() + CLOSE_GRACE;
-                                cut_meanwhile = Some(deadline);
-                                break tokio::time::timeout_at(deadline, &mut write)
-                                    .await
-                                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-                            }
-                        }
-                    }
-                };
+                let outcome = guard.write(&mut io, &batch).await;
                 batch.clear();
                 rx.written(outbox, frames, bytes);
-                if res.is_err() {
-                    break WriterEnd::Gone;
-                }
-                if let Some(deadline) = cut_meanwhile {
-                    break send_cut(&mut io, &mut rx, &session, deadline).await;
-                }
-                if closing {
-                    let _ = io.shutdown().await;
-                    break WriterEnd::Closed;
+                match outcome {
+                    Written::Done if closing => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                        break WriterEnd::Closed;
+                    }
+                    Written::Done => {}
+                    Written::Failed => break WriterEnd::Gone,
+                    Written::CutMeanwhile(deadline) => {
+                        break send_cut(&mut io, &mut rx, outbox, deadline).await
+                    }
                 }
             }
-            _ = sleep_until(next_beat), if hb_frame.is_some() => {
+            _ = sleep_until(next_beat), if heartbeat.is_some() => {
                 next_beat = Instant::now() + hb_every;
-                let frames = [hb_frame.clone().unwrap_or_default(), frame::ping()];
-                if write_all(&mut io, &frames).await.is_err() {
-                    break WriterEnd::Gone;
+                let beat = heartbeat.as_ref().map(|h| h.frame.clone()).unwrap_or_default();
+                match guard.write(&mut io, &[beat, frame::ping()]).await {
+                    Written::Done => {}
+                    Written::Failed => break WriterEnd::Gone,
+                    Written::CutMeanwhile(deadline) => {
+                        break send_cut(&mut io, &mut rx, outbox, deadline).await
+                    }
                 }
             }
-            _ = sleep_until(deadline), if hb_frame.is_some() => {
-                if liveness.last() + hb_every * 2 <= Instant::now() {
+            _ = sleep_until(deadline), if silence.is_some() => {
+                if guard.silent() {
                     break WriterEnd::Dead;
                 }
             }
@@ -157,6 +144,65 @@ pub async fn run<W: AsyncWrite + Unpin>(
     outbox.cut(crate::error::close::GOING_AWAY);
     session.writer_done.notify_one();
     end
+}
+
+/// How a guarded write ended.
+enum Written {
+    Done,
+    /// The socket failed, or the peer was silent too long while stuck.
+    Failed,
+    /// The session was cut during the write; the write finished, and the
+    /// close frame must follow by the deadline.
+    CutMeanwhile(Instant),
+}
+
+/// What every write races.
+struct Guard<'a> {
+    outbox: &'a Outbox,
+    liveness: &'a Liveness,
+    /// Twice the heartbeat; `None` (echo) never declares a peer dead.
+    silence: Option<Duration>,
+}
+
+impl Guard<'_> {
+    fn silent(&self) -> bool {
+        self.silence
+            .is_some_and(|s| self.liveness.last() + s <= Instant::now())
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&self, io: &mut W, bufs: &[Bytes]) -> Written {
+        let write = write_all(io, bufs);
+        tokio::pin!(write);
+        loop {
+            let silent_until = self.silence.map(|s| self.liveness.last() + s);
+            tokio::select! {
+                biased;
+                res = &mut write => return if res.is_ok() { Written::Done } else { Written::Failed },
+                // A write stuck on a peer that also went silent: dead.
+                _ = sleep_until_opt(silent_until) => {
+                    if self.silent() {
+                        return Written::Failed;
+                    }
+                }
+                _ = self.outbox.cut_signalled() => {
+                    // A close frame cannot start mid-frame: finish this write
+                    // within the close grace first.
+                    let deadline = Instant::now() + CLOSE_GRACE;
+                    return match tokio::time::timeout_at(deadline, &mut write).await {
+                        Ok(Ok(())) => Written::CutMeanwhile(deadline),
+                        _ => Written::Failed,
+                    };
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn push(batch: &mut Vec<Bytes>, item: Out) -> bool {
@@ -179,12 +225,12 @@ fn batched_bytes(batch: &[Bytes]) -> usize {
 async fn send_cut<W: AsyncWrite + Unpin>(
     io: &mut W,
     rx: &mut OutboxReceiver,
-    session: &SessionHandle,
+    outbox: &Outbox,
     deadline: Instant,
 ) -> WriterEnd {
     // `cut` already dropped what was queued; forget what was taken too.
-    rx.drain(&session.outbox);
-    let code = session.outbox.cut_code();
+    rx.drain(outbox);
+    let code = outbox.cut_code();
     let close = frame::close(code, close_reason(code));
     let sent = tokio::time::timeout_at(deadline, async {
         write_all(io, &[close]).await?;

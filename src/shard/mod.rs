@@ -1,105 +1,35 @@
 //! Room shards: `--workers` threads, each owning a disjoint set of rooms
-//! (hash(room) % N). A shard is the only owner of its rooms' state, so it
-//! needs no locks; sessions and the HTTP API reach it through a bounded
-//! channel (a flooding reader waits on it and TCP pushes back on the client),
-//! and replies go back over `oneshot` or into the session's outbox.
+//! (hash(room) % N) and driving their sans-IO core (`rooms::Rooms`).
+//! Sessions and the HTTP API reach a shard through a bounded channel (a
+//! flooding reader waits on it and TCP pushes back on the client); frames
+//! go back into sessions' outboxes, replies over `oneshot`.
 //!
-//! Each shard runs on its own OS thread with a single-threaded runtime for
-//! its timers. Its messages are committed by one log writer thread shared by
-//! all shards (`commit`): while a batch commits, the shard keeps taking and
-//! sequencing messages into the next one (pipelined group commit).
+//! Each shard thread runs `driver`: it feeds the core commands, the time and
+//! the completions of its effects, and performs those effects off the shard
+//! thread — room loads and catch-up reads on the blocking pool, commits on
+//! the one log writer shared by all shards (`log_writer`), which merges what
+//! every shard has waiting into one transaction (group commit).
 
-mod commit;
-mod dedup;
-mod join;
-mod presence;
-mod replies;
-pub mod room;
-mod worker;
+mod driver;
+mod log_writer;
+pub mod pool;
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::error::ErrorCode;
 use crate::metrics::Metrics;
 use crate::protocol::RoomName;
-use crate::session::SessionHandle;
+use crate::rooms::{Command, RoomStats};
 use crate::store::Store;
-
-pub use room::PARALLEL_FANOUT_MIN;
 
 /// Commands queued per shard. Each is small (a few pointers and, for a
 /// message, its content ≤ max-content-bytes), so a full queue holds at most
 /// `SHARD_QUEUE × (max content + ~200 B)`.
 pub const SHARD_QUEUE: usize = 4096;
-
-pub enum ShardCmd {
-    Join {
-        room: RoomName,
-        session: Arc<SessionHandle>,
-        since: Option<u64>,
-        epoch: Option<String>,
-        reply: oneshot::Sender<Result<JoinPlan, ErrorCode>>,
-    },
-    Leave {
-        room: RoomName,
-        client_id: u64,
-        /// Send `left` to the session (an explicit leave, not a disconnect).
-        reply: bool,
-    },
-    Publish {
-        room: RoomName,
-        user: Arc<str>,
-        content: String,
-        client_msg_id: Option<String>,
-        reply: PublishReply,
-    },
-    Presence {
-        room: RoomName,
-        session: Arc<SessionHandle>,
-    },
-    /// The session has replayed up to the plan's `upto`: release held frames.
-    CaughtUp { room: RoomName, client_id: u64 },
-    Stats {
-        reply: oneshot::Sender<Vec<RoomStats>>,
-    },
-}
-
-/// Where the outcome of a publish goes.
-pub enum PublishReply {
-    /// An `ack` (when the message had an `id`) or an `error` into the outbox.
-    Session(Arc<SessionHandle>),
-    /// The HTTP API waits for the sequence.
-    Http(oneshot::Sender<Result<u64, ErrorCode>>),
-}
-
-/// What a joining session must read from the store before going live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinPlan {
-    pub epoch: String,
-    pub catch_up: CatchUp,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CatchUp {
-    /// Nothing to read: the member is live at once.
-    Nothing,
-    /// One `history` frame with sequences `after+1 ..= upto`.
-    History { after: u64, upto: u64, more: bool },
-    /// `message` frames for sequences `after+1 ..= upto`.
-    Replay { after: u64, upto: u64 },
-}
-
-#[derive(Debug, Clone)]
-pub struct RoomStats {
-    pub room: RoomName,
-    pub last: u64,
-    pub members: usize,
-    pub connections: usize,
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard is shut down")]
@@ -117,7 +47,9 @@ pub struct ShardEnv {
 
 /// Handles to every shard.
 pub struct Shards {
-    senders: Vec<mpsc::Sender<ShardCmd>>,
+    senders: Vec<mpsc::Sender<Command>>,
+    /// Cancelled to stop the shards whoever still holds a sender.
+    stop: CancellationToken,
     threads: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -126,23 +58,24 @@ impl Shards {
         let n = env.config.workers();
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
-        let (committer, log_writer) =
-            commit::Committer::start(env.store.clone(), env.metrics.clone())?;
+        let stop = CancellationToken::new();
+        let (log, log_thread) =
+            log_writer::LogWriter::start(env.store.clone(), env.metrics.clone())?;
         for i in 0..n {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-            let env = env.clone();
-            let committer = committer.clone();
+            let (env, log, stop) = (env.clone(), log.clone(), stop.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("parlor-shard-{i}"))
-                .spawn(move || worker::run(i, env, committer, rx))?;
+                .spawn(move || driver::run(i, env, log, rx, stop))?;
             senders.push(tx);
             threads.push(handle);
         }
         // The log writer ends once the shards (its only senders) have.
-        drop(committer);
-        threads.push(log_writer);
+        drop(log);
+        threads.push(log_thread);
         Ok(Shards {
             senders,
+            stop,
             threads: parking_lot::Mutex::new(threads),
         })
     }
@@ -152,7 +85,7 @@ impl Shards {
         (h % self.senders.len() as u64) as usize
     }
 
-    pub async fn send(&self, room: &RoomName, cmd: ShardCmd) -> Result<(), ShardGone> {
+    pub async fn send(&self, room: &RoomName, cmd: Command) -> Result<(), ShardGone> {
         self.senders[self.index_of(room)]
             .send(cmd)
             .await
@@ -164,7 +97,7 @@ impl Shards {
         let mut all = Vec::new();
         for tx in &self.senders {
             let (reply, rx) = oneshot::channel();
-            if tx.send(ShardCmd::Stats { reply }).await.is_ok() {
+            if tx.send(Command::Stats { reply }).await.is_ok() {
                 all.extend(rx.await.unwrap_or_default());
             }
         }
@@ -179,11 +112,14 @@ impl Shards {
             .collect()
     }
 
-    /// Stops the shards after they have handled what is queued. Only once
-    /// every other sender (sessions) is gone do the threads end.
-    pub fn shutdown(self) {
-        drop(self.senders);
-        for t in self.threads.lock().drain(..) {
+    /// Stops the shards: each takes what is already queued, lands every
+    /// batch it accepted, and ends; then the log writer ends. Whoever still
+    /// holds a way to send gets `ShardGone`. Blocks until all threads have
+    /// ended: call it off the async runtime.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
             let _ = t.join();
         }
     }

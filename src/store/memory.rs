@@ -1,21 +1,33 @@
 //! `MemoryStore`: the log in a map of deques. History is lost on exit and
 //! every room gets a new epoch per process, so clients replaying against a
 //! restarted server learn their `since` no longer applies.
+//!
+//! `MemoryStore::numbering()` makes a log that numbers messages itself and
+//! dedups client ids (`Sequencing::Log`), the way a log shared by several
+//! nodes must: the room core's other mode, kept honest by its tests.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Append, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
+use super::{
+    read_cost, Batch, ReadLimit, Retention, RoomLog, RoomSummary, Sequencing, Store, StoreError,
+    StoredMessage,
+};
 use crate::protocol::RoomName;
 
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: RwLock<BTreeMap<RoomName, Log>>,
+    /// Numbers messages itself (`Sequencing::Log`).
+    numbering: bool,
 }
 
 struct Log {
     epoch: String,
+    /// (user, client id) → sequence, for a numbering log's dedup.
+    ids: HashMap<(Arc<str>, String), u64>,
     /// Retained messages; sequences are contiguous, `messages[0]` is the oldest.
     messages: VecDeque<StoredMessage>,
     /// Sequence of `messages[0]`, or the next sequence when empty.
@@ -32,31 +44,56 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+
+    /// A log that numbers messages and dedups client ids itself.
+    pub fn numbering() -> MemoryStore {
+        MemoryStore {
+            numbering: true,
+            ..MemoryStore::default()
+        }
+    }
+}
+
+/// Every retained message with a client id, newest last, at most `window`.
+fn recent_ids(log: &Log, window: usize) -> Vec<(Arc<str>, String, u64)> {
+    let mut ids: Vec<_> = log
+        .messages
+        .iter()
+        .rev()
+        .filter_map(|m| {
+            let id = m.client_msg_id.clone()?;
+            Some((m.user.clone(), id, m.sequence))
+        })
+        .take(window)
+        .collect();
+    ids.reverse();
+    ids
 }
 
 impl Store for MemoryStore {
-    fn open_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError> {
-        let mut rooms = self.rooms.write();
-        let log = rooms.entry(room.clone()).or_insert_with(|| Log {
-            epoch: super::new_epoch(),
-            messages: VecDeque::new(),
-            first: 1,
-        });
-        let mut recent_ids: Vec<_> = log
-            .messages
-            .iter()
-            .rev()
-            .filter_map(|m| {
-                let id = m.client_msg_id.clone()?;
-                Some((m.user.clone(), id, m.sequence))
-            })
-            .take(dedup_window)
-            .collect();
-        recent_ids.reverse();
-        Ok(RoomLog {
-            epoch: log.epoch.clone(),
-            last: log.last(),
-            recent_ids,
+    fn sequencing(&self) -> Sequencing {
+        if self.numbering {
+            Sequencing::Log
+        } else {
+            Sequencing::Local
+        }
+    }
+
+    fn load_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError> {
+        let rooms = self.rooms.read();
+        Ok(match rooms.get(room) {
+            Some(log) => RoomLog {
+                epoch: log.epoch.clone(),
+                last: log.last(),
+                recent_ids: recent_ids(log, dedup_window),
+                exists: true,
+            },
+            None => RoomLog {
+                epoch: super::new_epoch(),
+                last: 0,
+                recent_ids: Vec::new(),
+                exists: false,
+            },
         })
     }
 
@@ -64,33 +101,66 @@ impl Store for MemoryStore {
         Ok(self.rooms.read().get(room).map(|l| l.epoch.clone()))
     }
 
-    fn append(&self, batch: &[Append]) -> Result<(), StoreError> {
+    fn append(&self, batch: &mut Batch) -> Result<(), StoreError> {
         let mut rooms = self.rooms.write();
         // Check the whole batch first so that it is all-or-nothing.
-        let mut next: std::collections::HashMap<&RoomName, u64> = Default::default();
-        for a in batch {
+        for new in &batch.new_rooms {
+            if let Some(log) = rooms.get(&new.room) {
+                if log.epoch != new.epoch {
+                    return Err(StoreError::EpochMismatch {
+                        room: new.room.clone(),
+                        stored: log.epoch.clone(),
+                        given: new.epoch.clone(),
+                    });
+                }
+            }
+        }
+        let created = |room: &RoomName| batch.new_rooms.iter().any(|n| &n.room == room);
+        let mut next: HashMap<&RoomName, u64> = HashMap::new();
+        for a in &batch.appends {
             let expected = match next.get(&a.room) {
                 Some(n) => *n,
-                None => {
-                    rooms
-                        .get(&a.room)
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!("append to unopened room {}", a.room))
-                        })?
-                        .last()
-                        + 1
-                }
+                None => match rooms.get(&a.room) {
+                    Some(log) => log.last() + 1,
+                    None if created(&a.room) => 1,
+                    None => return Err(StoreError::UnknownRoom(a.room.clone())),
+                },
             };
-            if a.message.sequence != expected {
-                return Err(StoreError::Corrupt(format!(
-                    "room {} expected sequence {expected}, got {}",
-                    a.room, a.message.sequence
-                )));
+            if !self.numbering && a.message.sequence != expected {
+                return Err(StoreError::OutOfSequence {
+                    room: a.room.clone(),
+                    expected,
+                    got: a.message.sequence,
+                });
             }
             next.insert(&a.room, expected + 1);
         }
-        for a in batch {
+        for new in &batch.new_rooms {
+            rooms.entry(new.room.clone()).or_insert_with(|| Log {
+                epoch: new.epoch.clone(),
+                ids: HashMap::new(),
+                messages: VecDeque::new(),
+                first: 1,
+            });
+        }
+        for a in &mut batch.appends {
             let log = rooms.get_mut(&a.room).expect("checked above");
+            if self.numbering {
+                let key = a
+                    .message
+                    .client_msg_id
+                    .clone()
+                    .map(|id| (a.message.user.clone(), id));
+                if let Some(seq) = key.as_ref().and_then(|k| log.ids.get(k)) {
+                    a.message.sequence = *seq;
+                    a.duplicate = true;
+                    continue;
+                }
+                a.message.sequence = log.last() + 1;
+                if let Some(k) = key {
+                    log.ids.insert(k, a.message.sequence);
+                }
+            }
             log.messages.push_back(a.message.clone());
         }
         Ok(())
@@ -101,7 +171,7 @@ impl Store for MemoryStore {
         room: &RoomName,
         after: u64,
         upto: u64,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let rooms = self.rooms.read();
         let Some(log) = rooms.get(room) else {
@@ -113,8 +183,17 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         }
         let from = (start - log.first) as usize;
-        let count = ((end - start + 1) as usize).min(limit);
-        Ok(log.messages.range(from..from + count).cloned().collect())
+        let count = (end - start + 1) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for m in log.messages.range(from..from + count) {
+            if limit.reached(out.len(), bytes) {
+                break;
+            }
+            bytes += read_cost(m);
+            out.push(m.clone());
+        }
+        Ok(out)
     }
 
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
@@ -144,7 +223,11 @@ impl Store for MemoryStore {
                 if !policy.expired(log.messages.len() as u64 - 1, front.timestamp) {
                     break;
                 }
-                log.messages.pop_front();
+                if let Some(m) = log.messages.pop_front() {
+                    if let Some(id) = m.client_msg_id {
+                        log.ids.remove(&(m.user, id));
+                    }
+                }
                 log.first += 1;
                 deleted += 1;
             }
@@ -167,33 +250,57 @@ mod tests {
         }
     }
 
+    fn batch(room: &RoomName, seqs: impl IntoIterator<Item = u64>) -> Batch {
+        Batch {
+            new_rooms: vec![super::super::NewRoom {
+                room: room.clone(),
+                epoch: "e".into(),
+            }],
+            appends: seqs
+                .into_iter()
+                .map(|i| super::super::Append::new(room.clone(), msg(i)))
+                .collect(),
+        }
+    }
+
     #[test]
     fn appends_reads_and_retains() {
         let s = MemoryStore::new();
         let room = RoomName::parse("r").unwrap();
-        assert_eq!(s.open_room(&room, 10).unwrap().last, 0);
-        let batch: Vec<_> = (1..=10)
-            .map(|i| Append {
-                room: room.clone(),
-                message: msg(i),
-            })
-            .collect();
-        s.append(&batch).unwrap();
-        let got = s.read(&room, 3, 8, 100).unwrap();
+        let new = s.load_room(&room, 10).unwrap();
+        assert_eq!((new.last, new.exists), (0, false));
+        assert_eq!(s.epoch(&room).unwrap(), None, "loading never creates");
+        s.append(&mut batch(&room, 1..=10)).unwrap();
+        let got = s.read(&room, 3, 8, ReadLimit::messages(100)).unwrap();
         assert_eq!(
             got.iter().map(|m| m.sequence).collect::<Vec<_>>(),
             vec![4, 5, 6, 7, 8]
         );
-        assert_eq!(s.read(&room, 0, 10, 2).unwrap().len(), 2);
+        assert_eq!(
+            s.read(&room, 0, 10, ReadLimit::messages(2)).unwrap().len(),
+            2
+        );
+        let by_bytes = ReadLimit {
+            messages: 100,
+            bytes: 5,
+        };
+        assert_eq!(
+            s.read(&room, 0, 10, by_bytes).unwrap().len(),
+            2,
+            "m1+u, m2+u"
+        );
         let keep4 = Retention {
             keep: 4,
             older_than_ms: None,
         };
         assert_eq!(s.apply_retention(&keep4, 100).unwrap(), 6);
         assert_eq!(s.first_retained(&room).unwrap(), 7);
-        assert_eq!(s.read(&room, 0, 10, 100).unwrap()[0].sequence, 7);
-        let log = s.open_room(&room, 2).unwrap();
-        assert_eq!(log.last, 10);
+        assert_eq!(
+            s.read(&room, 0, 10, ReadLimit::messages(100)).unwrap()[0].sequence,
+            7
+        );
+        let log = s.load_room(&room, 2).unwrap();
+        assert_eq!((log.last, log.exists, log.epoch.as_str()), (10, true, "e"));
         assert_eq!(
             log.recent_ids.iter().map(|r| r.2).collect::<Vec<_>>(),
             vec![9, 10]
@@ -201,14 +308,38 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_sequence_gap() {
+    fn rejects_a_sequence_gap_and_an_unknown_room() {
         let s = MemoryStore::new();
         let room = RoomName::parse("r").unwrap();
-        s.open_room(&room, 10).unwrap();
-        let gap = [Append {
-            room: room.clone(),
-            message: msg(2),
-        }];
-        assert!(s.append(&gap).is_err());
+        assert!(matches!(
+            s.append(&mut batch(&room, [2])),
+            Err(StoreError::OutOfSequence {
+                expected: 1,
+                got: 2,
+                ..
+            })
+        ));
+        let mut orphan = batch(&room, [1]);
+        orphan.new_rooms.clear();
+        assert!(matches!(
+            s.append(&mut orphan),
+            Err(StoreError::UnknownRoom(_))
+        ));
+        assert_eq!(s.epoch(&room).unwrap(), None, "all or nothing");
+    }
+
+    #[test]
+    fn a_numbering_log_numbers_and_dedups() {
+        let s = MemoryStore::numbering();
+        let room = RoomName::parse("r").unwrap();
+        let mut b = batch(&room, [7, 8, 9]);
+        b.appends[2].message.client_msg_id = b.appends[0].message.client_msg_id.clone();
+        s.append(&mut b).unwrap();
+        let seqs: Vec<(u64, bool)> = b
+            .appends
+            .iter()
+            .map(|a| (a.message.sequence, a.duplicate))
+            .collect();
+        assert_eq!(seqs, [(1, false), (2, false), (1, true)]);
     }
 }

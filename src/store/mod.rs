@@ -1,13 +1,18 @@
-//! Persistence: a small synchronous `Store` trait and its implementations.
+//! The log: the seam between the room core and where history lives, a
+//! small synchronous trait and its implementations.
 //!
-//! Calls block (a redb commit syncs to disk), so they run only on shard
-//! threads or in `spawn_blocking`, never on the async runtime's workers.
-//! Invariants every implementation keeps:
+//! Calls block (a redb commit syncs to disk), so they run only on the log
+//! writer thread or in `spawn_blocking`, never on a shard thread or the async
+//! runtime's workers. Invariants every implementation keeps:
 //! - `append` is all-or-nothing for its batch; when it returns `Ok`, every
 //!   message in it is durable to the configured degree and visible to reads.
-//! - A room's sequences are stored as given (the shard's sequencer makes them
-//!   gapless); reads return them in increasing order.
-//! - A room's epoch is fixed for the life of its log.
+//! - A room's sequences are 1, 2, 3 … with no gap. A log with
+//!   `Sequencing::Local` stores the numbers the room core gave and refuses a
+//!   batch that would break that; a log with `Sequencing::Log` numbers the
+//!   messages itself, atomically, and answers a retried client id with the
+//!   original's number (a log shared by several nodes must).
+//! - A room's epoch is fixed for the life of its log; `load_room` never
+//!   writes, rooms are created by the batch that carries their first message.
 
 pub mod memory;
 pub mod redb;
@@ -17,36 +22,72 @@ use std::sync::Arc;
 use crate::protocol::RoomName;
 
 pub use self::redb::RedbStore;
+pub use crate::message::StoredMessage;
 pub use memory::MemoryStore;
-
-/// One chat message as the log keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub sequence: u64,
-    /// Milliseconds since the Unix epoch.
-    pub timestamp: u64,
-    pub user: Arc<str>,
-    pub content: String,
-    /// The client's `id`, kept so the dedup window survives restarts.
-    pub client_msg_id: Option<String>,
-}
 
 /// A message to append, with its room.
 #[derive(Debug, Clone)]
 pub struct Append {
     pub room: RoomName,
     pub message: StoredMessage,
+    /// Set by a log that numbers messages when this one repeats a client id
+    /// it already has: `message.sequence` is then the original's, and
+    /// nothing was stored.
+    pub duplicate: bool,
 }
 
-/// What the shard needs to take over a room's log.
+impl Append {
+    pub fn new(room: RoomName, message: StoredMessage) -> Append {
+        Append {
+            room,
+            message,
+            duplicate: false,
+        }
+    }
+}
+
+/// A room the log does not have yet, created by the batch that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoom {
+    pub room: RoomName,
+    pub epoch: String,
+}
+
+/// One group commit: rooms to create, then messages in order.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub new_rooms: Vec<NewRoom>,
+    pub appends: Vec<Append>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.new_rooms.is_empty() && self.appends.is_empty()
+    }
+}
+
+/// Who numbers a room's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequencing {
+    /// The room core (one node owns the room): the log checks the numbers.
+    Local,
+    /// The log, atomically with the append (a log several nodes share).
+    Log,
+}
+
+/// What the room core needs to take over a room's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomLog {
+    /// The room's epoch; for a room the log does not have, a fresh one that
+    /// the room's first batch will store.
     pub epoch: String,
     /// Newest stored sequence (0: none yet).
     pub last: u64,
     /// The most recent messages that carried a client id, oldest first
     /// (at most the dedup window), to rebuild the dedup window.
     pub recent_ids: Vec<(Arc<str>, String, u64)>,
+    /// Whether the log has the room.
+    pub exists: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,34 +115,94 @@ impl Retention {
     }
 }
 
+/// What can go wrong in the log, typed so that callers (and tests) can tell
+/// a failing disk from a refused batch from a bug.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O failed: {0}")]
-    Io(String),
-    #[error("store is corrupt: {0}")]
-    Corrupt(String),
-    #[error("injected fault: {0}")]
-    Injected(String),
+    /// The storage under the log failed (I/O, a full disk, a damaged file).
+    #[error("{op}: {source}")]
+    Storage {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A batch would break a room's sequence; refused, nothing written.
+    #[error("room {room}: expected sequence {expected}, got {got}")]
+    OutOfSequence {
+        room: RoomName,
+        expected: u64,
+        got: u64,
+    },
+    /// A message for a room the log does not have and its batch does not create.
+    #[error("room {0} is not in the log")]
+    UnknownRoom(RoomName),
+    /// A batch creates a room the log already has under another epoch.
+    #[error("room {room} has epoch {stored} in the log, not {given}")]
+    EpochMismatch {
+        room: RoomName,
+        stored: String,
+        given: String,
+    },
+    /// A stored record cannot be read back.
+    #[error("message {sequence} cannot be decoded: {why}")]
+    Corrupt { sequence: u64, why: String },
+    /// The log writer has stopped (shutdown, or it failed).
+    #[error("the log writer has stopped")]
+    Stopped,
+    /// Store code panicked; the operation failed, the process carries on.
+    #[error("the store panicked: {0}")]
+    Panicked(String),
+}
+
+impl StoreError {
+    pub fn storage(
+        op: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Storage {
+            op,
+            source: source.into(),
+        }
+    }
+
+    /// From a caught panic's payload.
+    pub fn panicked(payload: &(dyn std::any::Any + Send)) -> StoreError {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        StoreError::Panicked(why)
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Opens a room's log, creating it (with a fresh epoch) if it is new.
-    /// `dedup_window` bounds `RoomLog::recent_ids`.
-    fn open_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError>;
+    /// Who numbers messages; `Local` unless the log does.
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Local
+    }
 
-    /// The epoch of a room's log, if the room exists.
+    /// Reads what the core needs to take over a room; never writes (a new
+    /// room comes back with `exists: false` and a fresh epoch). `dedup_window`
+    /// bounds `RoomLog::recent_ids`.
+    fn load_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError>;
+
+    /// The epoch of a room's log, if the log has the room.
     fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError>;
 
-    /// Appends a batch in one transaction (group commit).
-    fn append(&self, batch: &[Append]) -> Result<(), StoreError>;
+    /// Appends a batch in one transaction (group commit). A `Log`-sequencing
+    /// store writes the numbers (and `duplicate`) into the batch.
+    fn append(&self, batch: &mut Batch) -> Result<(), StoreError>;
 
-    /// Up to `limit` messages with `sequence > after` and `≤ upto`, oldest first.
+    /// Messages with `sequence > after` and `≤ upto`, oldest first: at most
+    /// `limit.messages`, and no more once their content and user names reach
+    /// `limit.bytes` (at least one, when there is one).
     fn read(
         &self,
         room: &RoomName,
         after: u64,
         upto: u64,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// The oldest sequence still retained (`last + 1` when the log is empty).
@@ -115,6 +216,39 @@ pub trait Store: Send + Sync + 'static {
     /// deleted. A room's newest message is always kept (it carries the
     /// room's last sequence across restarts).
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError>;
+
+    /// Makes everything committed so far durable, whatever the durability
+    /// mode (called once at shutdown).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// How much one `read` may bring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub messages: usize,
+    /// Content and user bytes; the encoded frames are somewhat larger.
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    pub fn messages(messages: usize) -> ReadLimit {
+        ReadLimit {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Whether a read that has `count` messages of `bytes` so far is full.
+    pub fn reached(&self, count: usize, bytes: usize) -> bool {
+        count >= self.messages || (count > 0 && bytes >= self.bytes)
+    }
+}
+
+/// The bytes a message counts for against `ReadLimit::bytes`.
+pub fn read_cost(m: &StoredMessage) -> usize {
+    m.content.len() + m.user.len()
 }
 
 /// Fresh random epoch: names one incarnation of a room's log.

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod faulty;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

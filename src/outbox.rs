@@ -1,8 +1,12 @@
-//! The outbox: a session's bounded outbound queue of ready-made frames.
+//! The outbox: a session's bounded outbound queue of ready-made frames, the
+//! one queue between everything that produces frames for a client (the room
+//! core, the session's own replies) and the session's writer.
 //!
-//! Shards `try_push` and never wait: a full outbox means the client is not
-//! keeping up, and the session is cut with 4008 (PROTOCOL.md §6). Only the
-//! session's own replay, which runs on its own task, may wait for room.
+//! Producers `try_push` and never wait: a full outbox means the client is not
+//! keeping up, and the session is cut with 4008 (PROTOCOL.md §6). Catch-up
+//! reads wait for room *before* reading (`wait_below`), so what they push fits.
+//! Plain memory and a waker: no I/O, so the room core pushes into it directly
+//! and the simulation drains it by hand.
 //!
 //! Worst-case memory per session: `max_frames` queue slots plus `max_bytes`
 //! of frame data not shared with other sessions (broadcast frames are shared
@@ -81,7 +85,7 @@ const KEEP_CAPACITY: usize = 64;
 impl OutboxReceiver {
     /// Waits for frames and takes all that are queued; false once the
     /// outbox is closed and empty.
-    pub(super) async fn take(&mut self, outbox: &Outbox) -> bool {
+    pub(crate) async fn take(&mut self, outbox: &Outbox) -> bool {
         poll_fn(|cx| {
             let mut q = outbox.queue.lock();
             if !q.items.is_empty() {
@@ -101,12 +105,12 @@ impl OutboxReceiver {
     }
 
     /// The frames taken by the last `take`, to write in order.
-    pub(super) fn taken(&mut self) -> impl Iterator<Item = Out> + '_ {
+    pub(crate) fn taken(&mut self) -> impl Iterator<Item = Out> + '_ {
         self.taken.drain(..)
     }
 
     /// Returns the room of what was written to the bounds.
-    pub(super) fn written(&mut self, outbox: &Outbox, frames: usize, bytes: usize) {
+    pub(crate) fn written(&mut self, outbox: &Outbox, frames: usize, bytes: usize) {
         {
             let mut q = outbox.queue.lock();
             q.frames -= frames;
@@ -204,6 +208,30 @@ impl Outbox {
         }
     }
 
+    /// Waits until at most `frames` frames and `bytes` bytes are queued (or
+    /// the session is cut). Catch-up reads call it before reading, so the
+    /// chunk they produce fits without waiting.
+    pub async fn wait_below(&self, frames: usize, bytes: usize) {
+        loop {
+            let space = self.space.notified();
+            {
+                let q = self.queue.lock();
+                if q.closed || (q.frames <= frames && q.bytes <= bytes) {
+                    return;
+                }
+            }
+            space.await;
+        }
+    }
+
+    pub fn max_frames(&self) -> usize {
+        self.max_frames
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Pushes a frame the session itself owes the client (reply, error);
     /// a full outbox cuts the session as for broadcasts.
     pub fn push_or_cut(&self, frame: Bytes) -> bool {
@@ -248,13 +276,38 @@ impl Outbox {
         self.cut_code.load(Ordering::Acquire)
     }
 
-    pub(super) async fn cut_signalled(&self) {
+    pub(crate) async fn cut_signalled(&self) {
         self.cut_signal.notified().await
     }
 
     /// Frames waiting to be written.
     pub fn depth(&self) -> usize {
         self.queue.lock().frames
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
+    /// Takes every queued frame out, as a writer would before writing them,
+    /// and marks them written. For tests and simulations standing in for a
+    /// client that reads.
+    pub fn drain_frames(&self, rx: &mut OutboxReceiver) -> Vec<Bytes> {
+        let (frames, bytes) = {
+            let mut q = self.queue.lock();
+            std::mem::swap(&mut q.items, &mut rx.taken);
+            (rx.taken.len(), rx.taken.iter().map(Out::len).sum())
+        };
+        let out = rx
+            .taken
+            .drain(..)
+            .map(|o| match o {
+                Out::Frame(b) | Out::Close(b) => b,
+            })
+            .collect();
+        rx.written(self, frames, bytes);
+        out
     }
 }
 

@@ -1,0 +1,312 @@
+//! The commit path of the room core: publishing into the accumulating
+//! batch, handing it to the log, and what the outcome does — broadcast and
+//! ack, or take everything back.
+//!
+//! Pipelined group commit: at most one batch is with the log; the next one
+//! accumulates meanwhile and goes as soon as the first comes back. A message
+//! is broadcast and acked only after its batch is committed, so no client is
+//! ever shown a message the log does not have.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::fanout::{self, FramesByFormat};
+use super::member::Peer;
+use super::room::Room;
+use super::{Effect, Millis, Rooms};
+use crate::error::ErrorCode;
+use crate::message::StoredMessage;
+use crate::protocol::server::{self as msg, MessageData};
+use crate::protocol::{Format, RoomName};
+use crate::store::{Append, Batch, NewRoom, Sequencing, StoreError};
+
+/// Where the outcome of a publish goes.
+pub enum Origin {
+    /// An `ack` (when the message had an `id`) or an `error` into its outbox.
+    Session(Arc<Peer>),
+    /// The HTTP API waits for the sequence.
+    Http(oneshot::Sender<Result<u64, ErrorCode>>),
+}
+
+pub struct Publish {
+    pub room: RoomName,
+    pub user: Arc<str>,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub origin: Origin,
+}
+
+/// A retry of a message whose first copy is not committed yet: answered
+/// with the first copy's outcome.
+struct Retry {
+    origin: Origin,
+    room: RoomName,
+    id: String,
+    sequence: u64,
+}
+
+/// The batches of one shard.
+#[derive(Default)]
+pub struct Commits {
+    /// Accumulating: appends and, index for index, where each reply goes.
+    appends: Vec<Append>,
+    origins: Vec<Origin>,
+    retries: Vec<Retry>,
+    /// The batch with the log.
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    origins: Vec<Origin>,
+    retries: Vec<Retry>,
+}
+
+impl Commits {
+    /// Messages waiting for the batch ahead of them.
+    pub fn accumulated(&self) -> usize {
+        self.appends.len()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+}
+
+impl Rooms {
+    /// Sequences a message into the accumulating batch (or answers a retry).
+    pub(super) fn publish_loaded(&mut self, p: Publish, now: Millis) {
+        let sequencing = self.limits.sequencing;
+        let room = self.room_mut(&p.room).expect("caller loaded the room");
+        if let Origin::Session(peer) = &p.origin {
+            // The session checks membership too; a member cut meanwhile is not.
+            if !room.members.contains(peer.client_id) {
+                let id = p.client_msg_id.as_deref();
+                return reply_error(p.origin, ErrorCode::NotJoined, id, &p.room);
+            }
+        }
+        room.last_active = now;
+        room.presence.seen(&p.user, now);
+        if let Some(id) = &p.client_msg_id {
+            if let Some(sequence) = room.dedup.get(&p.user, id) {
+                if sequence <= room.seq.committed() {
+                    return reply_ok(p.origin, Some(id), &p.room, sequence);
+                }
+                let retry = Retry {
+                    origin: p.origin,
+                    room: p.room,
+                    id: id.clone(),
+                    sequence,
+                };
+                self.commits.retries.push(retry);
+                return;
+            }
+        }
+        let sequence = match sequencing {
+            Sequencing::Local => {
+                let sequence = room.seq.assign();
+                if let Some(id) = &p.client_msg_id {
+                    room.dedup.insert(p.user.clone(), id.clone(), sequence);
+                }
+                sequence
+            }
+            Sequencing::Log => {
+                room.seq.hand_over();
+                0
+            }
+        };
+        let message = StoredMessage {
+            sequence,
+            timestamp: now,
+            user: p.user,
+            content: p.content,
+            client_msg_id: p.client_msg_id,
+        };
+        self.commits.appends.push(Append::new(p.room, message));
+        self.commits.origins.push(p.origin);
+    }
+
+    /// Hands the accumulated batch to the log unless one is already there.
+    /// With nothing pending anywhere, every number handed out is committed,
+    /// so waiting retries are answered at once.
+    pub fn end_round(&mut self) {
+        if self.commits.in_flight.is_some() {
+            return;
+        }
+        if self.commits.appends.is_empty() {
+            settle_retries(std::mem::take(&mut self.commits.retries), true);
+            return;
+        }
+        let appends = std::mem::take(&mut self.commits.appends);
+        let mut new_rooms: Vec<NewRoom> = Vec::new();
+        for a in &appends {
+            if new_rooms.iter().any(|n| n.room == a.room) {
+                continue;
+            }
+            if let Some(room) = self.room_ref(&a.room).filter(|r| !r.persisted) {
+                new_rooms.push(NewRoom {
+                    room: a.room.clone(),
+                    epoch: room.epoch.to_string(),
+                });
+            }
+        }
+        self.commits.in_flight = Some(InFlight {
+            origins: std::mem::take(&mut self.commits.origins),
+            retries: std::mem::take(&mut self.commits.retries),
+        });
+        self.effects
+            .push_back(Effect::Commit(Batch { new_rooms, appends }));
+    }
+
+    /// The outcome of the batch with the log (handed back with it).
+    pub fn committed(&mut self, batch: Batch, result: Result<(), Arc<StoreError>>, now: Millis) {
+        let Some(InFlight { origins, retries }) = self.commits.in_flight.take() else {
+            tracing::error!("a commit came back with none in flight");
+            return;
+        };
+        if let Err(e) = result {
+            tracing::error!(cause = %e, messages = batch.appends.len(), "store append failed; not acked");
+            self.tally.store_errors += 1;
+            self.fail(batch.appends, origins, retries);
+            return;
+        }
+        let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64)> = Vec::new();
+        for (a, origin) in batch.appends.into_iter().zip(origins) {
+            let id = a.message.client_msg_id.as_deref();
+            self.tally.acks += u64::from(id.is_some());
+            reply_ok(origin, id, &a.room, a.message.sequence);
+            let i = match by_room.iter().position(|(r, _, _)| *r == a.room) {
+                Some(i) => i,
+                None => {
+                    by_room.push((a.room.clone(), Vec::new(), 0));
+                    by_room.len() - 1
+                }
+            };
+            by_room[i].2 += 1;
+            if !a.duplicate {
+                by_room[i].1.push(a.message);
+            }
+        }
+        for (name, messages, handed) in by_room {
+            self.stored(&name, messages, handed, now);
+        }
+        settle_retries(retries, true);
+    }
+
+    /// Moves a room past its stored messages and delivers them.
+    fn stored(&mut self, name: &RoomName, messages: Vec<StoredMessage>, handed: u64, now: Millis) {
+        let sequencing = self.limits.sequencing;
+        let Some((room, spread)) = self.room_and_spread(name) else {
+            return;
+        };
+        room.persisted = true;
+        room.last_active = now;
+        let upto = messages.last().map_or(0, |m| m.sequence);
+        if sequencing == Sequencing::Log {
+            for m in &messages {
+                if let Some(id) = &m.client_msg_id {
+                    room.dedup.insert(m.user.clone(), id.clone(), m.sequence);
+                }
+            }
+        }
+        room.seq.stored(handed, upto);
+        let frames = encode(room, &messages);
+        let (delivered, gone) = fanout::broadcast(&mut room.members, &frames, spread);
+        self.tally.deliveries += delivered;
+        for id in gone {
+            self.remove_member(name, id, now);
+        }
+    }
+
+    /// A failed commit: nothing in it was stored. With local sequencing the
+    /// batch that accumulated behind it fails too (its numbers follow the
+    /// failed ones), and every number is given back; every sender is told
+    /// `internal`. Nothing uncommitted was ever shown.
+    fn fail(&mut self, failed: Vec<Append>, origins: Vec<Origin>, retries: Vec<Retry>) {
+        let mut all: Vec<(Append, Origin)> = failed.into_iter().zip(origins).collect();
+        let mut retries = retries;
+        if self.limits.sequencing == Sequencing::Local {
+            let behind = std::mem::take(&mut self.commits.appends);
+            let behind_origins = std::mem::take(&mut self.commits.origins);
+            all.extend(behind.into_iter().zip(behind_origins));
+            retries.extend(std::mem::take(&mut self.commits.retries));
+        }
+        let mut counts: HashMap<RoomName, u64> = HashMap::new();
+        for (a, origin) in all {
+            *counts.entry(a.room.clone()).or_default() += 1;
+            if let Some(room) = self.room_mut(&a.room) {
+                if let Some(id) = &a.message.client_msg_id {
+                    room.dedup.remove(&a.message.user, id, a.message.sequence);
+                }
+            }
+            let id = a.message.client_msg_id.as_deref();
+            reply_error(origin, ErrorCode::Internal, id, &a.room);
+        }
+        for (name, n) in counts {
+            if let Some(room) = self.room_mut(&name) {
+                room.seq.failed(n);
+            }
+        }
+        settle_retries(retries, false);
+    }
+}
+
+/// Each message once per format in use, as complete frames.
+fn encode(room: &Room, messages: &[StoredMessage]) -> FramesByFormat {
+    let mut frames: FramesByFormat = [Vec::new(), Vec::new()];
+    for format in Format::ALL {
+        if room.members.uses(format) {
+            frames[format.index()] = messages
+                .iter()
+                .map(|m| msg::message(format, &MessageData::of(room.name.as_str(), &room.epoch, m)))
+                .collect();
+        }
+    }
+    frames
+}
+
+fn settle_retries(retries: Vec<Retry>, committed: bool) {
+    for r in retries {
+        if committed {
+            reply_ok(r.origin, Some(&r.id), &r.room, r.sequence);
+        } else {
+            reply_error(r.origin, ErrorCode::Internal, Some(&r.id), &r.room);
+        }
+    }
+}
+
+pub fn reply_ok(origin: Origin, id: Option<&str>, room: &RoomName, sequence: u64) {
+    match origin {
+        Origin::Session(peer) => {
+            if let Some(id) = id {
+                let data = msg::AckData {
+                    room: room.as_str(),
+                    sequence,
+                };
+                fanout::push_all(
+                    &peer,
+                    &[msg::encode(peer.format, "ack", Some(id), Some(data))],
+                );
+            }
+        }
+        Origin::Http(tx) => {
+            let _ = tx.send(Ok(sequence));
+        }
+    }
+}
+
+pub fn reply_error(origin: Origin, code: ErrorCode, id: Option<&str>, room: &RoomName) {
+    match origin {
+        Origin::Session(peer) => {
+            let message = match code {
+                ErrorCode::NotJoined => format!("not joined to {room}"),
+                _ => format!("message to {room} was not stored"),
+            };
+            fanout::push_all(&peer, &[msg::error(peer.format, code, &message, id)]);
+        }
+        Origin::Http(tx) => {
+            let _ = tx.send(Err(code));
+        }
+    }
+}

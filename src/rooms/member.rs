@@ -1,0 +1,150 @@
+//! Who is in a room: each member is one session's `Peer` (where its frames
+//! go) and the state of its subscription: still catching up from the log,
+//! or live.
+//!
+//! Invariant: a member is sent a room's live messages only while `Live`;
+//! while catching up, what it is owed (`next ..`) comes from the log, so its
+//! outbox is its only queue and nothing is held back twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::outbox::Outbox;
+use crate::protocol::Format;
+
+/// What the rooms know of a session: who it is and where its frames go.
+pub struct Peer {
+    /// Process-unique id, the key of a member in a room.
+    pub client_id: u64,
+    pub user: Arc<str>,
+    pub format: Format,
+    pub outbox: Outbox,
+}
+
+impl Peer {
+    /// The `clientId` shown on the wire.
+    pub fn client_name(&self) -> String {
+        format!("c{:x}", self.client_id)
+    }
+}
+
+/// Names one `join` of one session, so that what a catch-up read brings
+/// back is applied only to the join that asked for it (a leave and a new
+/// join in between make it stale).
+pub type JoinId = u64;
+
+pub enum MemberState {
+    Live,
+    CatchingUp(CatchUp),
+}
+
+/// A member being caught up from the log before it goes live.
+pub struct CatchUp {
+    /// The first sequence it is still owed.
+    pub next: u64,
+    /// The `joined` frame, until the first read has told whether the
+    /// client's position was recovered; `None` once sent.
+    pub joined: Option<PendingJoined>,
+    /// What the first read is for (the `history` frame of a plain join, or
+    /// replayed `message` frames); later reads always replay.
+    pub history: bool,
+}
+
+/// The `joined` frame of a catching-up member, sent with its first chunk.
+pub struct PendingJoined {
+    /// The room's newest sequence when the member joined.
+    pub last: u64,
+    /// As planned; a read that starts past `next` (retention) clears it.
+    pub recovered: bool,
+}
+
+pub struct Member {
+    pub peer: Arc<Peer>,
+    pub join: JoinId,
+    pub state: MemberState,
+    /// Joined since the last presence flush: gets no diff about itself.
+    pub fresh: bool,
+}
+
+impl Member {
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, MemberState::Live)
+    }
+
+    /// Whether it has been sent `joined` (and so may be sent presence diffs).
+    pub fn announced(&self) -> bool {
+        match &self.state {
+            MemberState::Live => true,
+            MemberState::CatchingUp(c) => c.joined.is_none(),
+        }
+    }
+}
+
+/// A room's members, in a vector for fast fan-out, indexed by client id.
+#[derive(Default)]
+pub struct Members {
+    list: Vec<Member>,
+    /// client_id → index in `list`.
+    index: HashMap<u64, usize>,
+    /// Members per format, so frames are encoded only for formats in use.
+    formats: [usize; 2],
+}
+
+impl Members {
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn contains(&self, client_id: u64) -> bool {
+        self.index.contains_key(&client_id)
+    }
+
+    pub fn get_mut(&mut self, client_id: u64) -> Option<&mut Member> {
+        let i = *self.index.get(&client_id)?;
+        Some(&mut self.list[i])
+    }
+
+    pub fn uses(&self, format: Format) -> bool {
+        self.formats[format.index()] > 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.list.iter()
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Member] {
+        &mut self.list
+    }
+
+    pub fn add(&mut self, member: Member) {
+        self.formats[member.peer.format.index()] += 1;
+        self.index.insert(member.peer.client_id, self.list.len());
+        self.list.push(member);
+    }
+
+    pub fn remove(&mut self, client_id: u64) -> Option<Member> {
+        let i = self.index.remove(&client_id)?;
+        let member = self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.index.insert(moved.peer.client_id, i);
+        }
+        self.formats[member.peer.format.index()] -= 1;
+        Some(member)
+    }
+
+    pub fn at(&self, position: usize) -> &Member {
+        &self.list[position]
+    }
+
+    /// Client ids at these positions (positions of one fan-out pass).
+    pub fn ids_at(&self, positions: &[usize]) -> Vec<u64> {
+        positions
+            .iter()
+            .map(|&i| self.list[i].peer.client_id)
+            .collect()
+    }
+}

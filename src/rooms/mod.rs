@@ -1,0 +1,492 @@
+//! The rooms of one shard as a sans-IO state machine: sequencing, members,
+//! presence, dedup, join planning and the replay→live hand-off, idle
+//! unloading. It takes inputs with the current time and returns effects; it
+//! never blocks, reads a clock, spawns or touches a socket or a file, so a
+//! seeded simulation can drive it through any interleaving
+//! (`tests/simulation.rs`). The driver (`shard::driver`) does the I/O.
+//!
+//! Inputs: `handle` (a command from a session or the HTTP API), `end_round`
+//! (the driver has drained its queue: hand the batch to the log), and the
+//! completions of effects: `loaded`, `committed`, `read_done`; timers through
+//! `poll_timeout` / `handle_timeout`.
+//!
+//! Effects (`poll_effect`): load a room's log, commit a batch (at most one in
+//! flight), read for a catching-up member. Frames go straight into members'
+//! outboxes (bounded memory queues that never wait; see `outbox`).
+//!
+//! One owner per fact: while a room is loaded, this core alone holds its
+//! newest sequence, its epoch and its members; a room with anything handed
+//! to the log and not settled is never unloaded; a room being loaded parks
+//! its commands, so other rooms never wait for it.
+
+mod catchup;
+mod commit;
+mod dedup;
+pub mod fanout;
+mod member;
+mod presence;
+mod room;
+mod sequencer;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+pub use catchup::{Chunk, ReadRequest};
+pub use commit::{Origin, Publish};
+pub use member::{JoinId, Member, MemberState, Members, Peer};
+pub use presence::MAX_LISTED;
+pub use sequencer::Sequencer;
+
+use crate::error::{close, ErrorCode};
+use crate::protocol::RoomName;
+use crate::store::{Batch, RoomLog, Sequencing, StoreError};
+use room::{presence_frame, Handoff, Room};
+
+/// Milliseconds since the Unix epoch: the core's only notion of time.
+pub type Millis = u64;
+
+/// Most commands parked behind rooms being loaded, per shard; more are
+/// refused (`internal`) until loads complete. Each is a command as queued
+/// (≤ max content + ~200 B), so parking holds at most ≈ 4096 × 16 KiB.
+const MAX_PARKED: usize = 4096;
+/// Most messages accumulated behind the batch with the log before the
+/// driver stops taking commands (bounds a batch's memory).
+const MAX_BATCH: usize = 8192;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub dedup_window: usize,
+    pub history_on_join: u64,
+    pub replay_limit: u64,
+    /// Presence changes are coalesced over this window (and the timers tick
+    /// at it).
+    pub presence_window_ms: u64,
+    /// Rooms with more members send no presence diffs.
+    pub presence_diff_max_members: usize,
+    /// Rooms without members, quiet this long, leave memory.
+    pub idle_unload_ms: u64,
+    pub sequencing: Sequencing,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &crate::config::Config, sequencing: Sequencing) -> Limits {
+        Limits {
+            dedup_window: cfg.dedup_window,
+            history_on_join: cfg.history_on_join,
+            replay_limit: cfg.replay_limit,
+            presence_window_ms: cfg.presence_window().as_millis() as u64,
+            presence_diff_max_members: cfg.presence_diff_max_members,
+            idle_unload_ms: cfg.room_idle_ms,
+            sequencing,
+        }
+    }
+}
+
+/// A request to the rooms of a shard.
+pub enum Command {
+    Join {
+        peer: Arc<Peer>,
+        room: RoomName,
+        since: Option<u64>,
+        epoch: Option<String>,
+        join: JoinId,
+        /// Ok once the session is a member (its frames are in its outbox).
+        reply: oneshot::Sender<Result<(), ErrorCode>>,
+    },
+    Leave {
+        room: RoomName,
+        client_id: u64,
+        /// Send `left` (an explicit leave, not a disconnect).
+        explicit: bool,
+    },
+    Publish(Publish),
+    Presence {
+        room: RoomName,
+        peer: Arc<Peer>,
+    },
+    Stats {
+        reply: oneshot::Sender<Vec<RoomStats>>,
+    },
+}
+
+impl Command {
+    fn room(&self) -> Option<&RoomName> {
+        match self {
+            Command::Join { room, .. }
+            | Command::Leave { room, .. }
+            | Command::Presence { room, .. } => Some(room),
+            Command::Publish(p) => Some(&p.room),
+            Command::Stats { .. } => None,
+        }
+    }
+}
+
+/// I/O the driver performs for the core.
+pub enum Effect {
+    /// Read a room's log (`Store::load_room`); answer with `loaded`.
+    Load(RoomName),
+    /// Commit a batch; answer with `committed`, handing the batch back.
+    Commit(Batch),
+    /// Read for a catching-up member; answer with `read_done`.
+    Read(ReadRequest),
+}
+
+/// The outcome of a `Read` effect.
+pub struct ReadDone {
+    pub room: RoomName,
+    pub client_id: u64,
+    pub join: JoinId,
+    pub result: Result<Chunk, Arc<StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomStats {
+    pub room: RoomName,
+    pub last: u64,
+    pub members: usize,
+    pub connections: usize,
+}
+
+/// Counts for the metrics, taken by the driver after each round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub deliveries: u64,
+    pub acks: u64,
+    pub replayed: u64,
+    pub store_errors: u64,
+    pub slow_consumer_cuts: u64,
+    pub loaded: u64,
+    pub unloaded: u64,
+}
+
+enum Slot {
+    /// Its log is being read; its commands wait here, in order.
+    Loading(Vec<Command>),
+    Loaded(Box<Room>),
+}
+
+pub struct Rooms {
+    limits: Limits,
+    rooms: HashMap<RoomName, Slot>,
+    commits: commit::Commits,
+    effects: VecDeque<Effect>,
+    parked: usize,
+    /// When the presence/idle timer fires next.
+    next_tick: Millis,
+    spread: Box<dyn fanout::Spread>,
+    tally: Tally,
+}
+
+impl Rooms {
+    pub fn new(limits: Limits, spread: Box<dyn fanout::Spread>) -> Rooms {
+        Rooms {
+            limits,
+            rooms: HashMap::new(),
+            commits: commit::Commits::default(),
+            effects: VecDeque::new(),
+            parked: 0,
+            next_tick: 0,
+            spread,
+            tally: Tally::default(),
+        }
+    }
+
+    fn room_ref(&self, name: &RoomName) -> Option<&Room> {
+        match self.rooms.get(name) {
+            Some(Slot::Loaded(room)) => Some(room),
+            _ => None,
+        }
+    }
+
+    fn room_mut(&mut self, name: &RoomName) -> Option<&mut Room> {
+        match self.rooms.get_mut(name) {
+            Some(Slot::Loaded(room)) => Some(room),
+            _ => None,
+        }
+    }
+
+    /// A loaded room and the fan-out strategy, borrowed together.
+    fn room_and_spread(&mut self, name: &RoomName) -> Option<(&mut Room, &dyn fanout::Spread)> {
+        match self.rooms.get_mut(name) {
+            Some(Slot::Loaded(room)) => Some((room, &*self.spread)),
+            _ => None,
+        }
+    }
+
+    /// The driver should stop taking commands until a commit or a load
+    /// comes back (their senders wait; TCP pushes back on clients).
+    pub fn backpressured(&self) -> bool {
+        self.commits.accumulated() >= MAX_BATCH || self.parked >= MAX_PARKED
+    }
+
+    /// Nothing handed to the log is unsettled and no room is loading.
+    pub fn is_settled(&self) -> bool {
+        !self.commits.in_flight() && self.commits.accumulated() == 0 && self.parked == 0
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    /// Rooms loaded now.
+    pub fn loaded_rooms(&self) -> usize {
+        self.rooms
+            .values()
+            .filter(|s| matches!(s, Slot::Loaded(_)))
+            .count()
+    }
+
+    pub fn handle(&mut self, cmd: Command, now: Millis) {
+        if self.rooms.is_empty() {
+            // The first room in a while: the timers start from here.
+            self.next_tick = now + self.limits.presence_window_ms;
+        }
+        let Some(name) = cmd.room().cloned() else {
+            if let Command::Stats { reply } = cmd {
+                let _ = reply.send(self.stats());
+            }
+            return;
+        };
+        match self.rooms.get_mut(&name) {
+            Some(Slot::Loaded(_)) => self.apply(cmd, now),
+            Some(Slot::Loading(parked)) => {
+                if self.parked >= MAX_PARKED {
+                    refuse(cmd, "the room is still loading; try again");
+                } else {
+                    parked.push(cmd);
+                    self.parked += 1;
+                }
+            }
+            None => match cmd {
+                // Nothing to do for a room nobody is in.
+                Command::Leave { .. } => {}
+                Command::Presence { room, peer } => {
+                    fanout::push_all(&peer, &[presence_frame(&room, None, peer.format)]);
+                }
+                cmd => {
+                    if self.parked >= MAX_PARKED {
+                        return refuse(cmd, "too many rooms loading; try again");
+                    }
+                    self.parked += 1;
+                    self.rooms.insert(name.clone(), Slot::Loading(vec![cmd]));
+                    self.effects.push_back(Effect::Load(name));
+                }
+            },
+        }
+    }
+
+    /// A room's log has been read: the room is loaded and what waited for
+    /// it runs, in order. A failed load answers what waited with `internal`.
+    pub fn loaded(
+        &mut self,
+        name: RoomName,
+        result: Result<RoomLog, Arc<StoreError>>,
+        now: Millis,
+    ) {
+        let Some(Slot::Loading(parked)) = self.rooms.remove(&name) else {
+            // Refused meanwhile (`stop`).
+            return;
+        };
+        self.parked -= parked.len();
+        match result {
+            Ok(log) => {
+                let room = Room::new(name.clone(), log, self.limits.dedup_window, now);
+                self.rooms.insert(name, Slot::Loaded(Box::new(room)));
+                self.tally.loaded += 1;
+                for cmd in parked {
+                    self.apply(cmd, now);
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %name, cause = %e, "loading a room failed");
+                self.tally.store_errors += 1;
+                for cmd in parked {
+                    refuse(cmd, "the room's history is unavailable");
+                }
+            }
+        }
+    }
+
+    /// A command for a loaded room.
+    fn apply(&mut self, cmd: Command, now: Millis) {
+        let limits = catchup::Limits {
+            history_on_join: self.limits.history_on_join,
+            replay_limit: self.limits.replay_limit,
+        };
+        match cmd {
+            Command::Join {
+                peer,
+                room,
+                since,
+                epoch,
+                join,
+                reply,
+            } => {
+                let r = self.room_mut(&room).expect("apply: loaded");
+                if r.members.contains(peer.client_id) {
+                    r.rejoin(&peer);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let client_id = peer.client_id;
+                let read = r.join(peer, join, since, epoch.as_deref(), limits, now);
+                if reply.send(Ok(())).is_err() {
+                    // The session is gone already.
+                    self.remove_member(&room, client_id, now);
+                    return;
+                }
+                if let Some(read) = read {
+                    self.effects.push_back(Effect::Read(read));
+                }
+            }
+            Command::Leave {
+                room,
+                client_id,
+                explicit,
+            } => {
+                if let Some(r) = self.room_mut(&room) {
+                    r.leave(client_id, explicit, now);
+                }
+            }
+            Command::Publish(p) => self.publish_loaded(p, now),
+            Command::Presence { room, peer } => {
+                let r = self.room_ref(&room).expect("apply: loaded");
+                fanout::push_all(&peer, &[r.presence_frame(peer.format)]);
+            }
+            Command::Stats { .. } => unreachable!("stats need no room"),
+        }
+    }
+
+    /// What a catch-up read brought.
+    pub fn read_done(&mut self, done: ReadDone, now: Millis) {
+        let Some(room) = self.room_mut(&done.room) else {
+            return;
+        };
+        let handoff = match done.result {
+            Ok(chunk) => room.chunk(done.client_id, done.join, chunk),
+            Err(e) => {
+                tracing::error!(room = %done.room, cause = %e, "catch-up read failed");
+                let current = room
+                    .members
+                    .get_mut(done.client_id)
+                    .filter(|m| m.join == done.join);
+                if let Some(m) = current {
+                    m.peer.outbox.cut(close::INTERNAL);
+                    self.remove_member(&done.room, done.client_id, now);
+                }
+                self.tally.store_errors += 1;
+                return;
+            }
+        };
+        match handoff {
+            Handoff::Stale => {}
+            Handoff::Remove => self.remove_member(&done.room, done.client_id, now),
+            Handoff::Live { replayed } => self.tally.replayed += replayed,
+            Handoff::More { read, replayed } => {
+                self.tally.replayed += replayed;
+                self.effects.push_back(Effect::Read(read));
+            }
+        }
+    }
+
+    /// Removes a member that can take no more frames (cut, or gone).
+    fn remove_member(&mut self, name: &RoomName, client_id: u64, now: Millis) {
+        if let Some(room) = self.room_mut(name) {
+            if let Some(m) = room.leave(client_id, false, now) {
+                if m.peer.outbox.cut_code() == close::SLOW_CONSUMER {
+                    self.tally.slow_consumer_cuts += 1;
+                }
+            }
+        }
+    }
+
+    /// When `handle_timeout` wants to run next (None: no room loaded).
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        (!self.rooms.is_empty()).then_some(self.next_tick)
+    }
+
+    /// Presence windows and idle unloading.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.limits.presence_window_ms;
+        let max = self.limits.presence_diff_max_members;
+        let mut gone = Vec::new();
+        for slot in self.rooms.values_mut() {
+            if let Slot::Loaded(room) = slot {
+                for id in room.flush_presence(max) {
+                    gone.push((room.name.clone(), id));
+                }
+            }
+        }
+        for (name, id) in gone {
+            self.remove_member(&name, id, now);
+        }
+        let idle = self.limits.idle_unload_ms;
+        let before = self.rooms.len();
+        self.rooms.retain(|_, slot| match slot {
+            Slot::Loaded(room) => !room.unloadable(now, idle),
+            Slot::Loading(_) => true,
+        });
+        self.tally.unloaded += (before - self.rooms.len()) as u64;
+    }
+
+    pub fn stats(&self) -> Vec<RoomStats> {
+        self.rooms
+            .values()
+            .filter_map(|s| match s {
+                Slot::Loaded(r) => Some(RoomStats {
+                    room: r.name.clone(),
+                    last: r.seq.committed(),
+                    members: r.presence.count(),
+                    connections: r.members.len(),
+                }),
+                Slot::Loading(_) => None,
+            })
+            .collect()
+    }
+
+    /// The shard is stopping: what waits for a load is refused. Batches are
+    /// left to land (`end_round` and `committed` as usual).
+    pub fn stop(&mut self) {
+        let loading: Vec<RoomName> = self
+            .rooms
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Loading(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in loading {
+            if let Some(Slot::Loading(parked)) = self.rooms.remove(&name) {
+                self.parked -= parked.len();
+                for cmd in parked {
+                    refuse(cmd, "the server is shutting down");
+                }
+            }
+        }
+    }
+}
+
+/// Answers a command that cannot be carried out now with `internal`.
+fn refuse(cmd: Command, why: &str) {
+    match cmd {
+        Command::Join { reply, .. } => {
+            let _ = reply.send(Err(ErrorCode::Internal));
+        }
+        Command::Publish(p) => {
+            let id = p.client_msg_id.as_deref();
+            commit::reply_error(p.origin, ErrorCode::Internal, id, &p.room);
+        }
+        Command::Presence { peer, .. } => {
+            let f = crate::protocol::server::error(peer.format, ErrorCode::Internal, why, None);
+            fanout::push_all(&peer, &[f]);
+        }
+        Command::Leave { .. } | Command::Stats { .. } => {}
+    }
+}

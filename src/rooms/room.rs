@@ -1,0 +1,309 @@
+//! One loaded room: its sequencer, members, presence and dedup window, and
+//! what happens to them on a join, a leave, a catch-up chunk and a presence
+//! window. The commit path (publish, batch outcome) is in `commit`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::catchup::{self, Chunk, Plan, ReadRequest};
+use super::dedup::Dedup;
+use super::fanout::push_all;
+use super::member::{CatchUp, JoinId, Member, MemberState, Members, Peer, PendingJoined};
+use super::presence::Presence;
+use super::sequencer::Sequencer;
+use super::Millis;
+use crate::protocol::server as msg;
+use crate::protocol::{Format, RoomName};
+use crate::store::RoomLog;
+
+/// Most messages one catch-up read brings.
+const READ_CHUNK: usize = 1000;
+
+pub struct Room {
+    pub name: RoomName,
+    /// Names this incarnation of the room's log (PROTOCOL.md §4).
+    pub epoch: Arc<str>,
+    pub seq: Sequencer,
+    pub members: Members,
+    pub presence: Presence,
+    pub dedup: Dedup,
+    /// The log has the room; until then, the next batch with a message of
+    /// the room creates it.
+    pub persisted: bool,
+    /// When anything last happened here; idle rooms are unloaded from this.
+    pub last_active: Millis,
+}
+
+impl Room {
+    pub fn new(name: RoomName, log: RoomLog, dedup_window: usize, now: Millis) -> Room {
+        let mut dedup = Dedup::new(dedup_window);
+        for (user, id, seq) in log.recent_ids {
+            dedup.insert(user, id, seq);
+        }
+        Room {
+            name,
+            epoch: log.epoch.into(),
+            seq: Sequencer::resume(log.last),
+            members: Members::default(),
+            presence: Presence::default(),
+            dedup,
+            persisted: log.exists,
+            last_active: now,
+        }
+    }
+
+    /// Whether the room can leave memory: nobody in it, nothing handed to
+    /// the log and not settled, and quiet for `idle_ms`.
+    pub fn unloadable(&self, now: Millis, idle_ms: u64) -> bool {
+        self.members.is_empty()
+            && self.seq.is_settled()
+            && now.saturating_sub(self.last_active) >= idle_ms
+    }
+
+    fn joined_frame(&self, format: Format, last: u64, recovered: bool) -> Bytes {
+        let data = msg::Joined {
+            room: self.name.as_str(),
+            last,
+            epoch: &self.epoch,
+            recovered,
+        };
+        msg::encode(format, "joined", None, Some(data))
+    }
+
+    pub fn presence_frame(&self, format: Format) -> Bytes {
+        presence_frame(&self.name, Some(&self.presence), format)
+    }
+
+    /// Adds a member (after `joined` and the snapshot when it goes live at
+    /// once); returns the first read when it must catch up first.
+    pub fn join(
+        &mut self,
+        peer: Arc<Peer>,
+        join: JoinId,
+        since: Option<u64>,
+        epoch: Option<&str>,
+        limits: catchup::Limits,
+        now: Millis,
+    ) -> Option<ReadRequest> {
+        let last = self.seq.committed();
+        let (plan, recovered) = catchup::plan(since, epoch, &self.epoch, last, limits);
+        self.presence.add(&peer.user, now);
+        self.last_active = now;
+        let (state, read) = match plan {
+            Plan::History { after, upto } if after == upto => {
+                // An empty history needs no read.
+                let history =
+                    msg::history(peer.format, self.name.as_str(), &self.epoch, &[], false);
+                self.announce(&peer, last, recovered);
+                push_all(&peer, &[history]);
+                (MemberState::Live, None)
+            }
+            Plan::Live => {
+                self.announce(&peer, last, recovered);
+                (MemberState::Live, None)
+            }
+            Plan::History { after, .. } | Plan::Replay { after, .. } => {
+                let history = matches!(plan, Plan::History { .. });
+                let catch_up = CatchUp {
+                    next: after + 1,
+                    joined: Some(PendingJoined { last, recovered }),
+                    history,
+                };
+                let read = self.read(&peer, join, after, history);
+                (MemberState::CatchingUp(catch_up), Some(read))
+            }
+        };
+        self.members.add(Member {
+            peer,
+            join,
+            state,
+            fresh: true,
+        });
+        read
+    }
+
+    /// `joined`, then the presence snapshot (PROTOCOL.md §4).
+    fn announce(&self, peer: &Peer, last: u64, recovered: bool) {
+        let frames = [
+            self.joined_frame(peer.format, last, recovered),
+            self.presence_frame(peer.format),
+        ];
+        push_all(peer, &frames);
+    }
+
+    /// The read for `after+1 ..= committed`.
+    fn read(&self, peer: &Arc<Peer>, join: JoinId, after: u64, history: bool) -> ReadRequest {
+        let upto = self.seq.committed();
+        // A history frame is one frame: its size, not its count, is bounded.
+        let max_messages = if history {
+            (upto - after) as usize
+        } else {
+            READ_CHUNK.min(peer.outbox.max_frames() / 4).max(1)
+        };
+        ReadRequest {
+            room: self.name.clone(),
+            epoch: self.epoch.clone(),
+            peer: peer.clone(),
+            join,
+            history,
+            after,
+            upto,
+            max_messages,
+            max_bytes: peer.outbox.max_bytes() / 4,
+        }
+    }
+
+    /// A session's join again while joined: a no-op answered with `joined`.
+    pub fn rejoin(&self, peer: &Peer) {
+        let f = self.joined_frame(peer.format, self.seq.committed(), true);
+        push_all(peer, &[f]);
+    }
+
+    /// Removes a member; `left` is sent for an explicit leave.
+    pub fn leave(&mut self, client_id: u64, explicit: bool, now: Millis) -> Option<Member> {
+        let member = self.members.remove(client_id)?;
+        self.presence.remove(&member.peer.user);
+        self.last_active = now;
+        if explicit {
+            let data = msg::RoomOnly {
+                room: self.name.as_str(),
+            };
+            let f = msg::encode(member.peer.format, "left", None, Some(data));
+            push_all(&member.peer, &[f]);
+        }
+        Some(member)
+    }
+
+    /// Applies a catch-up chunk to the join that asked for it. Returns the
+    /// next read while the member is still behind, and whether the member
+    /// must be removed (it could not take the chunk). A chunk for a join that
+    /// is gone (left, cut, or joined again since) is dropped.
+    pub fn chunk(&mut self, client_id: u64, join: JoinId, chunk: Chunk) -> Handoff {
+        let committed = self.seq.committed();
+        let (peer, next, history, pending) = {
+            let Some(member) = self.members.get_mut(client_id) else {
+                return Handoff::Stale;
+            };
+            if member.join != join {
+                return Handoff::Stale;
+            }
+            let MemberState::CatchingUp(c) = &mut member.state else {
+                return Handoff::Stale;
+            };
+            (member.peer.clone(), c.next, c.history, c.joined.take())
+        };
+        let mut frames = Vec::with_capacity(chunk.frames.len() + 2);
+        if let Some(pending) = pending {
+            // A replay whose start the log no longer has (retention) did
+            // not recover the client's position.
+            let complete = history || chunk.first.is_none_or(|f| f <= next);
+            let recovered = pending.recovered && complete;
+            frames.push(self.joined_frame(peer.format, pending.last, recovered));
+            frames.push(self.presence_frame(peer.format));
+        }
+        let replayed = if history {
+            0
+        } else {
+            chunk.frames.len() as u64
+        };
+        frames.extend(chunk.frames);
+        if !push_all(&peer, &frames) {
+            return Handoff::Remove;
+        }
+        let member = self.members.get_mut(client_id).expect("looked up above");
+        let MemberState::CatchingUp(c) = &mut member.state else {
+            unreachable!("checked above");
+        };
+        c.next = c.next.max(chunk.last + 1);
+        c.history = false;
+        if c.next > committed {
+            member.state = MemberState::Live;
+            return Handoff::Live { replayed };
+        }
+        let after = c.next - 1;
+        Handoff::More {
+            read: self.read(&peer, join, after, false),
+            replayed,
+        }
+    }
+
+    /// Sends one window's presence changes to the members that have been
+    /// told they joined; a member that joined within the window is not told
+    /// about its own user. Returns members that could not take the diff.
+    pub fn flush_presence(&mut self, max_members: usize) -> Vec<u64> {
+        if !self.presence.has_changes() {
+            return Vec::new();
+        }
+        let (joins, leaves) = self.presence.take_changes();
+        if self.members.len() > max_members {
+            return Vec::new();
+        }
+        let name = self.name.clone();
+        let encode = |format: Format, joins: &[&str], leaves: &[&str]| {
+            let data = msg::PresenceDiff {
+                room: name.as_str(),
+                joins,
+                leaves,
+            };
+            msg::encode(format, "presence_diff", None, Some(data))
+        };
+        let joins: Vec<&str> = joins.iter().map(|u| &**u).collect();
+        let leaves: Vec<&str> = leaves.iter().map(|u| &**u).collect();
+        let shared: [Bytes; 2] = Format::ALL.map(|f| encode(f, &joins, &leaves));
+        let mut gone = Vec::new();
+        for m in self.members.as_mut_slice() {
+            if !m.announced() {
+                continue;
+            }
+            let fresh = std::mem::take(&mut m.fresh);
+            let user = &*m.peer.user;
+            let f = if fresh && joins.contains(&user) {
+                let others: Vec<&str> = joins.iter().copied().filter(|u| *u != user).collect();
+                if others.is_empty() && leaves.is_empty() {
+                    continue;
+                }
+                encode(m.peer.format, &others, &leaves)
+            } else {
+                shared[m.peer.format.index()].clone()
+            };
+            if !push_all(&m.peer, &[f]) {
+                gone.push(m.peer.client_id);
+            }
+        }
+        gone
+    }
+}
+
+/// What a catch-up chunk did to its member.
+pub enum Handoff {
+    /// For a join that is no longer current: dropped.
+    Stale,
+    /// The member could not take it (cut): remove it.
+    Remove,
+    /// Caught up: live from now on.
+    Live { replayed: u64 },
+    /// Still behind: read on.
+    More { read: ReadRequest, replayed: u64 },
+}
+
+/// The `presence` frame of a room (`None`: a room nobody is in).
+pub fn presence_frame(room: &RoomName, presence: Option<&Presence>, format: Format) -> Bytes {
+    let empty = Presence::default();
+    let snap = presence.unwrap_or(&empty).snapshot();
+    let data = msg::Presence {
+        room: room.as_str(),
+        count: snap.count,
+        users: snap
+            .users
+            .iter()
+            .map(|(user, last_seen)| msg::PresenceUser {
+                user,
+                status: "online",
+                last_seen: *last_seen,
+            })
+            .collect(),
+        truncated: snap.truncated,
+    };
+    msg::encode(format, "presence", None, Some(data))
+}

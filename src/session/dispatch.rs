@@ -1,0 +1,191 @@
+//! What a session does with each decoded request: checks what the session
+//! itself can (grants, limits, membership, sizes), then hands it to the
+//! room's shard, or reads a history page.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::history::history_frame;
+use super::rate::{RateLimiter, Verdict};
+use super::reader::ReadEnd;
+use super::{Env, Session};
+use crate::auth::Grant;
+use crate::error::{close, ErrorCode};
+use crate::protocol::client::{ClientMsg, Request};
+use crate::protocol::{server as msg, RoomName};
+use crate::rooms::{Command, JoinId, Origin, Publish};
+
+/// A session's request state: who it is allowed to be and where it is.
+pub struct State {
+    session: Arc<Session>,
+    env: Arc<Env>,
+    grant: Option<Grant>,
+    joined: HashSet<RoomName>,
+    rate: RateLimiter,
+    /// Names each join, so the rooms can tell its catch-up from a later one's.
+    joins: JoinId,
+}
+
+impl State {
+    pub fn new(session: Arc<Session>, env: Arc<Env>, grant: Option<Grant>) -> State {
+        let rate = RateLimiter::new(
+            env.config.rate_per_sec,
+            env.config.rate_burst,
+            Instant::now(),
+        );
+        State {
+            session,
+            env,
+            grant,
+            joined: HashSet::new(),
+            rate,
+            joins: 0,
+        }
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn env(&self) -> &Arc<Env> {
+        &self.env
+    }
+
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
+    }
+
+    /// The rooms joined, for leaving them when the session ends.
+    pub fn take_joined(&mut self) -> Vec<RoomName> {
+        self.joined.drain().collect()
+    }
+
+    pub fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
+        self.env.metrics.error(code);
+        let peer = &self.session.peer;
+        peer.outbox
+            .push_or_cut(msg::error(peer.format, code, message, id));
+    }
+
+    fn reply(&self, f: Bytes) {
+        self.session.peer.outbox.push_or_cut(f);
+    }
+
+    async fn to_shard(&self, room: &RoomName, cmd: Command) -> Result<(), ReadEnd> {
+        self.env.shards.send(room, cmd).await.map_err(|_| {
+            self.session.peer.outbox.cut(close::GOING_AWAY);
+            ReadEnd::WriterGone
+        })
+    }
+
+    pub async fn dispatch(&mut self, req: Request) -> Result<(), ReadEnd> {
+        let Request { id, msg: m } = req;
+        let id = id.as_deref();
+        let peer = self.session.peer.clone();
+        let cfg = self.env.config.clone();
+        match m {
+            ClientMsg::Ping => self.reply(msg::bare(peer.format, "pong")),
+            ClientMsg::Join { room, since, epoch } => {
+                if self.grant.as_ref().is_some_and(|g| !g.allows(&room)) {
+                    let m = "your token does not grant this room";
+                    self.error(ErrorCode::Forbidden, m, id);
+                    return Ok(());
+                }
+                if !self.joined.contains(&room) && self.joined.len() >= cfg.max_rooms_per_conn {
+                    let m = format!("at most {} rooms per connection", cfg.max_rooms_per_conn);
+                    self.error(ErrorCode::RateLimited, &m, id);
+                    return Ok(());
+                }
+                self.joins += 1;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let cmd = Command::Join {
+                    peer,
+                    room: room.clone(),
+                    since,
+                    epoch,
+                    join: self.joins,
+                    reply: tx,
+                };
+                self.to_shard(&room, cmd).await?;
+                match rx.await {
+                    Ok(Ok(())) => {
+                        self.joined.insert(room);
+                        self.env.metrics.joins.inc();
+                    }
+                    Ok(Err(code)) => self.error(code, "join failed", id),
+                    Err(_) => self.error(ErrorCode::Internal, "shard unavailable", id),
+                }
+            }
+            ClientMsg::Leave { room } => {
+                if !self.joined.remove(&room) {
+                    self.error(ErrorCode::NotJoined, "not joined to this room", id);
+                    return Ok(());
+                }
+                let cmd = Command::Leave {
+                    room: room.clone(),
+                    client_id: peer.client_id,
+                    explicit: true,
+                };
+                self.to_shard(&room, cmd).await?;
+            }
+            ClientMsg::Message { room, content } => {
+                match self.rate.check(Instant::now()) {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => {
+                        self.error(ErrorCode::RateLimited, "too many messages", id);
+                        return Ok(());
+                    }
+                    Verdict::Close => {
+                        peer.outbox.cut(close::TOO_MANY_REFUSALS);
+                        return Err(ReadEnd::ProtocolError);
+                    }
+                }
+                if content.len() > cfg.max_content_bytes {
+                    let m = format!("content is over {} bytes", cfg.max_content_bytes);
+                    self.error(ErrorCode::TooLarge, &m, id);
+                    return Ok(());
+                }
+                if !self.joined.contains(&room) {
+                    let m = "join the room before sending to it";
+                    self.error(ErrorCode::NotJoined, m, id);
+                    return Ok(());
+                }
+                self.env.metrics.messages_in.inc();
+                let cmd = Command::Publish(Publish {
+                    room: room.clone(),
+                    user: peer.user.clone(),
+                    content,
+                    client_msg_id: id.map(str::to_owned),
+                    origin: Origin::Session(peer),
+                });
+                self.to_shard(&room, cmd).await?;
+            }
+            ClientMsg::History { room, since, limit } => {
+                // A page fits a quarter of the outbox: the reply waits for
+                // the outbox to drain to half, never for room that cannot be.
+                let (frames, bytes) = (peer.outbox.max_frames(), peer.outbox.max_bytes());
+                let budget = bytes / 4;
+                match history_frame(&self.env, &room, since, limit, peer.format, budget).await {
+                    Ok(f) => {
+                        peer.outbox.wait_below(frames / 2, bytes / 2).await;
+                        if !peer.outbox.push_or_cut(f) && peer.outbox.is_cut() {
+                            return Err(ReadEnd::WriterGone);
+                        }
+                    }
+                    Err(_) => self.error(ErrorCode::Internal, "history is unavailable", id),
+                }
+            }
+            ClientMsg::Presence { room } => {
+                let cmd = Command::Presence {
+                    room: room.clone(),
+                    peer,
+                };
+                self.to_shard(&room, cmd).await?;
+            }
+        }
+        Ok(())
+    }
+}

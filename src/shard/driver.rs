@@ -1,0 +1,215 @@
+//! The thin driver of one shard: feeds its room core (`rooms::Rooms`)
+//! commands, the time and the completions of its effects, and performs those
+//! effects without ever blocking the shard thread:
+//!
+//! - a room load runs on the blocking pool and parks only that room;
+//! - a catch-up read waits (as a task) for room in the member's outbox, then
+//!   reads and encodes on the blocking pool;
+//! - a batch goes to the log writer thread.
+//!
+//! Panics in store code fail the operation (`StoreError::Panicked`) instead
+//! of the shard.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::log_writer::{Committed, Job, LogWriter};
+use super::pool::Pool;
+use super::ShardEnv;
+use crate::protocol::{now_ms, RoomName};
+use crate::rooms::fanout::{Sequential, Spread};
+use crate::rooms::{Command, Effect, Limits, ReadDone, ReadRequest, Rooms, Tally};
+use crate::store::{RoomLog, StoreError};
+
+/// Most commands handled in one round before the batch is handed on.
+const MAX_ROUND: usize = 1024;
+
+/// Completions of effects, back on the shard thread.
+enum Done {
+    Loaded(RoomName, Result<RoomLog, Arc<StoreError>>),
+    Committed(Committed),
+    Read(ReadDone),
+}
+
+pub fn run(
+    id: usize,
+    env: ShardEnv,
+    log: LogWriter,
+    rx: mpsc::Receiver<Command>,
+    stop: CancellationToken,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("shard runtime");
+    let spread: Box<dyn Spread> = match &env.pool {
+        Some(pool) => Box::new(Pool(pool.clone())),
+        None => Box::new(Sequential),
+    };
+    let limits = Limits::from_config(&env.config, env.store.sequencing());
+    let mut driver = Driver {
+        rooms: Rooms::new(limits, spread),
+        env,
+        log,
+        done: mpsc::unbounded_channel(),
+        commit_done: mpsc::unbounded_channel(),
+    };
+    rt.block_on(driver.run(rx, stop));
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+struct Driver {
+    rooms: Rooms,
+    env: ShardEnv,
+    log: LogWriter,
+    /// Completions of loads and reads.
+    done: (mpsc::UnboundedSender<Done>, mpsc::UnboundedReceiver<Done>),
+    /// Completions of commits (the log writer's channel type).
+    commit_done: (
+        mpsc::UnboundedSender<Committed>,
+        mpsc::UnboundedReceiver<Committed>,
+    ),
+}
+
+impl Driver {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
+        let mut stopping = false;
+        loop {
+            let timer = self.rooms.poll_timeout().map(deadline);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled(), if !stopping => {
+                    // Take what is queued, refuse what waits for a load.
+                    stopping = true;
+                    rx.close();
+                    self.rooms.stop();
+                }
+                Some(done) = self.commit_done.1.recv() => {
+                    self.apply(Done::Committed(done));
+                }
+                Some(done) = self.done.1.recv() => self.apply(done),
+                cmd = rx.recv(), if !self.rooms.backpressured() => {
+                    let Some(cmd) = cmd else { break };
+                    let now = now_ms();
+                    self.rooms.handle(cmd, now);
+                    for _ in 1..MAX_ROUND {
+                        if self.rooms.backpressured() {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(cmd) => self.rooms.handle(cmd, now),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(timer), if timer.is_some() => {
+                    self.rooms.handle_timeout(now_ms());
+                }
+            }
+            self.end_round();
+        }
+        // Every sender is gone or the shard is stopping: land what was accepted.
+        self.rooms.stop();
+        self.end_round();
+        while !self.rooms.is_settled() {
+            let Some(done) = self.commit_done.1.recv().await else {
+                break;
+            };
+            self.apply(Done::Committed(done));
+            self.end_round();
+        }
+    }
+
+    fn apply(&mut self, done: Done) {
+        let now = now_ms();
+        match done {
+            Done::Loaded(room, result) => self.rooms.loaded(room, result, now),
+            Done::Committed(c) => self.rooms.committed(c.batch, c.result, now),
+            Done::Read(read) => self.rooms.read_done(read, now),
+        }
+    }
+
+    /// Hands the batch on and performs the effects of this round.
+    fn end_round(&mut self) {
+        self.rooms.end_round();
+        while let Some(effect) = self.rooms.poll_effect() {
+            match effect {
+                Effect::Load(room) => self.load(room),
+                Effect::Commit(batch) => self.log.send(Job::new(batch, self.commit_done.0.clone())),
+                Effect::Read(read) => self.read(read),
+            }
+        }
+        let tally = self.rooms.take_tally();
+        self.record(tally);
+    }
+
+    fn load(&self, room: RoomName) {
+        let store = self.env.store.clone();
+        let window = self.env.config.dedup_window;
+        let done = self.done.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = guarded(|| store.load_room(&room, window));
+            let _ = done.send(Done::Loaded(room, result));
+        });
+    }
+
+    fn read(&self, read: ReadRequest) {
+        let store = self.env.store.clone();
+        let done = self.done.0.clone();
+        tokio::spawn(async move {
+            // The client's pace sets the replay's: read only once the chunk fits.
+            let (frames, bytes) = read.wait_for();
+            read.peer.outbox.wait_below(frames, bytes).await;
+            if read.peer.outbox.is_cut() {
+                return;
+            }
+            let result = tokio::task::spawn_blocking(move || {
+                let result = guarded(|| read.read(&*store));
+                ReadDone {
+                    room: read.room,
+                    client_id: read.peer.client_id,
+                    join: read.join,
+                    result,
+                }
+            })
+            .await;
+            if let Ok(read) = result {
+                let _ = done.send(Done::Read(read));
+            }
+        });
+    }
+
+    fn record(&self, t: Tally) {
+        let m = &self.env.metrics;
+        m.deliveries.inc_by(t.deliveries);
+        m.acks.inc_by(t.acks);
+        m.replayed.inc_by(t.replayed);
+        m.store_errors.inc_by(t.store_errors);
+        m.rooms.add(t.loaded as i64 - t.unloaded as i64);
+    }
+}
+
+/// Runs store code so that a panic fails the call, not the thread.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, Arc<StoreError>> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(Arc::new),
+        Err(panic) => Err(Arc::new(StoreError::panicked(&*panic))),
+    }
+}
+
+/// The runtime instant of a wall-clock deadline in ms.
+fn deadline(at_ms: u64) -> tokio::time::Instant {
+    let wait = at_ms.saturating_sub(now_ms());
+    tokio::time::Instant::now() + Duration::from_millis(wait)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,202 @@
+//! `RedbStore`: the room logs in one redb file, `<data-dir>/parlor.redb`
+//! (layout in `schema`). Writes are one transaction each under one mutex
+//! (`write`); reads are MVCC snapshots that never block them (`read`).
+//!
+//! # Durability modes and what a crash can lose
+//!
+//! - `immediate`: every commit is synced (`Durability::Immediate`) before
+//!   `append` returns, so an acked message survives kill -9 and power loss.
+//! - `batched`: batches commit with `Durability::None` (atomic and visible at
+//!   once, not yet on disk); at most every `sync_interval` a commit is made
+//!   `Immediate`, which persists it and every earlier one. A background
+//!   thread makes that sync when the log goes quiet. A crash (process or
+//!   machine) loses the messages committed since the last sync: about the
+//!   last `sync_interval` of acked messages (under load, up to roughly one
+//!   interval plus one commit). What survives is always a prefix of each
+//!   room's log, so sequences stay gapless; they are never reused because
+//!   a lost message was also never persisted.
+//! - `none`: commits never sync. A clean shutdown (`flush`, or the store
+//!   dropped) still persists everything, but a crash rolls the file back to
+//!   the last synced state, which may be the state at startup: everything
+//!   written since the process started can be lost. Rooms created and lost
+//!   that way come back with a new epoch, so clients learn their `since` is
+//!   void.
+//!
+//! Retention keeps at least one message per room, so a room's newest
+//! sequence is always in the log and is never handed out twice.
+
+mod open;
+mod read;
+mod schema;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::redb::Database;
+use parking_lot::{Mutex, RwLock};
+
+use super::{Batch, ReadLimit, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
+use crate::config::Durability;
+use crate::protocol::RoomName;
+pub use open::OpenError;
+pub use schema::FILE_NAME;
+use write::SyncState;
+
+/// Page cache of the database.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+pub struct RedbStore {
+    inner: Arc<Inner>,
+    /// The batched-mode sync thread; dropping the sender stops it.
+    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    durability: Durability,
+    sync_interval: Duration,
+    /// Save the allocator state with every commit (see `open_with`).
+    quick_repair: bool,
+    /// Held for the whole of every write transaction.
+    writer: Mutex<SyncState>,
+    /// Room name → room id, for the rooms seen so far.
+    room_ids: RwLock<HashMap<RoomName, u64>>,
+}
+
+/// Names the operation that failed on a redb error.
+trait Op<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<::redb::Error>> Op<T> for Result<T, E> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::storage(op, e.into()))
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) `<dir>/parlor.redb`, creating `dir` if missing.
+    ///
+    /// Fails — naming the file and the cause — when the dir or file cannot be
+    /// created or written, when the file is not a parlor store (it is then
+    /// left untouched), when it is corrupt, or when another process has it
+    /// open.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        sync_interval: Duration,
+    ) -> Result<RedbStore, OpenError> {
+        Self::open_with(dir, durability, sync_interval, false)
+    }
+
+    /// `open`, choosing redb's quick repair: each commit also saves the
+    /// allocator state (two-phase commit), so reopening after a crash is
+    /// instant instead of a walk of the whole file. Measured here: commits
+    /// ≈ 33% slower (2.9 vs 2.2 ms per 256 messages), recovery ≈ 1 ms
+    /// instead of ≈ 1.7 s per GB of log.
+    pub fn open_with(
+        dir: &Path,
+        durability: Durability,
+        sync_interval: Duration,
+        quick_repair: bool,
+    ) -> Result<RedbStore, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::DataDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        open::refuse_foreign_file(&path)?;
+        let db = open::open_database(&path, CACHE_BYTES)?;
+        open::init_schema(&db, &path)?;
+        let inner = Arc::new(Inner {
+            db,
+            path,
+            durability,
+            sync_interval,
+            quick_repair,
+            writer: Mutex::new(SyncState {
+                last_sync: Instant::now(),
+                dirty: false,
+            }),
+            room_ids: RwLock::new(HashMap::new()),
+        });
+        let syncer = if durability == Durability::Batched {
+            let (tx, rx) = mpsc::channel();
+            let worker = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("parlor-store-sync".into())
+                .spawn(move || worker.sync_loop(rx))
+                .map_err(OpenError::Thread)?;
+            Some((tx, handle))
+        } else {
+            None
+        };
+        Ok(RedbStore { inner, syncer })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Persists every commit made so far (an `Immediate` commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync_now()
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        // Whatever is still unsynced is persisted when the database closes.
+    }
+}
+
+impl Store for RedbStore {
+    fn load_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError> {
+        self.inner.load_room(room, dedup_window)
+    }
+
+    fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
+        self.inner.epoch(room)
+    }
+
+    fn append(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        self.inner.append(batch)
+    }
+
+    fn read(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.read(room, after, upto, limit)
+    }
+
+    fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
+        self.inner.first_retained(room)
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        self.inner.rooms()
+    }
+
+    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
+        let plan = self.inner.retention_plan(policy, max_delete)?;
+        self.inner.delete(&plan)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.sync_now()
+    }
+}

@@ -1,0 +1,264 @@
+//! The read side: MVCC read transactions that never block the writer and
+//! live for one call each (a long-lived one would pin pages).
+
+use ::redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+
+use super::schema::{decode, MESSAGES, ROOMS};
+use super::{Inner, Op};
+use crate::protocol::RoomName;
+use crate::store::{
+    read_cost, ReadLimit, Retention, RoomLog, RoomSummary, StoreError, StoredMessage,
+};
+
+pub type RoomsTable = ReadOnlyTable<&'static str, (u64, &'static str)>;
+pub type MessagesTable = ReadOnlyTable<(u64, u64), &'static [u8]>;
+
+/// Front ranges of rooms to delete: (room id, from, to exclusive).
+pub type RetentionPlan = Vec<(u64, u64, u64)>;
+
+impl Inner {
+    pub(super) fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().op("begin a read transaction")
+    }
+
+    pub(super) fn tables(
+        &self,
+        txn: &ReadTransaction,
+    ) -> Result<(RoomsTable, MessagesTable), StoreError> {
+        let rooms = txn.open_table(ROOMS).op("open the rooms table")?;
+        let messages = txn.open_table(MESSAGES).op("open the messages table")?;
+        Ok((rooms, messages))
+    }
+
+    /// A room's (id, epoch) as stored, if it exists.
+    pub(super) fn room_entry_in<T: ReadableTable<&'static str, (u64, &'static str)>>(
+        &self,
+        rooms: &T,
+        room: &RoomName,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(rooms
+            .get(room.as_str())
+            .op("read the rooms table")?
+            .map(|v| {
+                let (id, epoch) = v.value();
+                (id, epoch.to_string())
+            }))
+    }
+
+    /// A room's id, from the cache or the rooms table.
+    pub(super) fn room_id_in<T: ReadableTable<&'static str, (u64, &'static str)>>(
+        &self,
+        rooms: &T,
+        room: &RoomName,
+    ) -> Result<Option<u64>, StoreError> {
+        if let Some(id) = self.room_ids.read().get(room) {
+            return Ok(Some(*id));
+        }
+        let found = self.room_entry_in(rooms, room)?.map(|(id, _)| id);
+        if let Some(id) = found {
+            self.room_ids.write().insert(room.clone(), id);
+        }
+        Ok(found)
+    }
+
+    /// A room's newest sequence (0: none).
+    pub(super) fn last_in<T: ReadableTable<(u64, u64), &'static [u8]>>(
+        &self,
+        messages: &T,
+        id: u64,
+    ) -> Result<u64, StoreError> {
+        let mut range = messages
+            .range((id, 0)..=(id, u64::MAX))
+            .op("read messages")?;
+        match range.next_back() {
+            Some(entry) => {
+                let (k, _) = entry.op("read messages")?;
+                Ok(k.value().1)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// A room's oldest retained sequence (None: no messages).
+    pub(super) fn first_in<T: ReadableTable<(u64, u64), &'static [u8]>>(
+        &self,
+        messages: &T,
+        id: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut range = messages
+            .range((id, 0)..=(id, u64::MAX))
+            .op("read messages")?;
+        match range.next() {
+            Some(entry) => {
+                let (k, _) = entry.op("read messages")?;
+                Ok(Some(k.value().1))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn load_room(
+        &self,
+        room: &RoomName,
+        dedup_window: usize,
+    ) -> Result<RoomLog, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let Some((id, epoch)) = self.room_entry_in(&rooms, room)? else {
+            return Ok(RoomLog {
+                epoch: crate::store::new_epoch(),
+                last: 0,
+                recent_ids: Vec::new(),
+                exists: false,
+            });
+        };
+        self.room_ids.write().insert(room.clone(), id);
+        let last = self.last_in(&messages, id)?;
+        let mut recent_ids = Vec::new();
+        if dedup_window > 0 && last > 0 {
+            // Bounded: look at no more than twice the window of newest messages.
+            let scan = dedup_window.saturating_mul(2);
+            let range = messages.range((id, 0)..=(id, last)).op("read messages")?;
+            for entry in range.rev().take(scan) {
+                let (k, v) = entry.op("read messages")?;
+                let m = decode(k.value().1, v.value())?;
+                if let Some(client_id) = m.client_msg_id {
+                    recent_ids.push((m.user, client_id, m.sequence));
+                    if recent_ids.len() >= dedup_window {
+                        break;
+                    }
+                }
+            }
+            recent_ids.reverse();
+        }
+        Ok(RoomLog {
+            epoch,
+            last,
+            recent_ids,
+            exists: true,
+        })
+    }
+
+    pub(super) fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, _) = self.tables(&txn)?;
+        Ok(self.room_entry_in(&rooms, room)?.map(|(_, epoch)| epoch))
+    }
+
+    pub(super) fn read(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if limit.messages == 0 || after >= upto {
+            return Ok(Vec::new());
+        }
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let Some(id) = self.room_id_in(&rooms, room)? else {
+            return Ok(Vec::new());
+        };
+        let range = messages
+            .range((id, after + 1)..=(id, upto))
+            .op("read messages")?;
+        let mut out = Vec::with_capacity(limit.messages.min(1024));
+        let mut bytes = 0;
+        for entry in range {
+            if limit.reached(out.len(), bytes) {
+                break;
+            }
+            let (k, v) = entry.op("read messages")?;
+            let m = decode(k.value().1, v.value())?;
+            bytes += read_cost(&m);
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let Some(id) = self.room_id_in(&rooms, room)? else {
+            return Ok(1);
+        };
+        match self.first_in(&messages, id)? {
+            Some(first) => Ok(first),
+            None => Ok(self.last_in(&messages, id)? + 1),
+        }
+    }
+
+    pub(super) fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let mut out = Vec::new();
+        let iter = rooms.iter().op("read the rooms table")?;
+        for entry in iter {
+            let (name, v) = entry.op("read the rooms table")?;
+            let Ok(room) = RoomName::parse(name.value()) else {
+                tracing::warn!(
+                    room = name.value(),
+                    "skipping a stored room with an invalid name"
+                );
+                continue;
+            };
+            let last = self.last_in(&messages, v.value().0)?;
+            out.push(RoomSummary { room, last });
+        }
+        Ok(out)
+    }
+
+    /// What retention would delete, planned under a read transaction (so it
+    /// does not block appends). Appends only add at the end of a room, so
+    /// the planned front ranges stay valid until they are deleted.
+    pub(super) fn retention_plan(
+        &self,
+        policy: &Retention,
+        max_delete: usize,
+    ) -> Result<RetentionPlan, StoreError> {
+        let mut plan = Vec::new();
+        let mut budget = max_delete as u64;
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let iter = rooms.iter().op("read the rooms table")?;
+        for entry in iter {
+            if budget == 0 {
+                break;
+            }
+            let (_, v) = entry.op("read the rooms table")?;
+            let id = v.value().0;
+            let Some(first) = self.first_in(&messages, id)? else {
+                continue;
+            };
+            let last = self.last_in(&messages, id)?;
+            // Over the count: no need to look at the messages themselves.
+            let by_count = (last - first + 1)
+                .saturating_sub(policy.keep.max(1))
+                .min(budget);
+            let mut end = first + by_count;
+            if policy.older_than_ms.is_some() {
+                let range = messages
+                    .range((id, end)..=(id, last))
+                    .op("read old messages")?;
+                for item in range {
+                    if end - first >= budget {
+                        break;
+                    }
+                    let (k, v) = item.op("read old messages")?;
+                    let seq = k.value().1;
+                    let m = decode(seq, v.value())?;
+                    if !policy.expired(last - seq, m.timestamp) {
+                        break;
+                    }
+                    end = seq + 1;
+                }
+            }
+            if end > first {
+                plan.push((id, first, end));
+                budget -= end - first;
+            }
+        }
+        Ok(plan)
+    }
+}
