@@ -28,6 +28,7 @@ pub struct Metrics {
     pub outbox_depth: Histogram,
     pub shard_queue_depth: IntGaugeVec,
     pub commit_seconds: Histogram,
+    pub store_unsynced: IntGauge,
     pub batch_size: Histogram,
 }
 
@@ -111,6 +112,10 @@ impl Metrics {
             shard_queue_depth: reg!(IntGaugeVec::new(
                 Opts::new("parlor_shard_queue_depth", "Commands waiting per shard"),
                 &["shard"]
+            )),
+            store_unsynced: reg!(IntGauge::new(
+                "parlor_store_unsynced",
+                "1 while committed messages are not yet synced to disk (batched, none)"
             )),
             commit_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new("parlor_store_commit_seconds", "Store batch commit latency")

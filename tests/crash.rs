@@ -451,8 +451,17 @@ async fn batched_durability_persists_a_quiet_log_before_a_kill() {
             i
         );
     }
-    // Quiet for many sync intervals: the background sync must have run.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Quiet: the background sync persists the log within an interval.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, body) = http_get(server.addr, "/metrics").await.unwrap();
+        let text = String::from_utf8(body).unwrap();
+        if text.lines().any(|l| l == "parlor_store_unsynced 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the quiet log was never synced");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.kill();
 
     let server = Server::start(&dir, &args).await;

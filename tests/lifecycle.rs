@@ -156,3 +156,43 @@ async fn message_ids_up_to_64_bytes() {
         "over-long id is not stored"
     );
 }
+
+/// The library serves until its caller says stop (the binary passes its
+/// first signal; a second one is the binary's to handle): no signal handler
+/// and no process exit inside, and a stop flushes the store — with
+/// `--durability none`, acked messages are on disk only because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_when_its_caller_says_and_flushes_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.addr = common::binary::free_addr();
+    cfg.store = parlor::config::StoreKind::Redb;
+    cfg.durability = parlor::config::Durability::None;
+    cfg.data_dir = tmp.path().join("data");
+    let addr = cfg.addr;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(parlor::server::serve(cfg.clone(), async {
+        let _ = stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 1..=5 {
+        let body = json!({"user": "api", "content": format!("m{i}")});
+        let r = post_json(addr, "/api/rooms/r/messages", &body).await;
+        assert_eq!(r.json()["sequence"], i);
+    }
+    stop.send(()).unwrap();
+    serving.await.unwrap().expect("a clean stop");
+
+    let store = parlor::store::RedbStore::open(
+        &cfg.data_dir,
+        parlor::config::Durability::None,
+        Duration::from_millis(10),
+    )
+    .unwrap();
+    let room = RoomName::parse("r").unwrap();
+    assert_eq!(store.load_room(&room, 0).unwrap().last, 5);
+}

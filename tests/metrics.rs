@@ -92,13 +92,11 @@ async fn counts_move_with_traffic() {
 
     drop(a);
     b.tx.close().await;
-    let closes = loop {
+    let closes = eventually("every connection closed", || async {
         let s = scrape(server.addr).await;
-        if value(&s, "parlor_connections", None) == 0.0 {
-            break s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        (value(&s, "parlor_connections", None) == 0.0).then_some(s)
+    })
+    .await;
     let total: f64 = closes
         .samples
         .iter()

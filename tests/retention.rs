@@ -34,17 +34,15 @@ async fn old_messages_go_and_replay_says_not_recovered() {
         );
     }
     // Wait until retention has caught up with the last append.
-    let oldest = loop {
+    let oldest = eventually("retention to catch up", || async {
         let page = get(server.addr, "/api/rooms/kept/messages?since=0&limit=1")
             .await
             .json();
         let first = page["messages"][0]["sequence"].as_u64().unwrap();
-        if first == 181 {
-            break first;
-        }
         assert!(first <= 181, "retention kept too little: oldest is {first}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (first == 181).then_some(first)
+    })
+    .await;
 
     let mut b = connect(server.addr, "bob").await;
     b.send(&join_since("kept", 5)).await;

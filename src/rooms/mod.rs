@@ -23,29 +23,26 @@ mod catchup;
 mod commit;
 mod dedup;
 pub mod fanout;
+mod interface;
 mod member;
 mod presence;
 mod room;
 mod sequencer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-
-use tokio::sync::oneshot;
 
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
+pub use interface::{Command, Effect, Limits, Millis, ReadDone, RoomStats, Tally};
 pub use member::{JoinId, Member, MemberState, Members, Peer};
 pub use presence::MAX_LISTED;
 pub use sequencer::Sequencer;
 
 use crate::error::{close, ErrorCode};
 use crate::protocol::RoomName;
-use crate::store::{Batch, RoomLog, Sequencing, StoreError};
+use crate::store::{RoomLog, StoreError};
 use room::{presence_frame, Handoff, Room};
-
-/// Milliseconds since the Unix epoch: the core's only notion of time.
-pub type Millis = u64;
 
 /// Most commands parked behind rooms being loaded, per shard; more are
 /// refused (`internal`) until loads complete. Each is a command as queued
@@ -55,112 +52,6 @@ const MAX_PARKED: usize = 4096;
 /// driver stops taking commands (bounds a batch's memory).
 const MAX_BATCH: usize = 8192;
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub dedup_window: usize,
-    pub history_on_join: u64,
-    pub replay_limit: u64,
-    /// Presence changes are coalesced over this window (and the timers tick
-    /// at it).
-    pub presence_window_ms: u64,
-    /// Rooms with more members send no presence diffs.
-    pub presence_diff_max_members: usize,
-    /// Rooms without members, quiet this long, leave memory.
-    pub idle_unload_ms: u64,
-    pub sequencing: Sequencing,
-}
-
-impl Limits {
-    pub fn from_config(cfg: &crate::config::Config, sequencing: Sequencing) -> Limits {
-        Limits {
-            dedup_window: cfg.dedup_window,
-            history_on_join: cfg.history_on_join,
-            replay_limit: cfg.replay_limit,
-            presence_window_ms: cfg.presence_window().as_millis() as u64,
-            presence_diff_max_members: cfg.presence_diff_max_members,
-            idle_unload_ms: cfg.room_idle_ms,
-            sequencing,
-        }
-    }
-}
-
-/// A request to the rooms of a shard.
-pub enum Command {
-    Join {
-        peer: Arc<Peer>,
-        room: RoomName,
-        since: Option<u64>,
-        epoch: Option<String>,
-        join: JoinId,
-        /// Ok once the session is a member (its frames are in its outbox).
-        reply: oneshot::Sender<Result<(), ErrorCode>>,
-    },
-    Leave {
-        room: RoomName,
-        client_id: u64,
-        /// Send `left` (an explicit leave, not a disconnect).
-        explicit: bool,
-    },
-    Publish(Publish),
-    Presence {
-        room: RoomName,
-        peer: Arc<Peer>,
-    },
-    Stats {
-        reply: oneshot::Sender<Vec<RoomStats>>,
-    },
-}
-
-impl Command {
-    fn room(&self) -> Option<&RoomName> {
-        match self {
-            Command::Join { room, .. }
-            | Command::Leave { room, .. }
-            | Command::Presence { room, .. } => Some(room),
-            Command::Publish(p) => Some(&p.room),
-            Command::Stats { .. } => None,
-        }
-    }
-}
-
-/// I/O the driver performs for the core.
-pub enum Effect {
-    /// Read a room's log (`Store::load_room`); answer with `loaded`.
-    Load(RoomName),
-    /// Commit a batch; answer with `committed`, handing the batch back.
-    Commit(Batch),
-    /// Read for a catching-up member; answer with `read_done`.
-    Read(ReadRequest),
-}
-
-/// The outcome of a `Read` effect.
-pub struct ReadDone {
-    pub room: RoomName,
-    pub client_id: u64,
-    pub join: JoinId,
-    pub result: Result<Chunk, Arc<StoreError>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoomStats {
-    pub room: RoomName,
-    pub last: u64,
-    pub members: usize,
-    pub connections: usize,
-}
-
-/// Counts for the metrics, taken by the driver after each round.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
-    pub deliveries: u64,
-    pub acks: u64,
-    pub replayed: u64,
-    pub store_errors: u64,
-    pub slow_consumer_cuts: u64,
-    pub loaded: u64,
-    pub unloaded: u64,
-}
-
 enum Slot {
     /// Its log is being read; its commands wait here, in order.
     Loading(Vec<Command>),
@@ -169,7 +60,9 @@ enum Slot {
 
 pub struct Rooms {
     limits: Limits,
-    rooms: HashMap<RoomName, Slot>,
+    /// Ordered, so the core is deterministic for its simulation (and room
+    /// names, which clients choose, never meet a hash function here).
+    rooms: BTreeMap<RoomName, Slot>,
     commits: commit::Commits,
     effects: VecDeque<Effect>,
     parked: usize,
@@ -183,7 +76,7 @@ impl Rooms {
     pub fn new(limits: Limits, spread: Box<dyn fanout::Spread>) -> Rooms {
         Rooms {
             limits,
-            rooms: HashMap::new(),
+            rooms: BTreeMap::new(),
             commits: commit::Commits::default(),
             effects: VecDeque::new(),
             parked: 0,
@@ -330,7 +223,7 @@ impl Rooms {
             } => {
                 let r = self.room_mut(&room).expect("apply: loaded");
                 if r.members.contains(peer.client_id) {
-                    r.rejoin(&peer);
+                    r.rejoin(peer.client_id);
                     let _ = reply.send(Ok(()));
                     return;
                 }
@@ -385,7 +278,7 @@ impl Rooms {
             }
         };
         match handoff {
-            Handoff::Stale => {}
+            Handoff::Stale => self.tally.stale_reads += 1,
             Handoff::Remove => self.remove_member(&done.room, done.client_id, now),
             Handoff::Live { replayed } => self.tally.replayed += replayed,
             Handoff::More { read, replayed } => {

@@ -154,10 +154,17 @@ impl Room {
         }
     }
 
-    /// A session's join again while joined: a no-op answered with `joined`.
-    pub fn rejoin(&self, peer: &Peer) {
-        let f = self.joined_frame(peer.format, self.seq.committed(), true);
-        push_all(peer, &[f]);
+    /// A session's join again while joined: a no-op answered with `joined`
+    /// (unless the first `joined` is still to come with its catch-up).
+    pub fn rejoin(&mut self, client_id: u64) {
+        let last = self.seq.committed();
+        let Some(member) = self.members.get_mut(client_id) else {
+            return;
+        };
+        if member.announced() {
+            let peer = member.peer.clone();
+            push_all(&peer, &[self.joined_frame(peer.format, last, true)]);
+        }
     }
 
     /// Removes a member; `left` is sent for an explicit leave.

@@ -55,6 +55,8 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             )
         }
         (&Method::GET, "/metrics") => {
+            let unsynced = ctx.env.store.unsynced();
+            ctx.env.metrics.store_unsynced.set(i64::from(unsynced));
             for (i, depth) in ctx.env.shards.queue_depths().into_iter().enumerate() {
                 ctx.env
                     .metrics

@@ -270,3 +270,117 @@ async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, bufs: &[Bytes]) -> std::io
     }
     io.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::protocol::Format;
+    use crate::rooms::Peer;
+
+    /// A socket whose peer stopped reading: the first `accepts` writes go
+    /// through, every later one waits for ever.
+    struct Stalled {
+        accepts: usize,
+    }
+
+    impl AsyncWrite for Stalled {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.accepts == 0 {
+                return Poll::Pending;
+            }
+            self.accepts -= 1;
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    fn session() -> (Arc<Session>, OutboxReceiver) {
+        let (outbox, rx) = Outbox::new(16, 1 << 16);
+        let peer = Arc::new(Peer {
+            client_id: 1,
+            user: "u".into(),
+            format: Format::Json,
+            outbox,
+        });
+        let session = Arc::new(Session {
+            peer,
+            writer_done: Notify::new(),
+        });
+        (session, rx)
+    }
+
+    fn heartbeat() -> Option<Heartbeat> {
+        Some(Heartbeat {
+            interval: Duration::from_millis(100),
+            frame: Bytes::from_static(b"beat"),
+        })
+    }
+
+    /// Found from outside: the heartbeat's write was raced against nothing,
+    /// so a silent peer that stopped reading kept its session for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_stuck_on_a_silent_peer_ends_the_session() {
+        let (session, rx) = session();
+        let liveness = Arc::new(Liveness::new());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let run = run(
+            Stalled { accepts: 0 },
+            rx,
+            session,
+            heartbeat(),
+            liveness,
+            metrics,
+        );
+        let end = tokio::time::timeout(Duration::from_secs(3600), run).await;
+        assert_eq!(end.expect("the writer ends"), WriterEnd::Gone);
+    }
+
+    /// A cut during a stuck heartbeat ends the session within the close
+    /// grace, also while the peer still sends (so it is not silent).
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_during_a_stuck_heartbeat_ends_the_session() {
+        let (session, rx) = session();
+        let liveness = Arc::new(Liveness::new());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let alive = liveness.clone();
+        let chatty = tokio::spawn(async move {
+            loop {
+                alive.touch();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let cutter = session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cutter.peer.outbox.cut(crate::error::close::SLOW_CONSUMER);
+        });
+        let started = Instant::now();
+        let run = run(
+            Stalled { accepts: 0 },
+            rx,
+            session,
+            heartbeat(),
+            liveness,
+            metrics,
+        );
+        let end = tokio::time::timeout(Duration::from_secs(3600), run).await;
+        assert_eq!(end.expect("the writer ends"), WriterEnd::Gone);
+        assert!(started.elapsed() <= Duration::from_millis(500) + CLOSE_GRACE);
+        chatty.abort();
+    }
+}

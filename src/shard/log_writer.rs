@@ -90,40 +90,45 @@ fn run(rx: std::sync::mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics)
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
-        if jobs.len() == 1 {
-            let mut job = jobs.pop().expect("one job");
-            let mut batch = job.batch.take().expect("unanswered job");
-            let result = commit(store, metrics, &mut batch);
-            job.answer(batch, result);
-            continue;
-        }
-        // Merge by moving the contents, then hand each shard its own back.
-        let mut merged = Batch::default();
-        let mut sizes = Vec::with_capacity(jobs.len());
-        for job in &mut jobs {
-            let b = job.batch.take().expect("unanswered job");
-            sizes.push((b.new_rooms.len(), b.appends.len()));
-            merged.new_rooms.extend(b.new_rooms);
-            merged.appends.extend(b.appends);
-        }
-        let result = commit(store, metrics, &mut merged);
-        let mut rooms = merged.new_rooms.into_iter();
-        let mut appends = merged.appends.into_iter();
-        let mut parts = Vec::with_capacity(jobs.len());
-        for (r, a) in sizes {
-            parts.push(Batch {
-                new_rooms: rooms.by_ref().take(r).collect(),
-                appends: appends.by_ref().take(a).collect(),
-            });
-        }
-        for (job, mut batch) in jobs.into_iter().zip(parts) {
-            let result = match &result {
-                Ok(()) => Ok(()),
-                // Alone, a job fails only for what is wrong with it.
-                Err(_) => commit(store, metrics, &mut batch),
-            };
-            job.answer(batch, result);
-        }
+        commit_jobs(store, metrics, jobs);
+    }
+}
+
+/// Commits every job queued at once in one transaction, and answers each.
+fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
+    if jobs.len() == 1 {
+        let mut job = jobs.pop().expect("one job");
+        let mut batch = job.batch.take().expect("unanswered job");
+        let result = commit(store, metrics, &mut batch);
+        job.answer(batch, result);
+        return;
+    }
+    // Merge by moving the contents, then hand each shard its own back.
+    let mut merged = Batch::default();
+    let mut sizes = Vec::with_capacity(jobs.len());
+    for job in &mut jobs {
+        let b = job.batch.take().expect("unanswered job");
+        sizes.push((b.new_rooms.len(), b.appends.len()));
+        merged.new_rooms.extend(b.new_rooms);
+        merged.appends.extend(b.appends);
+    }
+    let result = commit(store, metrics, &mut merged);
+    let mut rooms = merged.new_rooms.into_iter();
+    let mut appends = merged.appends.into_iter();
+    let mut parts = Vec::with_capacity(jobs.len());
+    for (r, a) in sizes {
+        parts.push(Batch {
+            new_rooms: rooms.by_ref().take(r).collect(),
+            appends: appends.by_ref().take(a).collect(),
+        });
+    }
+    for (job, mut batch) in jobs.into_iter().zip(parts) {
+        let result = match &result {
+            Ok(()) => Ok(()),
+            // Alone, a job fails only for what is wrong with it.
+            Err(_) => commit(store, metrics, &mut batch),
+        };
+        job.answer(batch, result);
     }
 }
 
@@ -144,4 +149,68 @@ fn commit(store: &dyn Store, metrics: &Metrics, batch: &mut Batch) -> Result<(),
         Err(_) => metrics.store_errors.inc(),
     }
     result.map_err(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::StoredMessage;
+    use crate::protocol::RoomName;
+    use crate::store::{Append, MemoryStore, NewRoom};
+
+    fn batch(room: &str, seqs: std::ops::RangeInclusive<u64>) -> Batch {
+        let room = RoomName::parse(room).unwrap();
+        let appends = seqs
+            .map(|sequence| {
+                let m = StoredMessage {
+                    sequence,
+                    timestamp: 0,
+                    user: "u".into(),
+                    content: "c".into(),
+                    client_msg_id: None,
+                };
+                Append::new(room.clone(), m)
+            })
+            .collect();
+        Batch {
+            new_rooms: vec![NewRoom {
+                room,
+                epoch: "e".into(),
+            }],
+            appends,
+        }
+    }
+
+    #[test]
+    fn a_merged_commit_that_fails_fails_only_the_job_at_fault() {
+        let store = MemoryStore::new();
+        let metrics = Metrics::new();
+        let (tx_a, mut rx_a) = mpsc::unbounded_channel();
+        let (tx_b, mut rx_b) = mpsc::unbounded_channel();
+        // Shard a's batch breaks its room's sequence (starts at 2).
+        let jobs = vec![
+            Job::new(batch("a", 2..=3), tx_a),
+            Job::new(batch("b", 1..=2), tx_b),
+        ];
+        commit_jobs(&store, &metrics, jobs);
+        let a = rx_a.try_recv().unwrap();
+        let b = rx_b.try_recv().unwrap();
+        let a_err = a.result.as_ref().unwrap_err();
+        assert!(matches!(**a_err, StoreError::OutOfSequence { .. }));
+        assert!(b.result.is_ok(), "the other shard's batch is stored");
+        assert_eq!((a.batch.appends.len(), b.batch.appends.len()), (2, 2));
+        let b_room = RoomName::parse("b").unwrap();
+        assert_eq!(store.load_room(&b_room, 0).unwrap().last, 2);
+    }
+
+    #[test]
+    fn a_job_dropped_unanswered_answers_stopped() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        drop(Job::new(batch("a", 1..=1), tx));
+        let c = rx.try_recv().unwrap();
+        assert!(matches!(
+            **c.result.as_ref().unwrap_err(),
+            StoreError::Stopped
+        ));
+    }
 }

@@ -222,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Whether commits were made that a crash could still lose (the
+    /// `batched` and `none` modes between syncs). Never blocks.
+    fn unsynced(&self) -> bool {
+        false
+    }
 }
 
 /// How much one `read` may bring.

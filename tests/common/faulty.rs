@@ -61,6 +61,8 @@ pub struct FaultyStore {
     pub block_load: Mutex<Option<(RoomName, Arc<Gate>)>>,
     /// The next append waits at the gate.
     pub block_append: Mutex<Option<Arc<Gate>>>,
+    /// Appends of a batch with a message of this room fail.
+    pub poison: Mutex<Option<RoomName>>,
 }
 
 impl FaultyStore {
@@ -75,6 +77,7 @@ impl FaultyStore {
             fail_load: AtomicBool::new(false),
             block_load: Mutex::new(None),
             block_append: Mutex::new(None),
+            poison: Mutex::new(None),
         })
     }
 
@@ -119,6 +122,11 @@ impl Store for FaultyStore {
         }
         if self.fail_append.swap(false, Ordering::SeqCst) {
             return Err(injected("append"));
+        }
+        if let Some(room) = &*self.poison.lock().unwrap() {
+            if batch.appends.iter().any(|a| &a.room == room) {
+                return Err(injected("append of a poisoned room"));
+            }
         }
         self.inner.append(batch)
     }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod faulty;
 
 use std::net::SocketAddr;
@@ -45,6 +46,27 @@ pub async fn start_with_store(cfg: Config, store: Arc<dyn parlor::store::Store>)
     parlor::server::start(cfg, store)
         .await
         .expect("server starts")
+}
+
+/// Polls `check` until it gives a value, for at most `TIMEOUT`: for states
+/// no frame announces (a metric, a background deletion). The poll interval
+/// only sets how soon the state is seen, never whether the test passes.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -560,7 +582,25 @@ impl Raw {
     }
 
     pub async fn connect_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Raw {
-        let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Self::handshake(stream, addr, path, headers).await
+    }
+
+    /// A client whose socket takes in at most about `bytes` unread: once it
+    /// stops reading, the server's writes to it soon block.
+    pub async fn connect_small_window(addr: SocketAddr, path: &str, bytes: u32) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        Self::handshake(stream, addr, path, &[]).await
+    }
+
+    async fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Raw {
         stream.set_nodelay(true).unwrap();
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

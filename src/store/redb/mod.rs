@@ -32,6 +32,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,6 +65,8 @@ struct Inner {
     quick_repair: bool,
     /// Held for the whole of every write transaction.
     writer: Mutex<SyncState>,
+    /// `SyncState::dirty`, readable without waiting for the writer.
+    unsynced: AtomicBool,
     /// Room name → room id, for the rooms seen so far.
     room_ids: RwLock<HashMap<RoomName, u64>>,
 }
@@ -123,6 +126,7 @@ impl RedbStore {
                 last_sync: Instant::now(),
                 dirty: false,
             }),
+            unsynced: AtomicBool::new(false),
             room_ids: RwLock::new(HashMap::new()),
         });
         let syncer = if durability == Durability::Batched {
@@ -198,5 +202,9 @@ impl Store for RedbStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.sync_now()
+    }
+
+    fn unsynced(&self) -> bool {
+        self.inner.unsynced.load(Ordering::Acquire)
     }
 }

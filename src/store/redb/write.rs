@@ -3,6 +3,7 @@
 //! anyway), committed with the durability the mode asks for.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,7 @@ impl Inner {
         } else {
             state.dirty = true;
         }
+        self.unsynced.store(state.dirty, Ordering::Release);
         Ok(out)
     }
 
@@ -72,6 +74,7 @@ impl Inner {
         txn.commit().op("sync commit")?;
         state.last_sync = started;
         state.dirty = false;
+        self.unsynced.store(false, Ordering::Release);
         Ok(())
     }
 

@@ -1,0 +1,125 @@
+//! The core's inputs and outputs: its limits, the commands it takes, the
+//! effects it asks the driver to perform and what comes back from them, and
+//! the counts it keeps for the metrics.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::catchup::{Chunk, ReadRequest};
+use super::commit::Publish;
+use super::member::{JoinId, Peer};
+use crate::error::ErrorCode;
+use crate::protocol::RoomName;
+use crate::store::{Batch, Sequencing, StoreError};
+
+/// Milliseconds since the Unix epoch: the core's only notion of time.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub dedup_window: usize,
+    pub history_on_join: u64,
+    pub replay_limit: u64,
+    /// Presence changes are coalesced over this window (and the timers tick
+    /// at it).
+    pub presence_window_ms: u64,
+    /// Rooms with more members send no presence diffs.
+    pub presence_diff_max_members: usize,
+    /// Rooms without members, quiet this long, leave memory.
+    pub idle_unload_ms: u64,
+    pub sequencing: Sequencing,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &crate::config::Config, sequencing: Sequencing) -> Limits {
+        Limits {
+            dedup_window: cfg.dedup_window,
+            history_on_join: cfg.history_on_join,
+            replay_limit: cfg.replay_limit,
+            presence_window_ms: cfg.presence_window().as_millis() as u64,
+            presence_diff_max_members: cfg.presence_diff_max_members,
+            idle_unload_ms: cfg.room_idle_ms,
+            sequencing,
+        }
+    }
+}
+
+/// A request to the rooms of a shard.
+pub enum Command {
+    Join {
+        peer: Arc<Peer>,
+        room: RoomName,
+        since: Option<u64>,
+        epoch: Option<String>,
+        join: JoinId,
+        /// Ok once the session is a member (its frames are in its outbox).
+        reply: oneshot::Sender<Result<(), ErrorCode>>,
+    },
+    Leave {
+        room: RoomName,
+        client_id: u64,
+        /// Send `left` (an explicit leave, not a disconnect).
+        explicit: bool,
+    },
+    Publish(Publish),
+    Presence {
+        room: RoomName,
+        peer: Arc<Peer>,
+    },
+    Stats {
+        reply: oneshot::Sender<Vec<RoomStats>>,
+    },
+}
+
+impl Command {
+    pub(super) fn room(&self) -> Option<&RoomName> {
+        match self {
+            Command::Join { room, .. }
+            | Command::Leave { room, .. }
+            | Command::Presence { room, .. } => Some(room),
+            Command::Publish(p) => Some(&p.room),
+            Command::Stats { .. } => None,
+        }
+    }
+}
+
+/// I/O the driver performs for the core.
+pub enum Effect {
+    /// Read a room's log (`Store::load_room`); answer with `loaded`.
+    Load(RoomName),
+    /// Commit a batch; answer with `committed`, handing the batch back.
+    Commit(Batch),
+    /// Read for a catching-up member; answer with `read_done`.
+    Read(ReadRequest),
+}
+
+/// The outcome of a `Read` effect.
+pub struct ReadDone {
+    pub room: RoomName,
+    pub client_id: u64,
+    pub join: JoinId,
+    pub result: Result<Chunk, Arc<StoreError>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomStats {
+    pub room: RoomName,
+    pub last: u64,
+    pub members: usize,
+    pub connections: usize,
+}
+
+/// Counts for the metrics, taken by the driver after each round.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub deliveries: u64,
+    pub acks: u64,
+    pub replayed: u64,
+    pub store_errors: u64,
+    pub slow_consumer_cuts: u64,
+    /// Catch-up reads that came back for a join no longer current.
+    pub stale_reads: u64,
+    pub loaded: u64,
+    pub unloaded: u64,
+}
