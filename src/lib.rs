@@ -6,19 +6,32 @@
 //!
 //! # Layout
 //!
-//! - `config`: the one `Config` (clap flags and `PARLOR_*` variables).
-//! - `error`: wire error codes and close codes.
-//! - `protocol`: client messages (decode), server frames (encode once, share),
-//!   room names, formats.
+//! - `rooms`: the room core, a sans-IO state machine — sequencer, members,
+//!   presence, dedup, join planning and the replay→live hand-off, commit
+//!   bookkeeping, fan-out. Inputs with the time in, effects out.
+//! - `shard`: one driver thread per worker running a room core and doing its
+//!   I/O (loads and reads off the thread, commits on the shared log writer),
+//!   the fan-out pool.
+//! - `store`: the log seam (`Store`) and its implementations (redb, memory).
+//! - `session`: one WebSocket connection: reader, request dispatch, writer.
+//! - `outbox`: a session's bounded outbound queue, shared by the rooms and
+//!   the session.
+//! - `protocol`: client messages (decode), server frames (encode once,
+//!   share), room names, formats. `message`: a chat message as kept.
 //! - `server`: accept loop and HTTP routes (`/ws`, `/`, `/healthz`,
-//!   `/metrics`, `/api`).
-//! - `session`: one WebSocket connection: reader, writer, outbox, replay.
-//! - `shard`: room workers: sequencer, members, presence, dedup, fan-out.
-//! - `store`: the `Store` trait and its implementations.
-//! - `metrics`: Prometheus counters and histograms.
+//!   `/metrics`, `/api`); `auth`: tokens, grants, API key, origins.
+//! - `config`: the one `Config` (clap flags, `PARLOR_*`, TOML file);
+//!   `error`: wire error codes and close codes; `metrics`: Prometheus.
 //!
-//! Data flow: session reader → (bounded channel) → shard → store batch →
-//! encode once per format → every member's outbox → session writer.
+//! Data flow:
+//!
+//! ```text
+//! session reader ─(bounded channel)─▶ shard driver ─▶ room core
+//!                                         ▲   │ effects: load · commit · read
+//!                  completions ───────────┘   ▼
+//!                        blocking pool (loads, reads) · log writer (commits)
+//! room core ─(committed: encode once per format)─▶ outboxes ─▶ session writers
+//! ```
 
 pub mod auth;
 pub mod config;
