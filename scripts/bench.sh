@@ -325,6 +325,11 @@ def human(v):
         if a >= 1: return f"{v:.2f}"
         return f"{v:.3f}"
     return (f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}") + s
+def f_bytes(b):
+    if b is None: return "–"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= k: return f"{b/k:.1f} {unit}"
+    return f"{b:.0f} B"
 def f_ms(us): return "–" if us is None else f"{us/1000:.1f}" if us >= 1000 else f"{us/1000:.2f}"
 def f_num(v, d=2): return "–" if v is None else f"{v:.{d}f}"
 # Metrics of the summary: name -> (extract, unit, better)
@@ -520,7 +525,7 @@ for scen in ["join-storm", "idle-19k"]:
         L.append(f"| {s} | {c['joined']} / {c['failed']+c['join_failed']}{closed} | {t.get('join_secs') or t['connect_secs']:.2f} s | "
                  f"{human(c.get('joins_per_sec'))} | {i.get('rss_before_kib',0)//1024} → {i.get('rss_after_kib',0)//1024} MiB | "
                  f"{'–' if per is None else f'{per/1024:.1f} KiB'} | {f_num(g(r, 'server', 'cpu_secs'))} | "
-                 f"{human(g(r, 'deliveries', 'bytes_read'))}B | {g(r, 'deliveries', 'heartbeats') or 0} |")
+                 f"{f_bytes(g(r, 'deliveries', 'bytes_read'))} | {g(r, 'deliveries', 'heartbeats') or 0} |")
 
 # parlor vs the teaching servers, as before.
 peers = [p for p in ("seed-ts", "seed-py") if p in present]

@@ -319,8 +319,16 @@ where
 {
     let limit = bars.iter().find(|b| b.label == "limit").map(|b| b.median);
     let with_ratio = limit.is_some() && bars.len() > 1;
-    let top = bars.iter().map(|b| b.max.max(b.median)).fold(0.0, f64::max);
+    // A few bars far above the rest (the seeds' costs) would squash the
+    // others to slivers: they are cut, marked, and their value written.
+    let cut = cut_above(bars);
+    let top = bars
+        .iter()
+        .map(|b| b.max.max(b.median))
+        .filter(|v| cut.is_none_or(|c| *v <= c))
+        .fold(0.0, f64::max);
     let xmax = if top > 0.0 { top } else { 1.0 } * if with_ratio { 1.7 } else { 1.3 };
+    let cut_at = xmax * 0.66;
     let n = bars.len().max(1);
     let mut ch = ChartBuilder::on(area)
         .caption(metric.title(), ("sans-serif", 15))
@@ -359,16 +367,30 @@ where
     for (k, b) in bars.iter().enumerate() {
         let i = n - 1 - k;
         let color = color_for(&b.label);
+        let is_cut = cut.is_some_and(|c| b.median > c);
+        let end = if is_cut { cut_at } else { b.median };
         let mut rect = Rectangle::new(
             [
                 (0.0, SegmentValue::Exact(i)),
-                (b.median, SegmentValue::Exact(i + 1)),
+                (end, SegmentValue::Exact(i + 1)),
             ],
             color.filled(),
         );
         rect.set_margin(6, 6, 0, 0);
         ch.draw_series(std::iter::once(rect))?;
-        if b.runs > 1 && b.max > b.min {
+        if is_cut {
+            // A break mark: two white slashes across the bar's end.
+            for dx in [-14, -8] {
+                ch.draw_series(std::iter::once(
+                    EmptyElement::at((cut_at, SegmentValue::CenterOf(i)))
+                        + PathElement::new(
+                            vec![(dx - 3, 10), (dx + 3, -10)],
+                            WHITE.stroke_width(2),
+                        ),
+                ))?;
+            }
+        }
+        if b.runs > 1 && b.max > b.min && !is_cut {
             let y = || SegmentValue::CenterOf(i);
             ch.draw_series(std::iter::once(PathElement::new(
                 vec![(b.min, y()), (b.max, y())],
@@ -401,7 +423,13 @@ where
         if b.stopped {
             text.push_str("  *stopped early");
         }
-        let at = (b.max.max(b.median), SegmentValue::CenterOf(i));
+        if is_cut {
+            text.push_str("  (bar cut)");
+        }
+        let at = (
+            if is_cut { cut_at } else { b.max.max(b.median) },
+            SegmentValue::CenterOf(i),
+        );
         ch.draw_series(std::iter::once(
             EmptyElement::at(at) + Text::new(text, (6, 0), value_style.clone()),
         ))?;
@@ -409,9 +437,37 @@ where
     Ok(())
 }
 
+/// The value above which bars are cut: when sorted values jump by ≥ 5×
+/// and fewer bars lie above the jump than below it.
+fn cut_above(bars: &[Bar]) -> Option<f64> {
+    let mut v: Vec<f64> = bars.iter().map(|b| b.median).filter(|v| *v > 0.0).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    (1..v.len())
+        .find(|&i| v[i] >= 5.0 * v[i - 1])
+        .filter(|&i| v.len() - i < i)
+        .map(|i| v[i - 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outliers_are_cut_only_when_few() {
+        let bar = |m: f64| Bar {
+            label: String::new(),
+            median: m,
+            min: m,
+            max: m,
+            runs: 1,
+            stopped: false,
+        };
+        let costs: Vec<Bar> = [1.1, 2.2, 2.6, 49.0, 76.0].map(bar).into();
+        assert_eq!(cut_above(&costs), Some(2.6));
+        let rates: Vec<Bar> = [9.9e3, 16e3, 2.2e5, 2.5e5, 3e5].map(bar).into();
+        assert_eq!(cut_above(&rates), None);
+        assert_eq!(cut_above(&[bar(1.0)]), None);
+    }
 
     #[test]
     fn human_numbers() {
