@@ -22,7 +22,8 @@
 # burst scenario per server, the page gives medians; default 3, QUICK 1;
 # the seeds run REPEAT_SEEDS times, default 1),
 # LIMIT_WORKERS (limit's threads, default 2), MD (the page to write),
-# CHARTS (the charts' dir).
+# CHARTS (the charts' dir), BENCH_NOTE (a sentence on the machine's state
+# during the run, printed on the page).
 # Every server is started fresh for every run (clean RSS baseline, CPU
 # counted from /proc/<pid>), on a free port, and stopped by its PID. The
 # loop is scenario-major (every server runs a scenario before the next
@@ -265,6 +266,8 @@ ELAPSED=$((SECONDS - T0))
 echo "$BENCH_START $ELAPSED $REPEAT $BIG" >"$OUT/meta"
 fi
 read -r BENCH_START ELAPSED REPEAT BIG <"$OUT/meta"
+# BENCH_NOTE: a sentence on the run's conditions for the page (kept in $OUT).
+if [ -n "${BENCH_NOTE:-}" ]; then echo "$BENCH_NOTE" >"$OUT/note"; fi
 # REPORT_ONLY: the charts come from the current build when there is one.
 if [ "$REPORT_ONLY" = 1 ] && [ -x target/release/parlor-loadtest ]; then LT_BIN=target/release/parlor-loadtest; fi
 
@@ -349,10 +352,13 @@ def stat(srv, scen, metric):
     vals = [v for v in (M[metric][0](r) for r in R.get((srv, scen), [])) if v is not None]
     if not vals: return None
     return statistics.median(vals), min(vals), max(vals), len(vals)
+def with_unit(v, unit):
+    if unit == " ms" and v >= 1000: return f"{v/1000:.1f} s"
+    return human(v) + unit
 def cell(st, unit=""):
     if not st: return "–"
     m, lo, hi, n = st
-    s = human(m) + unit
+    s = with_unit(m, unit)
     if n > 1 and hi > lo: s += f" <sub>({human(lo)}–{human(hi)})</sub>"
     return s
 def ratio(a, b):
@@ -410,13 +416,20 @@ L.append(f"**Repeats and noise.** The short bursts (fanout-1k, rooms-100x10, dur
          "(the seeds once: they are 30–100× off), interleaved (every server, then the next round); tables give the **median**, with the range in small print. "
          "The other scenarios ran once. Burst figures come from CPU seconds at 10 ms resolution over bursts of ~0.1–1 s: "
          "differences under ~15 % are noise.\n")
+note_f = os.path.join(out, "note")
+if os.path.exists(note_f) and open(note_f).read().strip():
+    L.append(f"**Conditions of this run:** {open(note_f).read().strip()}\n")
 if big < 19000:
     L.append(f"**Sizes:** the big scenarios hold {big} connections (fd limit {fdlim}{', QUICK run' if quick else ''}).\n")
 
 L.append("\n## Ceiling: parlor as a fraction of `limit`\n")
 L.append("Medians. *parlor ÷ limit*: parlor's figure divided by limit's, whatever the direction — for deliveries/s below 1× is worse, "
          "for costs (µs, KiB, seconds, ms) above 1× is worse. `limit` cannot serve acks, replay or durability, so it has no "
-         "figure there.\n")
+         "figure there. Caveat for the bursts: limit has no ack, so a sender's window (10 messages) is freed only when its own "
+         "copy comes back through the fan-out, while parlor acks before fanning out. limit's senders are therefore held back "
+         "more, its deliveries/s in a window-limited burst is not a ceiling, and it gets less write batching (hence "
+         "fanout-19k, where limit's CPU per delivery can come out above parlor's). The paced, idle and join-storm rows do "
+         "not have this bias.\n")
 present = [s for s in servers if any(k[0] == s for k in R)]
 pv = [s for s in ("parlor-memory", "parlor-redb-immediate") if s in present]
 before = [(s, "parlor-before-" + s[len("parlor-"):]) for s in pv if "parlor-before-" + s[len("parlor-"):] in present]

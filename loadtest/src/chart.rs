@@ -324,14 +324,25 @@ where
     let cut = cut_above(bars);
     let top = bars
         .iter()
+        .filter(|b| cut.is_none_or(|c| b.median <= c))
         .map(|b| b.max.max(b.median))
-        .filter(|v| cut.is_none_or(|c| *v <= c))
         .fold(0.0, f64::max);
-    let xmax = if top > 0.0 { top } else { 1.0 } * if with_ratio { 1.7 } else { 1.3 };
-    let cut_at = xmax * 0.66;
+    let top = if top > 0.0 { top } else { 1.0 };
+    let room = if with_ratio { 1.75 } else { 1.35 } + if cut.is_some() { 0.15 } else { 0.0 };
+    let xmax = top * room;
+    // Cut bars end visibly beyond the longest whole one.
+    let cut_at = top * 1.12;
     let n = bars.len().max(1);
+    let caption = if bars.iter().any(|b| b.runs > 1) {
+        format!(
+            "{}; bars: median of n runs, whiskers: min–max",
+            metric.title()
+        )
+    } else {
+        metric.title().to_string()
+    };
     let mut ch = ChartBuilder::on(area)
-        .caption(metric.title(), ("sans-serif", 15))
+        .caption(caption, ("sans-serif", 15))
         .margin(10)
         .margin_right(20)
         .x_label_area_size(30)
@@ -403,7 +414,7 @@ where
                 ))?;
             }
         }
-        let mut text = format!("{}{}", human(b.median), metric.unit());
+        let mut text = value_text(b.median, metric.unit());
         if let (Some(l), true) = (limit, b.label != "limit") {
             if l > 0.0 {
                 let r = b.median / l;
@@ -418,7 +429,7 @@ where
             }
         }
         if b.runs > 1 {
-            text.push_str(&format!("  median of {}", b.runs));
+            text.push_str(&format!(", n={}", b.runs));
         }
         if b.stopped {
             text.push_str("  *stopped early");
@@ -435,6 +446,15 @@ where
         ))?;
     }
     Ok(())
+}
+
+/// A value with its unit; milliseconds from 1 000 on as seconds.
+fn value_text(v: f64, unit: &str) -> String {
+    if unit == " ms" && v >= 1000.0 {
+        format!("{} s", human(v / 1000.0))
+    } else {
+        format!("{}{unit}", human(v))
+    }
 }
 
 /// The value above which bars are cut: when sorted values jump by ≥ 5×
@@ -482,6 +502,8 @@ mod tests {
         assert_eq!(human(0.035), "0.035");
         assert_eq!(human(0.0), "0");
         assert_eq!(human(7.0), "7");
+        assert_eq!(value_text(8300.0, " ms"), "8.3 s");
+        assert_eq!(value_text(75.5, " ms"), "75.5 ms");
     }
 
     fn result(label: &str, per_sec: f64, cpu: f64) -> Value {
@@ -526,7 +548,8 @@ mod tests {
             "2.2 M",
             "0.73× limit",
             "µs",
-            "median of 3",
+            "n=3",
+            "median of n runs",
         ] {
             assert!(svg.contains(s), "{s} missing");
         }
