@@ -4,9 +4,13 @@
 //!
 //! Scenarios: `fanout` (R rooms × M members, S senders per room),
 //! `rooms` (many small rooms), `idle` (C joined connections, memory per
-//! connection), `reconnect` (members drop and rejoin with `since` under
-//! load, continuity checked). See `loadtest/README.md`.
+//! connection), `join-storm` (C connections join one room at once: how
+//! long it takes), `reconnect` (members drop and rejoin with `since` under
+//! load, continuity checked). `chart` draws result files side by side.
+//! See `loadtest/README.md`.
 
+pub mod chart;
+pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod scan;
@@ -33,7 +37,9 @@ pub struct Args {
 
     /// What the server is: parlor (acks, `joined`) or a teaching seed server
     /// (no ack: a sender's own echo stands in for it; join answered by
-    /// `presence`; reorders counted, not failed).
+    /// `presence`; reorders counted, not failed). The ceiling server
+    /// `limit` (../shared/limit) is driven as `seed`: no ack, join answered
+    /// by `joined`.
     #[arg(long, global = true, value_enum, default_value_t = TargetKind::Parlor)]
     pub target_kind: TargetKind,
 
@@ -52,6 +58,12 @@ pub struct Args {
     /// Write an SVG with the latency distribution and deliveries over time.
     #[arg(long, global = true)]
     pub svg: Option<PathBuf>,
+
+    /// Prometheus endpoint of the server (e.g. http://127.0.0.1:8080/metrics),
+    /// scraped just before the senders start and after the deliveries: the
+    /// report gives the deltas, and messages per store commit.
+    #[arg(long, global = true)]
+    pub metrics_url: Option<String>,
 
     /// Hard limit on the whole run, in seconds; every phase stops by then.
     #[arg(long, global = true, default_value_t = 120.0)]
@@ -117,9 +129,15 @@ pub enum Scenario {
     Rooms(LoadArgs),
     /// C idle connections joined to rooms of M; server memory per connection.
     Idle(IdleArgs),
+    /// C connections connect and join ONE room as fast as they can; the
+    /// seconds until the last `joined` (and server memory afterwards).
+    JoinStorm(JoinStormArgs),
     /// Fan-out while members drop and rejoin with `since`; continuity checked
     /// [defaults: 1 × 200, 5 senders × 200 at 100/s, 50 droppers every 300 ms].
     Reconnect(ReconnectArgs),
+    /// Draw result files (`--json` output) side by side: one horizontal bar
+    /// per server (label), one panel per metric. Not a load run.
+    Chart(crate::chart::ChartArgs),
 }
 
 #[derive(ClapArgs, Debug, Clone, Default)]
@@ -165,6 +183,16 @@ pub struct IdleArgs {
 }
 
 #[derive(ClapArgs, Debug, Clone)]
+pub struct JoinStormArgs {
+    /// Connections, all joining the same room.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Seconds to hold them open after the last join before measuring memory.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
+}
+
+#[derive(ClapArgs, Debug, Clone)]
 pub struct ReconnectArgs {
     #[command(flatten)]
     pub load: LoadArgs,
@@ -174,6 +202,10 @@ pub struct ReconnectArgs {
     /// Mean time between a dropper's disconnects, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub drop_every_ms: u64,
+    /// Mass reconnect: every dropper drops at the same instants (every
+    /// `--drop-every-ms` after the senders start) instead of at random times.
+    #[arg(long)]
+    pub together: bool,
 }
 
 /// The resolved shape of a run.
@@ -192,11 +224,19 @@ pub struct Plan {
     pub ack_timeout: f64,
     pub droppers: usize,
     pub drop_every_ms: u64,
+    /// Droppers drop all at once (mass reconnect).
+    pub drop_together: bool,
     pub hold: f64,
 }
 
 impl Plan {
-    pub fn from_args(s: &Scenario) -> Plan {
+    /// Scenarios that only connect, join and hold (no senders).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.scenario, "idle" | "join-storm")
+    }
+
+    /// The shape of a load run; an error for `chart`, which is not one.
+    pub fn from_args(s: &Scenario) -> anyhow::Result<Plan> {
         fn load(scenario: &'static str, a: &LoadArgs, d: (usize, usize, usize, u64, f64)) -> Plan {
             let rooms = a.rooms.unwrap_or(d.0).max(1);
             let members = a.members.unwrap_or(d.1).max(1);
@@ -217,36 +257,44 @@ impl Plan {
                 ack_timeout: a.ack_timeout,
                 droppers: 0,
                 drop_every_ms: 0,
+                drop_together: false,
                 hold: 0.0,
             }
         }
-        match s {
+        let idle = |scenario, connections: usize, members: usize, hold| {
+            let members = members.max(1);
+            Plan {
+                scenario,
+                rooms: connections.div_ceil(members),
+                members,
+                connections,
+                senders: 0,
+                messages: 0,
+                rate: 0.0,
+                window: 1,
+                payload: 0,
+                ack_timeout: 0.0,
+                droppers: 0,
+                drop_every_ms: 0,
+                drop_together: false,
+                hold,
+            }
+        };
+        Ok(match s {
             Scenario::Fanout(a) => load("fanout", a, (1, 1000, 10, 100, 0.0)),
             Scenario::Rooms(a) => load("rooms", a, (1000, 10, 1, 10, 0.0)),
             Scenario::Reconnect(r) => {
                 let mut p = load("reconnect", &r.load, (1, 200, 5, 200, 100.0));
                 p.droppers = r.droppers.min(p.members - p.senders);
                 p.drop_every_ms = r.drop_every_ms.max(10);
+                p.drop_together = r.together;
                 p
             }
-            Scenario::Idle(i) => {
-                let members = i.members.max(1);
-                Plan {
-                    scenario: "idle",
-                    rooms: i.connections.div_ceil(members),
-                    members,
-                    connections: i.connections,
-                    senders: 0,
-                    messages: 0,
-                    rate: 0.0,
-                    window: 1,
-                    payload: 0,
-                    ack_timeout: 0.0,
-                    droppers: 0,
-                    drop_every_ms: 0,
-                    hold: i.hold,
-                }
+            Scenario::Idle(i) => idle("idle", i.connections, i.members, i.hold),
+            Scenario::JoinStorm(j) => {
+                idle("join-storm", j.connections, j.connections.max(1), j.hold)
             }
-        }
+            Scenario::Chart(_) => anyhow::bail!("`chart` draws results; it is not a load run"),
+        })
     }
 }

@@ -1,8 +1,17 @@
 use clap::Parser;
-use parlor_loadtest::{run, Args};
+use parlor_loadtest::{run, Args, Scenario};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Scenario::Chart(c) = &args.scenario {
+        return match parlor_loadtest::chart::run(c) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("parlor-loadtest chart: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(n) = args.threads {

@@ -45,6 +45,7 @@ pub struct Inputs<'a> {
     pub connect_secs: f64,
     pub settle_secs: f64,
     pub stopped_by: Option<String>,
+    pub metrics: Option<crate::metrics::MetricsDelta>,
     pub total_secs: f64,
 }
 
@@ -72,11 +73,15 @@ pub struct Report {
     pub messages: Messages,
     pub deliveries: Deliveries,
     pub latency: Option<Latency>,
+    /// Latency at the members that never dropped (scenarios with droppers).
+    pub latency_steady: Option<Latency>,
     pub server: Option<Cost>,
     pub harness: Option<Cost>,
     pub idle: Option<Idle>,
     pub timing: Timing,
     pub stopped_by: Option<String>,
+    /// `--metrics-url` scraped before and after the send+deliver phase.
+    pub metrics: Option<crate::metrics::MetricsDelta>,
     pub errors: BTreeMap<String, u64>,
     /// Deliveries per `bucket_ms`, from the run's start.
     pub bucket_ms: u64,
@@ -104,6 +109,8 @@ pub struct Connections {
     pub first_connect_error: Option<String>,
     pub reconnects: u64,
     pub reconnect_failed: u64,
+    /// Joined connections per second of `timing.join_secs`.
+    pub joins_per_sec: f64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -130,6 +137,8 @@ pub struct Deliveries {
     pub replayed: u64,
     pub wrong_room: u64,
     pub other_frames: u64,
+    /// `heartbeat` frames received (not counted in `other_frames`).
+    pub heartbeats: u64,
     /// Seconds from the first to the last delivery.
     pub window_secs: f64,
     pub per_sec: f64,
@@ -156,7 +165,10 @@ pub struct Idle {
 
 #[derive(Serialize, Debug, Clone)]
 pub struct Timing {
+    /// Start of the run until every connection joined or failed.
     pub connect_secs: f64,
+    /// Start of the run until the last `joined` arrived (the join storm).
+    pub join_secs: f64,
     pub settle_secs: f64,
     pub send_secs: f64,
     pub deliver_secs: f64,
@@ -179,11 +191,8 @@ fn cost(
     })
 }
 
-pub fn build(i: Inputs<'_>) -> Report {
-    let ctx = i.ctx;
-    let c = &ctx.c;
-    let h = ctx.hist.lock();
-    let latency = (!h.is_empty()).then(|| Latency {
+fn latency_of(h: &hdrhistogram::Histogram<u64>) -> Option<Latency> {
+    (!h.is_empty()).then(|| Latency {
         count: h.len(),
         p50_us: h.value_at_quantile(0.50),
         p90_us: h.value_at_quantile(0.90),
@@ -191,7 +200,15 @@ pub fn build(i: Inputs<'_>) -> Report {
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
         mean_us: h.mean(),
-    });
+    })
+}
+
+pub fn build(i: Inputs<'_>) -> Report {
+    let ctx = i.ctx;
+    let c = &ctx.c;
+    let latency_steady = latency_of(&ctx.hist_steady.lock());
+    let h = ctx.hist.lock();
+    let latency = latency_of(&h);
     let latency_curve = if !h.is_empty() {
         [
             0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
@@ -237,7 +254,14 @@ pub fn build(i: Inputs<'_>) -> Report {
             0.0,
         ),
     };
-    let idle = if ctx.plan.scenario == "idle" {
+    let joined = c.joined.load(Relaxed);
+    let last_joined = c.last_joined_ns.load(Relaxed);
+    let join_secs = if last_joined > ctx.t0_ns {
+        (last_joined - ctx.t0_ns) as f64 / 1e9
+    } else {
+        0.0
+    };
+    let idle = if ctx.plan.is_idle() {
         let joined = c.joined.load(Relaxed);
         let before = i.server_before.map_or(0, |s| s.rss_kib);
         let after = i.idle_rss.or(i.server_connected).map_or(0, |s| s.rss_kib);
@@ -272,6 +296,11 @@ pub fn build(i: Inputs<'_>) -> Report {
             first_connect_error: ctx.first_connect_error.lock().clone(),
             reconnects: c.reconnects.load(Relaxed),
             reconnect_failed: c.reconnect_failed.load(Relaxed),
+            joins_per_sec: if join_secs > 0.0 {
+                joined as f64 / join_secs
+            } else {
+                0.0
+            },
         },
         messages: Messages {
             sent: c.sent.load(Relaxed),
@@ -292,6 +321,7 @@ pub fn build(i: Inputs<'_>) -> Report {
             replayed: c.replayed.load(Relaxed),
             wrong_room: c.wrong_room.load(Relaxed),
             other_frames: c.other_frames.load(Relaxed),
+            heartbeats: c.heartbeats.load(Relaxed),
             window_secs,
             per_sec: if window_secs > 0.0 {
                 received as f64 / window_secs
@@ -301,17 +331,20 @@ pub fn build(i: Inputs<'_>) -> Report {
             bytes_read: c.bytes_read.load(Relaxed),
         },
         latency,
+        latency_steady,
         server,
         harness,
         idle,
         timing: Timing {
             connect_secs: i.connect_secs,
+            join_secs,
             settle_secs: i.settle_secs,
             send_secs,
             deliver_secs,
             total_secs: i.total_secs,
         },
         stopped_by: i.stopped_by,
+        metrics: i.metrics,
         errors: ctx.errors.lock().clone(),
         bucket_ms: BUCKET_MS,
         deliveries_over_time: buckets,
@@ -347,6 +380,10 @@ impl Report {
                 "{} connections in rooms of {}, held {:.1} s",
                 p.connections, p.members, p.hold
             ),
+            "join-storm" => format!(
+                "{} connections join one room at once, held {:.1} s",
+                p.connections, p.hold
+            ),
             _ => {
                 let pace = if p.rate > 0.0 {
                     format!("{} msg/s each", p.rate)
@@ -357,7 +394,13 @@ impl Report {
                     "{} room(s) × {} members, {} sender(s)/room × {} msgs, {} B, {pace}",
                     p.rooms, p.members, p.senders, p.messages, p.payload
                 );
-                if p.droppers > 0 {
+                if p.droppers > 0 && p.drop_together {
+                    let _ = write!(
+                        x,
+                        ", {} droppers/room drop together every {} ms",
+                        p.droppers, p.drop_every_ms
+                    );
+                } else if p.droppers > 0 {
                     let _ = write!(
                         x,
                         ", {} droppers/room every ~{} ms",
@@ -418,7 +461,26 @@ impl Report {
         if let Some(w) = &self.fd_limit.warning {
             row(&mut s, "fd limit", w.clone());
         }
-        if p.scenario != "idle" {
+        if p.is_idle() {
+            row(
+                &mut s,
+                "joins",
+                format!(
+                    "{} joined in {:.2} s ({} joins/s, connect+join)",
+                    cn.joined,
+                    self.timing.join_secs,
+                    si(cn.joins_per_sec)
+                ),
+            );
+            row(
+                &mut s,
+                "heartbeats",
+                format!(
+                    "{} heartbeat frames received (pings answered)",
+                    self.deliveries.heartbeats
+                ),
+            );
+        } else {
             let m = &self.messages;
             row(
                 &mut s,
@@ -465,6 +527,21 @@ impl Report {
                     ),
                 );
             }
+            if let Some(l) = &self.latency_steady {
+                row(
+                    &mut s,
+                    "steady lat.",
+                    format!(
+                        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (members that never dropped, n={})",
+                        us(l.p50_us),
+                        us(l.p90_us),
+                        us(l.p99_us),
+                        us(l.p999_us),
+                        us(l.max_us),
+                        l.count
+                    ),
+                );
+            }
         }
         let cost_row = |s: &mut String, k: &str, c: &Option<Cost>| {
             if let Some(c) = c {
@@ -499,6 +576,23 @@ impl Report {
                         i.harness_rss_kib / 1024
                     ),
                     None => "(give --server-pid to measure)".into(),
+                },
+            );
+        }
+        if let Some(m) = &self.metrics {
+            let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+            row(
+                &mut s,
+                "store",
+                match &m.error {
+                    Some(e) => format!("metrics not scraped: {e}"),
+                    None => format!(
+                        "{} commits, {} messages per commit, {} ms per commit (from {})",
+                        f(m.commits, 0),
+                        f(m.messages_per_commit, 1),
+                        f(m.commit_ms_mean, 2),
+                        m.url
+                    ),
                 },
             );
         }

@@ -44,6 +44,8 @@ pub struct Counters {
     pub replayed: AtomicU64,
     pub duplicates: AtomicU64,
     pub other_frames: AtomicU64,
+    /// `heartbeat` frames (not join traffic: they never let it settle).
+    pub heartbeats: AtomicU64,
     pub wrong_room: AtomicU64,
     pub reconnects: AtomicU64,
     pub reconnect_failed: AtomicU64,
@@ -52,6 +54,8 @@ pub struct Counters {
     pub first_delivery_ns: AtomicU64,
     pub last_delivery_ns: AtomicU64,
     pub last_ack_ns: AtomicU64,
+    /// Wall-clock ns of the last first-time `joined`.
+    pub last_joined_ns: AtomicU64,
 }
 
 pub struct RoomState {
@@ -68,6 +72,8 @@ pub struct Ctx {
     pub rooms: Vec<RoomState>,
     pub c: Counters,
     pub hist: Mutex<Histogram<u64>>,
+    /// Latency seen by members that never drop (only with droppers).
+    pub hist_steady: Mutex<Histogram<u64>>,
     pub buckets: Vec<AtomicU64>,
     pub t0_ns: u64,
     pub go: CancellationToken,
@@ -250,6 +256,8 @@ pub struct ConnState {
     /// Sequences up to this one arrived as replay after a rejoin.
     replay_upto: u64,
     sender: Option<SenderLink>,
+    /// Keeps dropping and rejoining (reconnect scenario).
+    dropper: bool,
 }
 
 type Slot = Arc<Mutex<ConnState>>;
@@ -260,6 +268,7 @@ struct Batch {
     replayed: u64,
     dups: u64,
     other: u64,
+    heartbeats: u64,
     wrong_room: u64,
     acks: u64,
     lat_us: Vec<u64>,
@@ -281,11 +290,7 @@ async fn connect_join(
     let src = ws::source_addr(&ctx.target, n, ctx.args.source_addrs);
     let timeout = Duration::from_secs_f64(ctx.args.connect_timeout);
     let _permit = ctx.connect_sem.acquire().await.map_err(|e| e.to_string())?;
-    let initial_buf = if ctx.plan.scenario == "idle" {
-        1024
-    } else {
-        8192
-    };
+    let initial_buf = if ctx.plan.is_idle() { 1024 } else { 8192 };
     let (mut rd, mut wr) = match ws::connect(
         &ctx.target,
         user,
@@ -389,14 +394,23 @@ async fn member(
         }
     }
     ctx.c.joined.fetch_add(1, Relaxed);
+    ctx.c.last_joined_ns.fetch_max(now_nanos(), Relaxed);
     ctx.rooms[room].joined.fetch_add(1, Relaxed);
     let mut rng = (idx as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     loop {
         let until = dropper.then(|| {
+            let every = ctx.plan.drop_every_ms.max(1);
+            if ctx.plan.drop_together {
+                // Mass reconnect: all droppers at go + k × every.
+                let every_ns = every * 1_000_000;
+                let since_go = now_nanos().saturating_sub(ctx.go_ns.load(Relaxed));
+                let next = (since_go / every_ns + 1) * every_ns;
+                return tokio::time::Instant::now() + Duration::from_nanos(next - since_go);
+            }
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let ms = ctx.plan.drop_every_ms / 2 + rng % ctx.plan.drop_every_ms.max(1);
+            let ms = every / 2 + rng % every;
             tokio::time::Instant::now() + Duration::from_millis(ms)
         });
         // Droppers only drop once the senders run.
@@ -450,6 +464,7 @@ async fn read_loop(
 ) -> End {
     let mut batch = Batch::default();
     let mut pongs: Vec<Vec<u8>> = Vec::new();
+    let steady = ctx.plan.droppers > 0 && !slot.lock().dropper;
     loop {
         // Frames already buffered first (e.g. replay right after `joined`).
         let now = now_nanos();
@@ -484,7 +499,7 @@ async fn read_loop(
                 }
             }
         }
-        flush(ctx, &mut batch, now);
+        flush(ctx, &mut batch, now, steady);
         for p in pongs.drain(..) {
             let _ = wr.lock().await.send(ws::OP_PONG, &p).await;
         }
@@ -569,11 +584,12 @@ fn handle(ctx: &Ctx, payload: &[u8], now: u64, st: &mut ConnState, b: &mut Batch
                 l.credits.add_permits(1);
             }
         }
+        Some(Ty::Heartbeat) => b.heartbeats += 1,
         _ => b.other += 1,
     }
 }
 
-fn flush(ctx: &Ctx, b: &mut Batch, now: u64) {
+fn flush(ctx: &Ctx, b: &mut Batch, now: u64, steady: bool) {
     let c = &ctx.c;
     if b.unique > 0 {
         c.delivered.fetch_add(b.unique, Relaxed);
@@ -591,6 +607,12 @@ fn flush(ctx: &Ctx, b: &mut Batch, now: u64) {
             h.saturating_record(v.max(1));
         }
         drop(h);
+        if steady {
+            let mut h = ctx.hist_steady.lock();
+            for &v in &b.lat_us {
+                h.saturating_record(v.max(1));
+            }
+        }
         b.lat_us.clear();
     }
     if b.acks > 0 {
@@ -602,6 +624,7 @@ fn flush(ctx: &Ctx, b: &mut Batch, now: u64) {
         (&mut b.replayed, &c.replayed),
         (&mut b.dups, &c.duplicates),
         (&mut b.other, &c.other_frames),
+        (&mut b.heartbeats, &c.heartbeats),
         (&mut b.wrong_room, &c.wrong_room),
     ] {
         if *n > 0 {
@@ -696,7 +719,7 @@ fn bar(args: &Args, len: u64, msg: &str) -> ProgressBar {
 
 /// Runs the scenario the arguments name and returns its report.
 pub async fn run(args: Args) -> anyhow::Result<Report> {
-    let plan = Plan::from_args(&args.scenario);
+    let plan = Plan::from_args(&args.scenario)?;
     if args.format == Format::Msgpack && args.target_kind == TargetKind::Seed {
         anyhow::bail!("the teaching servers speak JSON only");
     }
@@ -726,6 +749,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             ..Default::default()
         },
         hist: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram")),
+        hist_steady: Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram"),
+        ),
         buckets: (0..nbuckets).map(|_| AtomicU64::new(0)).collect(),
         t0_ns: now_nanos(),
         go: CancellationToken::new(),
@@ -766,6 +792,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             },
             replay_upto: 0,
             sender: None,
+            dropper,
         }));
         slots.push(slot.clone());
         handles.push(tokio::spawn(member(
@@ -804,7 +831,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut settle_secs = 0.0;
     let mut measure = None;
     let mut idle_rss = None;
-    if plan.scenario == "idle" {
+    let mut metrics = None;
+    if plan.is_idle() {
         let pb = bar(&args, (plan.hold * 10.0) as u64, "holding");
         let until = (Instant::now() + Duration::from_secs_f64(plan.hold)).min(hard_deadline);
         while Instant::now() < until {
@@ -831,6 +859,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
         settle_secs = t.elapsed().as_secs_f64();
 
+        let metrics_before = scrape_metrics(&args).await;
         let s1 = server_sample();
         let h1 = sys::sample("self");
         let go_t = Instant::now();
@@ -884,6 +913,20 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         pb.finish_and_clear();
         let s2 = server_sample();
         let h2 = sys::sample("self");
+        if let Some(url) = &args.metrics_url {
+            let after = scrape_metrics(&args).await;
+            metrics = Some(match (metrics_before, after) {
+                (Some(Ok(b)), Some(Ok(a))) => crate::metrics::delta(url, &b, &a),
+                (b, a) => crate::metrics::MetricsDelta {
+                    url: url.clone(),
+                    error: [b, a]
+                        .into_iter()
+                        .find_map(|r| r.and_then(|r| r.err()))
+                        .map(|e| format!("{e:#}")),
+                    ..Default::default()
+                },
+            });
+        }
         measure = Some(report::Measure {
             server_before: s1,
             server_after: s2,
@@ -951,6 +994,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         connect_secs,
         settle_secs,
         stopped_by,
+        metrics,
         total_secs: run_start.elapsed().as_secs_f64(),
     }))
+}
+
+/// One scrape of `--metrics-url`, if given.
+async fn scrape_metrics(args: &Args) -> Option<anyhow::Result<crate::metrics::Samples>> {
+    let url = args.metrics_url.as_deref()?;
+    Some(crate::metrics::scrape(url, Duration::from_secs(5)).await)
 }

@@ -22,6 +22,7 @@ pub enum Ty {
     History,
     Error,
     Connected,
+    Heartbeat,
     Other,
 }
 
@@ -35,6 +36,7 @@ impl Ty {
             b"history" => Ty::History,
             b"error" => Ty::Error,
             b"connected" => Ty::Connected,
+            b"heartbeat" => Ty::Heartbeat,
             _ => Ty::Other,
         }
     }
@@ -234,6 +236,15 @@ mod tests {
             br#"{"type":"error","id":"1","data":{"code":"rate_limited","message":"m"}}"#,
         );
         assert_eq!(p.code, Some(&b"rate_limited"[..]));
+        // Heartbeats are told apart: they must not keep the settle phase busy.
+        assert_eq!(
+            parse_json(br#"{"type":"heartbeat"}"#).ty,
+            Some(Ty::Heartbeat)
+        );
+        assert_eq!(
+            parse_json(br#"{"type": "heartbeat", "data": {"t": 1}}"#).ty,
+            Some(Ty::Heartbeat)
+        );
     }
 
     #[test]

@@ -148,3 +148,110 @@ async fn idle_holds_joined_connections_and_reports_memory() {
     std::fs::remove_dir_all(&dir).ok();
     srv.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_storm_times_the_joins() {
+    let srv = start().await;
+    let r = load(srv.addr, &["join-storm", "--connections", "60"]).await;
+    assert_eq!(r.connections.joined, 60, "{}", r.table());
+    assert_eq!(r.plan.rooms, 1);
+    assert!(r.timing.join_secs > 0.0 && r.timing.join_secs <= r.timing.connect_secs + 0.1);
+    assert!(r.connections.joins_per_sec > 0.0);
+    assert!(r.idle.as_ref().unwrap().rss_per_connection_bytes.is_some());
+    assert!(r.table().contains("joins/s"), "{}", r.table());
+    srv.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_reconnect_reports_the_steady_members() {
+    let srv = start().await;
+    let r = load(
+        srv.addr,
+        &[
+            "reconnect",
+            "--members",
+            "12",
+            "--senders",
+            "2",
+            "--messages",
+            "40",
+            "--rate",
+            "100",
+            "--droppers",
+            "5",
+            "--drop-every-ms",
+            "100",
+            "--together",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    assert!(r.connections.reconnects >= 5, "{}", r.table());
+    // 7 members never drop: 80 messages each, all live.
+    let steady = r.latency_steady.as_ref().expect("steady latency");
+    assert_eq!(steady.count, 7 * 80, "{}", r.table());
+    srv.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_run_scrapes_store_metrics_and_charts() {
+    let srv = start().await;
+    let metrics = format!("http://{}/metrics", srv.addr);
+    let r = load(
+        srv.addr,
+        &[
+            "--metrics-url",
+            &metrics,
+            "--label",
+            "parlor-memory",
+            "fanout",
+            "--rooms",
+            "4",
+            "--members",
+            "1",
+            "--senders",
+            "1",
+            "--messages",
+            "30",
+            "--window",
+            "1",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let m = r.metrics.as_ref().expect("metrics scraped");
+    assert!(m.error.is_none(), "{:?}", m.error);
+    assert_eq!(m.deltas.get("parlor_messages_in_total"), Some(&120.0));
+    let per_commit = m.messages_per_commit.expect("store batches observed");
+    assert!((1.0..=4.0).contains(&per_commit), "{per_commit}");
+    assert!(r.table().contains("messages per commit"), "{}", r.table());
+    srv.shutdown(std::time::Duration::from_secs(5)).await;
+    // `chart` draws it beside a copy labelled as another server.
+    let dir = std::env::temp_dir().join(format!("lt-chart-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut j = serde_json::to_value(&r).unwrap();
+    std::fs::write(dir.join("a.json"), j.to_string()).unwrap();
+    j["label"] = "limit".into();
+    std::fs::write(dir.join("b.json"), j.to_string()).unwrap();
+    let out = dir.join("c.svg");
+    let args = Args::parse_from([
+        "parlor-loadtest",
+        "chart",
+        "--in",
+        dir.join("a.json").to_str().unwrap(),
+        dir.join("b.json").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--metric",
+        "acks-per-sec",
+        "--metric",
+        "messages-per-commit",
+    ]);
+    let parlor_loadtest::Scenario::Chart(c) = &args.scenario else {
+        panic!("chart args")
+    };
+    parlor_loadtest::chart::run(c).unwrap();
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(svg.contains("parlor-memory") && svg.contains("1.00× limit"));
+    std::fs::remove_dir_all(&dir).ok();
+}
