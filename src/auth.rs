@@ -24,6 +24,29 @@ pub struct Auth {
     allowed_origins: Vec<String>,
 }
 
+/// Who is calling the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// The API key: every room.
+    Key,
+    /// A user's token: the rooms it grants.
+    User(Grant),
+    /// No credential, where the configuration allows that.
+    Open,
+    Denied,
+}
+
+impl ApiAccess {
+    /// Whether this caller may touch `room`.
+    pub fn allows(&self, room: &RoomName) -> bool {
+        match self {
+            ApiAccess::Key | ApiAccess::Open => true,
+            ApiAccess::User(grant) => grant.allows(room),
+            ApiAccess::Denied => false,
+        }
+    }
+}
+
 /// What a valid token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -110,15 +133,27 @@ impl Auth {
         }))
     }
 
-    /// Whether the request may use the HTTP API (`write`: POST).
-    pub fn api_allowed(&self, headers: &HeaderMap, write: bool) -> bool {
-        let Some(key) = &self.api_key else {
-            return true;
-        };
-        if !write && self.api_read_open {
-            return true;
+    /// Who a request to the HTTP API is (`write`: POST). A user's token is
+    /// held to its room grants like a WebSocket's; the API key opens every
+    /// room; without either, the API is open as configured.
+    pub fn api_access(&self, headers: &HeaderMap, write: bool) -> ApiAccess {
+        let given = bearer(headers);
+        if let (Some(key), Some(given)) = (&self.api_key, given) {
+            if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+                return ApiAccess::Key;
+            }
         }
-        bearer(headers).is_some_and(|given| given.as_bytes().ct_eq(key.as_bytes()).into())
+        let open = self.api_key.is_none() || (!write && self.api_read_open);
+        match (&self.jwt, given) {
+            (Some(_), Some(token)) => match self.check_token(headers, Some(token)) {
+                Ok(Some(grant)) if open || !write => ApiAccess::User(grant),
+                Ok(_) => ApiAccess::Denied,
+                // A bad credential is refused even where none is needed.
+                Err(_) => ApiAccess::Denied,
+            },
+            _ if open => ApiAccess::Open,
+            _ => ApiAccess::Denied,
+        }
     }
 
     /// Whether a WebSocket upgrade's `Origin` is allowed.

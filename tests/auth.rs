@@ -224,3 +224,75 @@ async fn connections_per_user_are_limited() {
     assert_eq!(r.status, 429);
     let _other = connect(server.addr, "someone-else").await;
 }
+
+/// Found from outside: a token whose `rooms` claim is `["lobby","team-*"]`
+/// got `forbidden` on `join secret-x`, but `history` returned its messages
+/// and `presence` who was in it. Every request that names a room passes the
+/// same grant check, over WebSocket and over the HTTP API with a user token.
+#[tokio::test]
+async fn room_grants_hold_for_every_request_that_names_a_room() {
+    let mut cfg = auth_config();
+    cfg.api_key = Some("the-api-key".into());
+    cfg.api_read_open = false;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let connect_as = |claims: serde_json::Value| {
+        let t = token(claims, SECRET);
+        async move {
+            let opts = Opts {
+                path: Some(format!("/ws?token={t}")),
+                ..Opts::default()
+            };
+            connect_opts(addr, opts).await
+        }
+    };
+    let mut insider = connect_as(json!({"sub": "ann", "exp": now() + 600})).await;
+    insider.join("secret-x").await;
+    insider.publish("secret-x", "the plan", "s1").await;
+    insider.join("team-a").await;
+    insider.publish("team-a", "hello team", "t1").await;
+
+    let limited = json!({"sub": "eve", "exp": now() + 600, "rooms": ["lobby", "team-*"]});
+    let mut eve = connect_as(limited.clone()).await;
+    for (i, req) in [
+        json!({"type": "join", "room": "secret-x"}),
+        json!({"type": "history", "room": "secret-x"}),
+        json!({"type": "presence", "room": "secret-x"}),
+        json!({"type": "leave", "room": "secret-x"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = req;
+        req["id"] = json!(format!("q{i}"));
+        eve.send(&req).await;
+        assert_error(&eve.recv().await, "forbidden", Some(&format!("q{i}")));
+    }
+    // What the token grants still works.
+    eve.send(&json!({"type": "history", "room": "team-a"})).await;
+    let page = eve.expect("history").await;
+    assert_eq!(page["data"]["messages"][0]["content"], "hello team");
+
+    // The HTTP API with the same token: the same rooms, no others.
+    let bearer = format!("Bearer {}", token(limited, SECRET));
+    let auth = [("Authorization", bearer.as_str())];
+    let r = http(addr, "GET", "/api/rooms/secret-x/messages", &auth, None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+    let r = http(addr, "GET", "/api/rooms/team-a/messages", &auth, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = http(addr, "GET", "/api/rooms", &auth, None).await.json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team-a"], "only the rooms the token grants");
+    // The API key still sees everything; no credential sees nothing.
+    let key = [("Authorization", "Bearer the-api-key")];
+    let r = http(addr, "GET", "/api/rooms/secret-x/messages", &key, None).await;
+    assert_eq!(r.status, 200);
+    let r = get(addr, "/api/rooms/secret-x/messages").await;
+    assert_eq!(r.status, 401);
+}

@@ -43,6 +43,21 @@ pub enum ClientMsg {
     Ping,
 }
 
+impl ClientMsg {
+    /// The room a request names, if any: every such request is held to the
+    /// session's room grants before anything else.
+    pub fn room(&self) -> Option<&RoomName> {
+        match self {
+            ClientMsg::Join { room, .. }
+            | ClientMsg::Leave { room }
+            | ClientMsg::Message { room, .. }
+            | ClientMsg::History { room, .. }
+            | ClientMsg::Presence { room } => Some(room),
+            ClientMsg::Ping => None,
+        }
+    }
+}
+
 /// A decoded request: the message and the client's correlation `id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::http::{json, json_error, Body, Query};
 use super::Ctx;
+use crate::auth::ApiAccess;
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
 use crate::protocol::server::MessageData;
@@ -26,8 +27,9 @@ struct RoomEntry {
     connections: usize,
 }
 
-/// `GET /api/rooms`: every stored room, with who is in it now.
-pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
+/// `GET /api/rooms`: every stored room (that the caller may see), with who
+/// is in it now.
+pub async fn rooms(ctx: &Arc<Ctx>, access: &ApiAccess) -> Response<Body> {
     let store = ctx.env.store.clone();
     let stored = match tokio::task::spawn_blocking(move || store.rooms()).await {
         Ok(Ok(rooms)) => rooms,
@@ -56,7 +58,11 @@ pub async fn rooms(ctx: &Arc<Ctx>) -> Response<Body> {
         e.members = s.members;
         e.connections = s.connections;
     }
-    json(StatusCode::OK, &all.into_values().collect::<Vec<_>>())
+    let visible: Vec<RoomEntry> = all
+        .into_values()
+        .filter(|e| RoomName::parse(&e.room).is_ok_and(|r| access.allows(&r)))
+        .collect();
+    json(StatusCode::OK, &visible)
 }
 
 /// An API failure, turned into `{"error": {code, message}}` once.
@@ -68,14 +74,20 @@ impl ApiError {
     }
 }
 
-fn room_or_error(name: &str) -> Result<RoomName, ApiError> {
-    RoomName::parse(name).map_err(|e| {
+/// The room a request names, if it is valid and the caller may touch it.
+fn room_or_error(name: &str, access: &ApiAccess) -> Result<RoomName, ApiError> {
+    let room = RoomName::parse(name).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRoom,
             e.to_string(),
         )
-    })
+    })?;
+    if !access.allows(&room) {
+        let why = "your token does not grant this room".to_string();
+        return Err(ApiError(StatusCode::FORBIDDEN, ErrorCode::Forbidden, why));
+    }
+    Ok(room)
 }
 
 fn internal() -> Response<Body> {
@@ -94,8 +106,13 @@ struct HistoryBody<'a> {
 }
 
 /// `GET /api/rooms/{room}/messages?since=&limit=`
-pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Response<Body> {
-    let room = match room_or_error(room) {
+pub async fn history(
+    ctx: &Arc<Ctx>,
+    access: &ApiAccess,
+    room: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let room = match room_or_error(room, access) {
         Ok(r) => r,
         Err(e) => return e.response(),
     };
@@ -142,8 +159,13 @@ struct PublishBody {
 }
 
 /// `POST /api/rooms/{room}/messages` with `{user, content, id?}`: `201 {sequence}`.
-pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Response<Body> {
-    let room = match room_or_error(room) {
+pub async fn publish(
+    ctx: &Arc<Ctx>,
+    access: &ApiAccess,
+    room: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let room = match room_or_error(room, access) {
         Ok(r) => r,
         Err(e) => return e.response(),
     };

@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
 use super::{api, upgrade, web, Ctx};
+use crate::auth::ApiAccess;
 use crate::error::ErrorCode;
 
 pub type Body = Full<Bytes>;
@@ -45,7 +46,8 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         }
         (_, p)
             if p.starts_with("/api/")
-                && !ctx.auth.api_allowed(req.headers(), method != Method::GET) =>
+                && ctx.auth.api_access(req.headers(), method != Method::GET)
+                    == ApiAccess::Denied =>
         {
             ctx.env.metrics.auth_failures.inc();
             json_error(
@@ -70,13 +72,19 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
                 ctx.env.metrics.render(),
             )
         }
-        (&Method::GET, "/api/rooms") => api::rooms(&ctx).await,
+        (&Method::GET, "/api/rooms") => {
+            let access = ctx.auth.api_access(req.headers(), false);
+            api::rooms(&ctx, &access).await
+        }
         (_, p) if p.starts_with("/api/rooms/") => {
+            let access = ctx.auth.api_access(req.headers(), method != Method::GET);
             match p["/api/rooms/".len()..].strip_suffix("/messages") {
                 Some(room) if method == Method::GET => {
-                    api::history(&ctx, room, req.uri().query()).await
+                    api::history(&ctx, &access, room, req.uri().query()).await
                 }
-                Some(room) if method == Method::POST => api::publish(&ctx, room, req).await,
+                Some(room) if method == Method::POST => {
+                    api::publish(&ctx, &access, room, req).await
+                }
                 Some(_) => json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     ErrorCode::BadRequest,

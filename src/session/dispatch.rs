@@ -86,14 +86,17 @@ impl State {
         let id = id.as_deref();
         let peer = self.session.peer.clone();
         let cfg = self.env.config.clone();
+        // One check for every request that names a room, whatever it asks.
+        if let (Some(room), Some(grant)) = (m.room(), &self.grant) {
+            if !grant.allows(room) {
+                let m = "your token does not grant this room";
+                self.error(ErrorCode::Forbidden, m, id);
+                return Ok(());
+            }
+        }
         match m {
             ClientMsg::Ping => self.reply(msg::bare(peer.format, "pong")),
             ClientMsg::Join { room, since, epoch } => {
-                if self.grant.as_ref().is_some_and(|g| !g.allows(&room)) {
-                    let m = "your token does not grant this room";
-                    self.error(ErrorCode::Forbidden, m, id);
-                    return Ok(());
-                }
                 if !self.joined.contains(&room) && self.joined.len() >= cfg.max_rooms_per_conn {
                     let m = format!("at most {} rooms per connection", cfg.max_rooms_per_conn);
                     self.error(ErrorCode::RateLimited, &m, id);
