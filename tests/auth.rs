@@ -269,7 +269,8 @@ async fn room_grants_hold_for_every_request_that_names_a_room() {
         assert_error(&eve.recv().await, "forbidden", Some(&format!("q{i}")));
     }
     // What the token grants still works.
-    eve.send(&json!({"type": "history", "room": "team-a"})).await;
+    eve.send(&json!({"type": "history", "room": "team-a"}))
+        .await;
     let page = eve.expect("history").await;
     assert_eq!(page["data"]["messages"][0]["content"], "hello team");
 

@@ -269,3 +269,91 @@ async fn silent_connection_is_dropped_and_leaves_presence() {
     let _ = silent.read_to_end().await;
     assert_alive(server.addr).await;
 }
+
+/// Found from outside: one client asking `presence` of a 2 000-member room
+/// as fast as it could read stalled every room of the shard. Requests that
+/// cost a pass over a room (or a store read) are paced per connection, and
+/// the snapshot is encoded once per presence window, not per request.
+#[tokio::test]
+async fn costly_requests_are_rate_limited_then_4029() {
+    let mut cfg = config();
+    cfg.request_rate_per_sec = 0.0;
+    cfg.request_burst = 5.0;
+    let server = start(cfg).await;
+    let mut c = connect(server.addr, "ann").await;
+    for i in 0..5 {
+        c.send(&json!({"type": "presence", "room": "lobby", "id": format!("p{i}")}))
+            .await;
+        assert_eq!(ty(&c.recv().await), "presence");
+    }
+    for (i, req) in [
+        json!({"type": "presence", "room": "lobby"}),
+        json!({"type": "history", "room": "lobby"}),
+        json!({"type": "join", "room": "lobby"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = req;
+        req["id"] = json!(format!("x{i}"));
+        c.send(&req).await;
+        assert_error(&c.recv().await, "rate_limited", Some(&format!("x{i}")));
+    }
+    // Messages and pings have their own budget.
+    c.send(&json!({"type": "ping"})).await;
+    assert_eq!(ty(&c.recv().await), "pong");
+    // Past 100 refusals within 10 s: closed with 4029.
+    for _ in 0..100 {
+        if c.tx
+            .try_send(&json!({"type": "presence", "room": "lobby"}))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.expect_close().await, 4029);
+}
+
+/// Found from outside: a `history` page larger than `--outbox-bytes` hung
+/// the session (it waited for room that could never exist) until the client
+/// was dropped without a close frame. A page fits the outbox by
+/// construction: it is cut by bytes as well as count, with `more: true`.
+#[tokio::test]
+async fn a_history_page_always_fits_the_outbox() {
+    let mut cfg = config();
+    cfg.outbox_bytes = 64 * 1024;
+    cfg.history_on_join = 0;
+    cfg.rate_per_sec = 1e6;
+    cfg.rate_burst = 1e6;
+    cfg.request_rate_per_sec = 1e6;
+    cfg.request_burst = 1e6;
+    let server = start(cfg).await;
+    let big = "x".repeat(16_000);
+    for i in 1..=30 {
+        let body = json!({"user": "api", "content": format!("{i}{big}")});
+        let r = post_json(server.addr, "/api/rooms/big/messages", &body).await;
+        assert_eq!(r.json()["sequence"], i);
+    }
+    let mut c = connect(server.addr, "ann").await;
+    let mut since = 0;
+    let mut pages = 0;
+    loop {
+        c.send(&json!({"type": "history", "room": "big", "since": since, "limit": 1000}))
+            .await;
+        let page = c.expect("history").await;
+        pages += 1;
+        for m in page["data"]["messages"].as_array().unwrap() {
+            assert_eq!(m["sequence"], since + 1, "pages continue where they stop");
+            since += 1;
+        }
+        if page["data"]["more"] != true {
+            break;
+        }
+    }
+    assert_eq!(since, 30);
+    assert!(
+        pages > 1,
+        "480 KB cannot come in one page through a 64 KiB outbox"
+    );
+}

@@ -124,6 +124,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_RATE_BURST", default_value_t = 100.0)]
     pub rate_burst: f64,
 
+    /// Sustained requests per second per connection that cost the server a
+    /// store read or a pass over a room (`join`, `leave`, `history`,
+    /// `presence`); over it: error rate_limited.
+    #[arg(long, env = "PARLOR_REQUEST_RATE_PER_SEC", default_value_t = 20.0)]
+    pub request_rate_per_sec: f64,
+
+    /// Burst of such requests a connection may send above the rate.
+    #[arg(long, env = "PARLOR_REQUEST_BURST", default_value_t = 40.0)]
+    pub request_burst: f64,
+
     /// Outbound queue per connection, in frames (full: close 4008).
     #[arg(long, env = "PARLOR_OUTBOX_FRAMES", default_value_t = 4096)]
     pub outbox_frames: usize,

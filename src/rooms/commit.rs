@@ -171,11 +171,13 @@ impl Rooms {
             self.fail(batch.appends, origins, retries);
             return;
         }
+        // Deliver first, then answer the senders: a sender that has its ack
+        // has been sent its own copy already.
         let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64)> = Vec::new();
+        let mut replies = Vec::with_capacity(origins.len());
         for (a, origin) in batch.appends.into_iter().zip(origins) {
-            let id = a.message.client_msg_id.as_deref();
-            self.tally.acks += u64::from(id.is_some());
-            reply_ok(origin, id, &a.room, a.message.sequence);
+            let id = a.message.client_msg_id.clone();
+            replies.push((origin, id, a.room.clone(), a.message.sequence));
             let i = match by_room.iter().position(|(r, _, _)| *r == a.room) {
                 Some(i) => i,
                 None => {
@@ -190,6 +192,10 @@ impl Rooms {
         }
         for (name, messages, handed) in by_room {
             self.stored(&name, messages, handed, now);
+        }
+        for (origin, id, room, sequence) in replies {
+            self.tally.acks += u64::from(id.is_some());
+            reply_ok(origin, id.as_deref(), &room, sequence);
         }
         settle_retries(retries, true);
     }

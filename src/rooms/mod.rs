@@ -160,7 +160,8 @@ impl Rooms {
                 // Nothing to do for a room nobody is in.
                 Command::Leave { .. } => {}
                 Command::Presence { room, peer } => {
-                    fanout::push_all(&peer, &[presence_frame(&room, None, peer.format)]);
+                    let f = presence_frame(&room, None, peer.format, 0);
+                    fanout::push_all(&peer, &[f]);
                 }
                 cmd => {
                     if self.parked >= MAX_PARKED {
@@ -189,7 +190,7 @@ impl Rooms {
         self.parked -= parked.len();
         match result {
             Ok(log) => {
-                let room = Room::new(name.clone(), log, self.limits.dedup_window, now);
+                let room = Room::new(name.clone(), log, &self.limits, now);
                 self.rooms.insert(name, Slot::Loaded(Box::new(room)));
                 self.tally.loaded += 1;
                 for cmd in parked {
@@ -249,8 +250,8 @@ impl Rooms {
             }
             Command::Publish(p) => self.publish_loaded(p, now),
             Command::Presence { room, peer } => {
-                let r = self.room_ref(&room).expect("apply: loaded");
-                fanout::push_all(&peer, &[r.presence_frame(peer.format)]);
+                let r = self.room_mut(&room).expect("apply: loaded");
+                fanout::push_all(&peer, &[r.presence_frame(peer.format, now)]);
             }
             Command::Stats { .. } => unreachable!("stats need no room"),
         }
@@ -262,7 +263,7 @@ impl Rooms {
             return;
         };
         let handoff = match done.result {
-            Ok(chunk) => room.chunk(done.client_id, done.join, chunk),
+            Ok(chunk) => room.chunk(done.client_id, done.join, chunk, now),
             Err(e) => {
                 tracing::error!(room = %done.room, cause = %e, "catch-up read failed");
                 let current = room

@@ -3,8 +3,13 @@
 //! A user is online while at least one of their connections is joined. Only
 //! the first connection's join and the last one's leave are changes; changes
 //! within one window are coalesced (a leave and a re-join cancel out).
+//!
+//! Users are kept ordered by name, so a snapshot is the first `MAX_LISTED`
+//! entries — O(listed), not a sort of every member — and user names, which
+//! clients choose, never meet a hash function here.
 
-use std::collections::HashMap;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Most users listed in a `presence` frame (PROTOCOL.md §3).
@@ -15,11 +20,19 @@ struct Online {
     last_seen: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Join,
+    Leave,
+}
+
 #[derive(Default)]
 pub struct Presence {
-    users: HashMap<Arc<str>, Online>,
-    joins: Vec<Arc<str>>,
-    leaves: Vec<Arc<str>>,
+    users: BTreeMap<Arc<str>, Online>,
+    /// Changes not yet announced, one per user at most.
+    changes: BTreeMap<Arc<str>, Change>,
+    /// Bumped whenever a user comes online or goes offline.
+    version: u64,
 }
 
 pub struct Snapshot<'a> {
@@ -40,12 +53,8 @@ impl Presence {
         online.last_seen = now_ms;
         let first = online.connections == 1;
         if first {
-            match self.leaves.iter().position(|u| u == user) {
-                Some(i) => {
-                    self.leaves.swap_remove(i);
-                }
-                None => self.joins.push(user.clone()),
-            }
+            self.version += 1;
+            self.change(user, Change::Join);
         }
         first
     }
@@ -60,13 +69,27 @@ impl Presence {
             return false;
         }
         self.users.remove(user);
-        match self.joins.iter().position(|u| u == user) {
-            Some(i) => {
-                self.joins.swap_remove(i);
-            }
-            None => self.leaves.push(user.clone()),
-        }
+        self.version += 1;
+        self.change(user, Change::Leave);
         true
+    }
+
+    /// Records a change; the opposite change still unannounced cancels it.
+    fn change(&mut self, user: &Arc<str>, change: Change) {
+        match self.changes.entry(user.clone()) {
+            Entry::Occupied(e) if *e.get() != change => {
+                e.remove();
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert(change);
+            }
+        }
+    }
+
+    /// Changes whenever the set of online users does.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn seen(&mut self, user: &Arc<str>, now_ms: u64) {
@@ -80,30 +103,34 @@ impl Presence {
     }
 
     pub fn has_changes(&self) -> bool {
-        !self.joins.is_empty() || !self.leaves.is_empty()
+        !self.changes.is_empty()
     }
 
-    /// The changes since the last call: (joins, leaves).
+    /// The changes since the last call: (joins, leaves), each by name.
     pub fn take_changes(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        (
-            std::mem::take(&mut self.joins),
-            std::mem::take(&mut self.leaves),
-        )
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        for (user, change) in std::mem::take(&mut self.changes) {
+            match change {
+                Change::Join => joins.push(user),
+                Change::Leave => leaves.push(user),
+            }
+        }
+        (joins, leaves)
     }
 
-    pub fn snapshot(&self) -> Snapshot<'_> {
-        let mut users: Vec<(&str, u64)> = self
+    /// The first `listed` (at most `MAX_LISTED`) users by name, and the count.
+    pub fn snapshot(&self, listed: usize) -> Snapshot<'_> {
+        let listed = listed.min(MAX_LISTED);
+        let users: Vec<(&str, u64)> = self
             .users
             .iter()
+            .take(listed)
             .map(|(u, o)| (&**u, o.last_seen))
             .collect();
-        users.sort_unstable();
-        let truncated = users.len() > MAX_LISTED;
-        users.truncate(MAX_LISTED);
         Snapshot {
             count: self.users.len(),
+            truncated: self.users.len() > users.len(),
             users,
-            truncated,
         }
     }
 }
@@ -146,10 +173,16 @@ mod tests {
         for i in 0..(MAX_LISTED + 5) {
             p.add(&Arc::from(format!("u{i:05}")), 0);
         }
-        let s = p.snapshot();
+        let s = p.snapshot(usize::MAX);
         assert_eq!(
             (s.count, s.users.len(), s.truncated),
             (MAX_LISTED + 5, MAX_LISTED, true)
+        );
+        assert_eq!(s.users[0].0, "u00000", "by name");
+        let s = p.snapshot(0);
+        assert_eq!(
+            (s.count, s.users.len(), s.truncated),
+            (MAX_LISTED + 5, 0, true)
         );
     }
 }

@@ -10,15 +10,25 @@ use super::catchup::{self, Chunk, Plan, ReadRequest};
 use super::dedup::Dedup;
 use super::fanout::push_all;
 use super::member::{CatchUp, JoinId, Member, MemberState, Members, Peer, PendingJoined};
-use super::presence::Presence;
+use super::presence::{Presence, MAX_LISTED};
 use super::sequencer::Sequencer;
-use super::Millis;
+use super::{Limits, Millis};
 use crate::protocol::server as msg;
 use crate::protocol::{Format, RoomName};
 use crate::store::RoomLog;
 
 /// Most messages one catch-up read brings.
 const READ_CHUNK: usize = 1000;
+
+/// Encoded presence snapshots, reused until the set of online users changes
+/// or the window passes (so `lastSeen` is at most one window stale): a flood
+/// of `presence` requests or joins costs one encoding per window.
+#[derive(Default)]
+struct SnapshotCache {
+    version: u64,
+    built: Millis,
+    frames: [Option<Bytes>; 2],
+}
 
 pub struct Room {
     pub name: RoomName,
@@ -33,11 +43,17 @@ pub struct Room {
     pub persisted: bool,
     /// When anything last happened here; idle rooms are unloaded from this.
     pub last_active: Millis,
+    snapshots: SnapshotCache,
+    /// Above this many members: no presence diffs, and the snapshot after
+    /// `joined` carries the count but no list (ask `presence` for it).
+    listed_max_members: usize,
+    /// How long a cached snapshot serves.
+    snapshot_ttl: Millis,
 }
 
 impl Room {
-    pub fn new(name: RoomName, log: RoomLog, dedup_window: usize, now: Millis) -> Room {
-        let mut dedup = Dedup::new(dedup_window);
+    pub fn new(name: RoomName, log: RoomLog, limits: &Limits, now: Millis) -> Room {
+        let mut dedup = Dedup::new(limits.dedup_window);
         for (user, id, seq) in log.recent_ids {
             dedup.insert(user, id, seq);
         }
@@ -50,6 +66,9 @@ impl Room {
             dedup,
             persisted: log.exists,
             last_active: now,
+            snapshots: SnapshotCache::default(),
+            listed_max_members: limits.presence_diff_max_members,
+            snapshot_ttl: limits.presence_window_ms,
         }
     }
 
@@ -71,8 +90,30 @@ impl Room {
         msg::encode(format, "joined", None, Some(data))
     }
 
-    pub fn presence_frame(&self, format: Format) -> Bytes {
-        presence_frame(&self.name, Some(&self.presence), format)
+    /// The room's presence snapshot, from the cache while it serves.
+    pub fn presence_frame(&mut self, format: Format, now: Millis) -> Bytes {
+        let cache = &mut self.snapshots;
+        let fresh = now.saturating_sub(cache.built) < self.snapshot_ttl;
+        if cache.version != self.presence.version() || !fresh {
+            *cache = SnapshotCache {
+                version: self.presence.version(),
+                built: now,
+                frames: [None, None],
+            };
+        }
+        let slot = &mut self.snapshots.frames[format.index()];
+        slot.get_or_insert_with(|| {
+            presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED)
+        })
+        .clone()
+    }
+
+    /// The snapshot that follows `joined`: listed up to the size threshold.
+    fn join_snapshot(&mut self, format: Format, now: Millis) -> Bytes {
+        if self.presence.count() > self.listed_max_members {
+            return presence_frame(&self.name, Some(&self.presence), format, 0);
+        }
+        self.presence_frame(format, now)
     }
 
     /// Adds a member (after `joined` and the snapshot when it goes live at
@@ -95,12 +136,12 @@ impl Room {
                 // An empty history needs no read.
                 let history =
                     msg::history(peer.format, self.name.as_str(), &self.epoch, &[], false);
-                self.announce(&peer, last, recovered);
+                self.announce(&peer, last, recovered, now);
                 push_all(&peer, &[history]);
                 (MemberState::Live, None)
             }
             Plan::Live => {
-                self.announce(&peer, last, recovered);
+                self.announce(&peer, last, recovered, now);
                 (MemberState::Live, None)
             }
             Plan::History { after, .. } | Plan::Replay { after, .. } => {
@@ -124,10 +165,10 @@ impl Room {
     }
 
     /// `joined`, then the presence snapshot (PROTOCOL.md §4).
-    fn announce(&self, peer: &Peer, last: u64, recovered: bool) {
+    fn announce(&mut self, peer: &Peer, last: u64, recovered: bool, now: Millis) {
         let frames = [
             self.joined_frame(peer.format, last, recovered),
-            self.presence_frame(peer.format),
+            self.join_snapshot(peer.format, now),
         ];
         push_all(peer, &frames);
     }
@@ -186,7 +227,7 @@ impl Room {
     /// next read while the member is still behind, and whether the member
     /// must be removed (it could not take the chunk). A chunk for a join that
     /// is gone (left, cut, or joined again since) is dropped.
-    pub fn chunk(&mut self, client_id: u64, join: JoinId, chunk: Chunk) -> Handoff {
+    pub fn chunk(&mut self, client_id: u64, join: JoinId, chunk: Chunk, now: Millis) -> Handoff {
         let committed = self.seq.committed();
         let (peer, next, history, pending) = {
             let Some(member) = self.members.get_mut(client_id) else {
@@ -207,7 +248,7 @@ impl Room {
             let complete = history || chunk.first.is_none_or(|f| f <= next);
             let recovered = pending.recovered && complete;
             frames.push(self.joined_frame(peer.format, pending.last, recovered));
-            frames.push(self.presence_frame(peer.format));
+            frames.push(self.join_snapshot(peer.format, now));
         }
         let replayed = if history {
             0
@@ -294,10 +335,16 @@ pub enum Handoff {
     More { read: ReadRequest, replayed: u64 },
 }
 
-/// The `presence` frame of a room (`None`: a room nobody is in).
-pub fn presence_frame(room: &RoomName, presence: Option<&Presence>, format: Format) -> Bytes {
+/// The `presence` frame of a room (`None`: a room nobody is in), listing at
+/// most `listed` users.
+pub fn presence_frame(
+    room: &RoomName,
+    presence: Option<&Presence>,
+    format: Format,
+    listed: usize,
+) -> Bytes {
     let empty = Presence::default();
-    let snap = presence.unwrap_or(&empty).snapshot();
+    let snap = presence.unwrap_or(&empty).snapshot(listed);
     let data = msg::Presence {
         room: room.as_str(),
         count: snap.count,
@@ -313,4 +360,69 @@ pub fn presence_frame(room: &RoomName, presence: Option<&Presence>, format: Form
         truncated: snap.truncated,
     };
     msg::encode(format, "presence", None, Some(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::store::Sequencing;
+
+    fn limits() -> Limits {
+        Limits {
+            dedup_window: 10,
+            history_on_join: 0,
+            replay_limit: 100,
+            presence_window_ms: 100,
+            presence_diff_max_members: 1000,
+            idle_unload_ms: 1000,
+            sequencing: Sequencing::Local,
+        }
+    }
+
+    fn peer(id: u64, user: &str) -> Arc<Peer> {
+        let (outbox, rx) = Outbox::new(64, 1 << 20);
+        std::mem::forget(rx);
+        Arc::new(Peer {
+            client_id: id,
+            user: user.into(),
+            format: Format::Json,
+            outbox,
+        })
+    }
+
+    fn room() -> Room {
+        let log = RoomLog {
+            epoch: "e".into(),
+            last: 0,
+            recent_ids: Vec::new(),
+            exists: true,
+        };
+        Room::new(RoomName::parse("r").unwrap(), log, &limits(), 0)
+    }
+
+    fn join(r: &mut Room, p: Arc<Peer>, now: Millis) {
+        let l = catchup::Limits {
+            history_on_join: 0,
+            replay_limit: 100,
+        };
+        assert!(r.join(p, 1, None, None, l, now).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_once_per_window_and_per_change() {
+        let mut r = room();
+        join(&mut r, peer(1, "ann"), 0);
+        let a = r.presence_frame(Format::Json, 10);
+        let b = r.presence_frame(Format::Json, 20);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "served from the cache");
+        let c = r.presence_frame(Format::Json, 150);
+        assert_ne!(a.as_ptr(), c.as_ptr(), "rebuilt after the window");
+        join(&mut r, peer(2, "bob"), 160);
+        let d = r.presence_frame(Format::Json, 161);
+        assert!(
+            String::from_utf8_lossy(&d).contains("bob"),
+            "a join shows at once"
+        );
+    }
 }

@@ -18,30 +18,38 @@ use crate::protocol::client::{ClientMsg, Request};
 use crate::protocol::{server as msg, RoomName};
 use crate::rooms::{Command, JoinId, Origin, Publish};
 
+enum RateKind {
+    Message,
+    Request,
+}
+
 /// A session's request state: who it is allowed to be and where it is.
 pub struct State {
     session: Arc<Session>,
     env: Arc<Env>,
     grant: Option<Grant>,
     joined: HashSet<RoomName>,
+    /// `message` frames.
     rate: RateLimiter,
+    /// Requests that cost a store read or a pass over a room.
+    requests: RateLimiter,
     /// Names each join, so the rooms can tell its catch-up from a later one's.
     joins: JoinId,
 }
 
 impl State {
     pub fn new(session: Arc<Session>, env: Arc<Env>, grant: Option<Grant>) -> State {
-        let rate = RateLimiter::new(
-            env.config.rate_per_sec,
-            env.config.rate_burst,
-            Instant::now(),
-        );
+        let cfg = &env.config;
+        let now = Instant::now();
+        let rate = RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, now);
+        let requests = RateLimiter::new(cfg.request_rate_per_sec, cfg.request_burst, now);
         State {
             session,
             env,
             grant,
             joined: HashSet::new(),
             rate,
+            requests,
             joins: 0,
         }
     }
@@ -81,6 +89,26 @@ impl State {
         })
     }
 
+    /// Whether the rate limit of `kind` lets this request through; refused
+    /// ones get `rate_limited`, and too many refusals close with 4029.
+    fn admit(&mut self, kind: RateKind, id: Option<&str>) -> Result<bool, ReadEnd> {
+        let (limiter, what) = match kind {
+            RateKind::Message => (&mut self.rate, "too many messages"),
+            RateKind::Request => (&mut self.requests, "too many requests"),
+        };
+        match limiter.check(Instant::now()) {
+            Verdict::Allow => Ok(true),
+            Verdict::Refuse => {
+                self.error(ErrorCode::RateLimited, what, id);
+                Ok(false)
+            }
+            Verdict::Close => {
+                self.session.peer.outbox.cut(close::TOO_MANY_REFUSALS);
+                Err(ReadEnd::ProtocolError)
+            }
+        }
+    }
+
     pub async fn dispatch(&mut self, req: Request) -> Result<(), ReadEnd> {
         let Request { id, msg: m } = req;
         let id = id.as_deref();
@@ -93,6 +121,17 @@ impl State {
                 self.error(ErrorCode::Forbidden, m, id);
                 return Ok(());
             }
+        }
+        // What costs a store read or a pass over a room's members is paced.
+        let costly = matches!(
+            m,
+            ClientMsg::Join { .. }
+                | ClientMsg::Leave { .. }
+                | ClientMsg::History { .. }
+                | ClientMsg::Presence { .. }
+        );
+        if costly && !self.admit(RateKind::Request, id)? {
+            return Ok(());
         }
         match m {
             ClientMsg::Ping => self.reply(msg::bare(peer.format, "pong")),
@@ -135,16 +174,8 @@ impl State {
                 self.to_shard(&room, cmd).await?;
             }
             ClientMsg::Message { room, content } => {
-                match self.rate.check(Instant::now()) {
-                    Verdict::Allow => {}
-                    Verdict::Refuse => {
-                        self.error(ErrorCode::RateLimited, "too many messages", id);
-                        return Ok(());
-                    }
-                    Verdict::Close => {
-                        peer.outbox.cut(close::TOO_MANY_REFUSALS);
-                        return Err(ReadEnd::ProtocolError);
-                    }
+                if !self.admit(RateKind::Message, id)? {
+                    return Ok(());
                 }
                 if content.len() > cfg.max_content_bytes {
                     let m = format!("content is over {} bytes", cfg.max_content_bytes);
