@@ -18,12 +18,12 @@ fn room_with(members: usize) -> (Members, Vec<(Arc<Peer>, OutboxReceiver)>) {
     let mut receivers = Vec::with_capacity(members);
     for i in 0..members {
         let (outbox, rx) = Outbox::new(4096, 8 << 20);
-        let peer = Arc::new(Peer {
-            client_id: i as u64,
-            user: format!("u{i}").into(),
-            format: Format::Json,
+        let peer = Arc::new(Peer::new(
+            i as u64,
+            format!("u{i}").into(),
+            Format::Json,
             outbox,
-        });
+        ));
         room.add(Member {
             peer: peer.clone(),
             join: 1,

@@ -38,6 +38,7 @@ fn messages(room: &RoomName, seqs: std::ops::Range<u64>, user: &Arc<str>) -> Bat
         appends: seqs
             .map(|s| Append::new(room.clone(), message(s, user)))
             .collect(),
+        expired: Vec::new(),
     }
 }
 

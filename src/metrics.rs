@@ -22,6 +22,7 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub acks: IntCounter,
     pub retained_deleted: IntCounter,
+    pub rooms_expired: IntCounter,
     pub auth_failures: IntCounter,
     errors: IntCounterVec,
     closes: IntCounterVec,
@@ -86,6 +87,10 @@ impl Metrics {
             retained_deleted: reg!(IntCounter::new(
                 "parlor_retention_deleted_total",
                 "Messages deleted by retention"
+            )),
+            rooms_expired: reg!(IntCounter::new(
+                "parlor_rooms_expired_total",
+                "Rooms deleted because their whole log was past retention"
             )),
             auth_failures: reg!(IntCounter::new(
                 "parlor_auth_failures_total",

@@ -47,4 +47,5 @@ fn seeded_interleavings_keep_every_property() {
     assert!(total.failed_commits > 0 && total.failed_loads > 0 && total.crashes > 0);
     assert!(total.replayed > 0 && total.unloaded > 0 && total.cut_slow > 0);
     assert!(total.stale_reads > 0, "no replay outlived its join");
+    assert!(total.expired > 0, "no room expired");
 }

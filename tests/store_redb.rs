@@ -45,7 +45,7 @@ fn open_room(s: &(impl Store + ?Sized), r: &RoomName, window: usize) -> RoomLog 
         };
         let mut batch = Batch {
             new_rooms: vec![new],
-            appends: Vec::new(),
+            ..Batch::default()
         };
         s.append(&mut batch).unwrap();
     }
@@ -55,8 +55,8 @@ fn open_room(s: &(impl Store + ?Sized), r: &RoomName, window: usize) -> RoomLog 
 /// Appends messages of rooms the log has.
 fn put(s: &(impl Store + ?Sized), appends: Vec<Append>) -> Result<(), StoreError> {
     s.append(&mut Batch {
-        new_rooms: Vec::new(),
         appends,
+        ..Batch::default()
     })
 }
 
@@ -518,4 +518,38 @@ fn quick_repair_stores_and_reopens() {
     }
     let s = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10)).unwrap();
     assert_eq!(open_room(&s, &room, 10).last, 3);
+}
+
+#[test]
+fn an_expired_room_is_deleted_whole_and_its_name_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (a, b) = (room("a"), room("b"));
+    let first = open_room(&s, &a, 10).epoch;
+    open_room(&s, &b, 10);
+    put(&s, appends(&a, 1..=3)).unwrap();
+    put(&s, appends(&b, 1..=2)).unwrap();
+    assert_eq!(s.room_count(), 2);
+    // Every message of both is older than this; of neither, older than 0.
+    let late = 1_800_000_000_000;
+    assert_eq!(
+        s.expired_rooms(late, 10).unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(s.expired_rooms(late, 1).unwrap(), vec![a.clone()]);
+    assert!(s.expired_rooms(0, 10).unwrap().is_empty());
+
+    let mut batch = Batch {
+        expired: vec![a.clone()],
+        ..Batch::default()
+    };
+    s.append(&mut batch).unwrap();
+    assert_eq!(s.room_count(), 1);
+    let log = s.load_room(&a, 10).unwrap();
+    assert!(!log.exists && log.last == 0 && log.epoch != first);
+    assert!(s.read(&a, 0, u64::MAX, lim(10)).unwrap().is_empty());
+    assert_eq!(s.read(&b, 0, u64::MAX, lim(10)).unwrap().len(), 2);
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.room_count(), 1, "counted again at open");
 }

@@ -168,6 +168,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_ROOM_IDLE_MS", default_value_t = 60_000)]
     pub room_idle_ms: u64,
 
+    /// Rooms one connection may create per minute (a message to a room the
+    /// store does not have creates it); more: error rate_limited.
+    #[arg(long, env = "PARLOR_ROOM_CREATIONS_PER_MIN", default_value_t = 30.0)]
+    pub room_creations_per_min: f64,
+
+    /// Most rooms the store may hold; a message that would create one more
+    /// gets error rate_limited (joining such a room still works).
+    #[arg(long, env = "PARLOR_MAX_ROOMS", default_value_t = 1_000_000)]
+    pub max_rooms: usize,
+
     /// Message ids per room remembered for idempotent retries.
     #[arg(long, env = "PARLOR_DEDUP_WINDOW", default_value_t = 10_000)]
     pub dedup_window: usize,

@@ -54,6 +54,9 @@ pub struct Commits {
     appends: Vec<Append>,
     origins: Vec<Origin>,
     retries: Vec<Retry>,
+    /// Rooms to delete with the next batch (their whole log is past
+    /// retention); each waits in an `Expiry` slot meanwhile.
+    expired: Vec<RoomName>,
     /// The batch with the log.
     in_flight: Option<InFlight>,
 }
@@ -72,6 +75,15 @@ impl Commits {
     pub fn in_flight(&self) -> bool {
         self.in_flight.is_some()
     }
+
+    pub fn expire(&mut self, room: RoomName) {
+        self.expired.push(room);
+    }
+
+    /// Something waits to be handed to the log.
+    pub fn has_work(&self) -> bool {
+        !self.appends.is_empty() || !self.expired.is_empty()
+    }
 }
 
 impl Rooms {
@@ -84,6 +96,18 @@ impl Rooms {
             if !room.members.contains(peer.client_id) {
                 let id = p.client_msg_id.as_deref();
                 return reply_error(p.origin, ErrorCode::NotJoined, id, &p.room);
+            }
+        }
+        if !room.persisted && room.seq.is_settled() {
+            // This message creates the room in the log.
+            let id = p.client_msg_id.as_deref();
+            if room.room_limit_reached {
+                return reply_error(p.origin, ErrorCode::RateLimited, id, &p.room);
+            }
+            if let Origin::Session(peer) = &p.origin {
+                if !peer.new_rooms.take(now) {
+                    return reply_error(p.origin, ErrorCode::RateLimited, id, &p.room);
+                }
             }
         }
         room.last_active = now;
@@ -134,7 +158,7 @@ impl Rooms {
         if self.commits.in_flight.is_some() {
             return;
         }
-        if self.commits.appends.is_empty() {
+        if !self.commits.has_work() {
             settle_retries(std::mem::take(&mut self.commits.retries), true);
             return;
         }
@@ -155,22 +179,47 @@ impl Rooms {
             origins: std::mem::take(&mut self.commits.origins),
             retries: std::mem::take(&mut self.commits.retries),
         });
-        self.effects
-            .push_back(Effect::Commit(Batch { new_rooms, appends }));
+        let expired = std::mem::take(&mut self.commits.expired);
+        self.effects.push_back(Effect::Commit(Batch {
+            new_rooms,
+            appends,
+            expired,
+        }));
     }
 
     /// The outcome of the batch with the log (handed back with it).
-    pub fn committed(&mut self, batch: Batch, result: Result<(), Arc<StoreError>>, now: Millis) {
+    pub fn committed(
+        &mut self,
+        mut batch: Batch,
+        result: Result<(), Arc<StoreError>>,
+        now: Millis,
+    ) {
         let Some(InFlight { origins, retries }) = self.commits.in_flight.take() else {
             tracing::error!("a commit came back with none in flight");
             return;
         };
+        let expired = std::mem::take(&mut batch.expired);
         if let Err(e) = result {
             tracing::error!(cause = %e, messages = batch.appends.len(), "store append failed; not acked");
             self.tally.store_errors += 1;
             self.fail(batch.appends, origins, retries);
-            return;
+        } else {
+            self.tally.expired += expired.len() as u64;
+            self.stored_batch(batch, origins, retries, now);
         }
+        for room in &expired {
+            self.expiry_done(room, now);
+        }
+    }
+
+    /// Delivers a committed batch, then answers its senders.
+    fn stored_batch(
+        &mut self,
+        batch: Batch,
+        origins: Vec<Origin>,
+        retries: Vec<Retry>,
+        now: Millis,
+    ) {
         // Deliver first, then answer the senders: a sender that has its ack
         // has been sent its own copy already.
         let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64)> = Vec::new();
@@ -307,6 +356,9 @@ pub fn reply_error(origin: Origin, code: ErrorCode, id: Option<&str>, room: &Roo
         Origin::Session(peer) => {
             let message = match code {
                 ErrorCode::NotJoined => format!("not joined to {room}"),
+                ErrorCode::RateLimited => {
+                    format!("{room} would be a new room, and no more may be created now")
+                }
                 _ => format!("message to {room} was not stored"),
             };
             fanout::push_all(&peer, &[msg::error(peer.format, code, &message, id)]);

@@ -70,6 +70,10 @@ pub enum Command {
     Stats {
         reply: oneshot::Sender<Vec<RoomStats>>,
     },
+    /// Retention found the room's whole log past its age.
+    Expire {
+        room: RoomName,
+    },
 }
 
 impl Command {
@@ -77,7 +81,8 @@ impl Command {
         match self {
             Command::Join { room, .. }
             | Command::Leave { room, .. }
-            | Command::Presence { room, .. } => Some(room),
+            | Command::Presence { room, .. }
+            | Command::Expire { room } => Some(room),
             Command::Publish(p) => Some(&p.room),
             Command::Stats { .. } => None,
         }
@@ -122,4 +127,6 @@ pub struct Tally {
     pub stale_reads: u64,
     pub loaded: u64,
     pub unloaded: u64,
+    /// Rooms deleted because their whole log was past retention.
+    pub expired: u64,
 }

@@ -9,6 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
+use super::Millis;
 use crate::outbox::Outbox;
 use crate::protocol::Format;
 
@@ -19,9 +22,65 @@ pub struct Peer {
     pub user: Arc<str>,
     pub format: Format,
     pub outbox: Outbox,
+    /// How many rooms it may still create (a message to a room the log
+    /// does not have creates it, durably).
+    pub new_rooms: Budget,
+}
+
+/// A token bucket over the core's clock, shared by the shards a session
+/// talks to (one short lock per use, which is rare).
+pub struct Budget {
+    /// (tokens per ms, burst); `None`: unlimited.
+    rate: Option<(f64, f64)>,
+    /// (tokens, when last refilled).
+    state: Mutex<(f64, Millis)>,
+}
+
+impl Budget {
+    pub fn per_minute(rate: f64, burst: f64) -> Budget {
+        let burst = burst.max(1.0);
+        Budget {
+            rate: Some((rate.max(0.0) / 60_000.0, burst)),
+            state: Mutex::new((burst, 0)),
+        }
+    }
+
+    pub fn unlimited() -> Budget {
+        Budget {
+            rate: None,
+            state: Mutex::new((0.0, 0)),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&self, now: Millis) -> bool {
+        let Some((per_ms, burst)) = self.rate else {
+            return true;
+        };
+        let mut s = self.state.lock();
+        let elapsed = now.saturating_sub(s.1) as f64;
+        s.1 = s.1.max(now);
+        s.0 = (s.0 + elapsed * per_ms).min(burst);
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Peer {
+    pub fn new(client_id: u64, user: Arc<str>, format: Format, outbox: Outbox) -> Peer {
+        Peer {
+            client_id,
+            user,
+            format,
+            outbox,
+            new_rooms: Budget::unlimited(),
+        }
+    }
+
     /// The `clientId` shown on the wire.
     pub fn client_name(&self) -> String {
         format!("c{:x}", self.client_id)

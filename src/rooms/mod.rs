@@ -35,7 +35,7 @@ use std::sync::Arc;
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
 pub use interface::{Command, Effect, Limits, Millis, ReadDone, RoomStats, Tally};
-pub use member::{JoinId, Member, MemberState, Members, Peer};
+pub use member::{Budget, JoinId, Member, MemberState, Members, Peer};
 pub use presence::MAX_LISTED;
 pub use sequencer::Sequencer;
 
@@ -53,9 +53,17 @@ const MAX_PARKED: usize = 4096;
 const MAX_BATCH: usize = 8192;
 
 enum Slot {
-    /// Its log is being read; its commands wait here, in order.
-    Loading(Vec<Command>),
+    /// Its commands wait here, in order, until the log answers.
+    Waiting(Wait, Vec<Command>),
     Loaded(Box<Room>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Its log is being read.
+    Load,
+    /// Its deletion (the whole log past retention) is being committed.
+    Expiry,
 }
 
 pub struct Rooms {
@@ -70,6 +78,8 @@ pub struct Rooms {
     next_tick: Millis,
     spread: Box<dyn fanout::Spread>,
     tally: Tally,
+    /// The shard is stopping: nothing new is loaded.
+    stopping: bool,
 }
 
 impl Rooms {
@@ -83,6 +93,7 @@ impl Rooms {
             next_tick: 0,
             spread,
             tally: Tally::default(),
+            stopping: false,
         }
     }
 
@@ -146,15 +157,17 @@ impl Rooms {
             }
             return;
         };
+        if let Command::Expire { room } = cmd {
+            return self.expire(room, now);
+        }
         match self.rooms.get_mut(&name) {
             Some(Slot::Loaded(_)) => self.apply(cmd, now),
-            Some(Slot::Loading(parked)) => {
-                if self.parked >= MAX_PARKED {
-                    refuse(cmd, "the room is still loading; try again");
-                } else {
-                    parked.push(cmd);
-                    self.parked += 1;
-                }
+            Some(Slot::Waiting(..)) if self.parked >= MAX_PARKED => {
+                refuse(cmd, "the room is busy; try again")
+            }
+            Some(Slot::Waiting(_, parked)) => {
+                parked.push(cmd);
+                self.parked += 1;
             }
             None => match cmd {
                 // Nothing to do for a room nobody is in.
@@ -163,15 +176,46 @@ impl Rooms {
                     let f = presence_frame(&room, None, peer.format, 0);
                     fanout::push_all(&peer, &[f]);
                 }
+                cmd if self.stopping => refuse(cmd, "the server is shutting down"),
+                cmd if self.parked >= MAX_PARKED => {
+                    refuse(cmd, "too many rooms loading; try again")
+                }
                 cmd => {
-                    if self.parked >= MAX_PARKED {
-                        return refuse(cmd, "too many rooms loading; try again");
-                    }
                     self.parked += 1;
-                    self.rooms.insert(name.clone(), Slot::Loading(vec![cmd]));
+                    let slot = Slot::Waiting(Wait::Load, vec![cmd]);
+                    self.rooms.insert(name.clone(), slot);
                     self.effects.push_back(Effect::Load(name));
                 }
             },
+        }
+    }
+
+    /// Retention found the room's whole log past its age: delete it with the
+    /// next batch, unless someone is in it or it has anything in flight.
+    /// Its commands wait meanwhile; afterwards the name starts a new log.
+    fn expire(&mut self, name: RoomName, now: Millis) {
+        match self.rooms.get(&name) {
+            None => {}
+            Some(Slot::Loaded(r)) if r.unloadable(now, 0) => self.tally.unloaded += 1,
+            Some(_) => return,
+        }
+        self.rooms
+            .insert(name.clone(), Slot::Waiting(Wait::Expiry, Vec::new()));
+        self.commits.expire(name);
+    }
+
+    /// The batch that deleted (or failed to delete) an expired room is back:
+    /// what waited runs (a fresh load).
+    pub(super) fn expiry_done(&mut self, name: &RoomName, now: Millis) {
+        if !matches!(self.rooms.get(name), Some(Slot::Waiting(Wait::Expiry, _))) {
+            return;
+        }
+        let Some(Slot::Waiting(_, parked)) = self.rooms.remove(name) else {
+            return;
+        };
+        self.parked -= parked.len();
+        for cmd in parked {
+            self.handle(cmd, now);
         }
     }
 
@@ -183,8 +227,11 @@ impl Rooms {
         result: Result<RoomLog, Arc<StoreError>>,
         now: Millis,
     ) {
-        let Some(Slot::Loading(parked)) = self.rooms.remove(&name) else {
+        if !matches!(self.rooms.get(&name), Some(Slot::Waiting(Wait::Load, _))) {
             // Refused meanwhile (`stop`).
+            return;
+        }
+        let Some(Slot::Waiting(_, parked)) = self.rooms.remove(&name) else {
             return;
         };
         self.parked -= parked.len();
@@ -253,7 +300,9 @@ impl Rooms {
                 let r = self.room_mut(&room).expect("apply: loaded");
                 fanout::push_all(&peer, &[r.presence_frame(peer.format, now)]);
             }
-            Command::Stats { .. } => unreachable!("stats need no room"),
+            Command::Stats { .. } | Command::Expire { .. } => {
+                unreachable!("handled before a room is looked up")
+            }
         }
     }
 
@@ -327,7 +376,7 @@ impl Rooms {
         let before = self.rooms.len();
         self.rooms.retain(|_, slot| match slot {
             Slot::Loaded(room) => !room.unloadable(now, idle),
-            Slot::Loading(_) => true,
+            Slot::Waiting(..) => true,
         });
         self.tally.unloaded += (before - self.rooms.len()) as u64;
     }
@@ -342,28 +391,26 @@ impl Rooms {
                     members: r.presence.count(),
                     connections: r.members.len(),
                 }),
-                Slot::Loading(_) => None,
+                Slot::Waiting(..) => None,
             })
             .collect()
     }
 
-    /// The shard is stopping: what waits for a load is refused. Batches are
-    /// left to land (`end_round` and `committed` as usual).
+    /// The shard is stopping: what waits for the log is refused, and no new
+    /// room is loaded. Batches are left to land (`end_round` and `committed`
+    /// as usual).
     pub fn stop(&mut self) {
-        let loading: Vec<RoomName> = self
-            .rooms
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Loading(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in loading {
-            if let Some(Slot::Loading(parked)) = self.rooms.remove(&name) {
+        self.stopping = true;
+        for slot in self.rooms.values_mut() {
+            if let Slot::Waiting(_, parked) = slot {
                 self.parked -= parked.len();
-                for cmd in parked {
+                for cmd in parked.drain(..) {
                     refuse(cmd, "the server is shutting down");
                 }
             }
         }
+        self.rooms
+            .retain(|_, slot| !matches!(slot, Slot::Waiting(Wait::Load, _)));
     }
 }
 
@@ -381,6 +428,6 @@ fn refuse(cmd: Command, why: &str) {
             let f = crate::protocol::server::error(peer.format, ErrorCode::Internal, why, None);
             fanout::push_all(&peer, &[f]);
         }
-        Command::Leave { .. } | Command::Stats { .. } => {}
+        Command::Leave { .. } | Command::Stats { .. } | Command::Expire { .. } => {}
     }
 }

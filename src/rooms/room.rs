@@ -41,6 +41,9 @@ pub struct Room {
     /// The log has the room; until then, the next batch with a message of
     /// the room creates it.
     pub persisted: bool,
+    /// The log holds as many rooms as allowed: this one, new, may not be
+    /// written to.
+    pub room_limit_reached: bool,
     /// When anything last happened here; idle rooms are unloaded from this.
     pub last_active: Millis,
     snapshots: SnapshotCache,
@@ -65,6 +68,7 @@ impl Room {
             presence: Presence::default(),
             dedup,
             persisted: log.exists,
+            room_limit_reached: log.room_limit_reached,
             last_active: now,
             snapshots: SnapshotCache::default(),
             listed_max_members: limits.presence_diff_max_members,
@@ -383,12 +387,7 @@ mod tests {
     fn peer(id: u64, user: &str) -> Arc<Peer> {
         let (outbox, rx) = Outbox::new(64, 1 << 20);
         std::mem::forget(rx);
-        Arc::new(Peer {
-            client_id: id,
-            user: user.into(),
-            format: Format::Json,
-            outbox,
-        })
+        Arc::new(Peer::new(id, user.into(), Format::Json, outbox))
     }
 
     fn room() -> Room {
@@ -397,6 +396,7 @@ mod tests {
             last: 0,
             recent_ids: Vec::new(),
             exists: true,
+            room_limit_reached: false,
         };
         Room::new(RoomName::parse("r").unwrap(), log, &limits(), 0)
     }

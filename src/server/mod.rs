@@ -242,9 +242,9 @@ async fn retention_loop(ctx: Arc<Ctx>) {
             _ = env.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let policy = env.config.retention(crate::protocol::now_ms());
         loop {
             let store = env.store.clone();
-            let policy = env.config.retention(crate::protocol::now_ms());
             let deleted = tokio::task::spawn_blocking(move || {
                 store.apply_retention(&policy, RETENTION_BATCH)
             })
@@ -262,6 +262,20 @@ async fn retention_loop(ctx: Arc<Ctx>) {
                     break;
                 }
                 Err(_) => break,
+            }
+        }
+        // Rooms whose whole log is past the age: their shards delete them
+        // (unless someone is in them), so a name can start a new log.
+        if let Some(before) = policy.older_than_ms {
+            let store = env.store.clone();
+            let expired =
+                tokio::task::spawn_blocking(move || store.expired_rooms(before, RETENTION_BATCH))
+                    .await;
+            if let Ok(Ok(rooms)) = expired {
+                for room in rooms {
+                    let cmd = crate::rooms::Command::Expire { room: room.clone() };
+                    let _ = env.shards.send(&room, cmd).await;
+                }
             }
         }
     }

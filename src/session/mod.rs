@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{server as msg, Format};
-use crate::rooms::Peer;
+use crate::rooms::{Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
@@ -98,12 +98,9 @@ where
         cfg.outbox_bytes
     };
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
-    let peer = Arc::new(Peer {
-        client_id,
-        user: params.user.clone(),
-        format: params.format,
-        outbox,
-    });
+    let mut peer = Peer::new(client_id, params.user.clone(), params.format, outbox);
+    peer.new_rooms = Budget::per_minute(cfg.room_creations_per_min, cfg.room_creations_per_min);
+    let peer = Arc::new(peer);
     let session = Arc::new(Session {
         peer,
         writer_done: Notify::new(),

@@ -311,12 +311,7 @@ mod tests {
 
     fn session() -> (Arc<Session>, OutboxReceiver) {
         let (outbox, rx) = Outbox::new(16, 1 << 16);
-        let peer = Arc::new(Peer {
-            client_id: 1,
-            user: "u".into(),
-            format: Format::Json,
-            outbox,
-        });
+        let peer = Arc::new(Peer::new(1, "u".into(), Format::Json, outbox));
         let session = Arc::new(Session {
             peer,
             writer_done: Notify::new(),

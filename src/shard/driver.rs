@@ -150,9 +150,14 @@ impl Driver {
     fn load(&self, room: RoomName) {
         let store = self.env.store.clone();
         let window = self.env.config.dedup_window;
+        let max_rooms = self.env.config.max_rooms;
         let done = self.done.0.clone();
         tokio::task::spawn_blocking(move || {
-            let result = guarded(|| store.load_room(&room, window));
+            let result = guarded(|| {
+                let mut log = store.load_room(&room, window)?;
+                log.room_limit_reached = !log.exists && store.room_count() >= max_rooms;
+                Ok(log)
+            });
             let _ = done.send(Done::Loaded(room, result));
         });
     }
@@ -190,6 +195,7 @@ impl Driver {
         m.replayed.inc_by(t.replayed);
         m.store_errors.inc_by(t.store_errors);
         m.rooms.add(t.loaded as i64 - t.unloaded as i64);
+        m.rooms_expired.inc_by(t.expired);
     }
 }
 

@@ -87,12 +87,14 @@ impl Store for MemoryStore {
                 last: log.last(),
                 recent_ids: recent_ids(log, dedup_window),
                 exists: true,
+                room_limit_reached: false,
             },
             None => RoomLog {
                 epoch: super::new_epoch(),
                 last: 0,
                 recent_ids: Vec::new(),
                 exists: false,
+                room_limit_reached: false,
             },
         })
     }
@@ -163,7 +165,25 @@ impl Store for MemoryStore {
             }
             log.messages.push_back(a.message.clone());
         }
+        for room in &batch.expired {
+            rooms.remove(room);
+        }
         Ok(())
+    }
+
+    fn room_count(&self) -> usize {
+        self.rooms.read().len()
+    }
+
+    fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        Ok(self
+            .rooms
+            .read()
+            .iter()
+            .filter(|(_, log)| log.messages.back().is_some_and(|m| m.timestamp < before_ms))
+            .map(|(room, _)| room.clone())
+            .take(limit)
+            .collect())
     }
 
     fn read(
@@ -260,6 +280,7 @@ mod tests {
                 .into_iter()
                 .map(|i| super::super::Append::new(room.clone(), msg(i)))
                 .collect(),
+            expired: Vec::new(),
         }
     }
 

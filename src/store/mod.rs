@@ -53,16 +53,19 @@ pub struct NewRoom {
     pub epoch: String,
 }
 
-/// One group commit: rooms to create, then messages in order.
+/// One group commit: rooms to create, then messages in order, then rooms
+/// whose whole log is past retention to delete (a later use of the name
+/// starts a new log, with a new epoch).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub new_rooms: Vec<NewRoom>,
     pub appends: Vec<Append>,
+    pub expired: Vec<RoomName>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.new_rooms.is_empty() && self.appends.is_empty()
+        self.new_rooms.is_empty() && self.appends.is_empty() && self.expired.is_empty()
     }
 }
 
@@ -88,6 +91,9 @@ pub struct RoomLog {
     pub recent_ids: Vec<(Arc<str>, String, u64)>,
     /// Whether the log has the room.
     pub exists: bool,
+    /// The log holds as many rooms as the operator allows: a new room may be
+    /// joined but not written to (set by the driver, not by stores).
+    pub room_limit_reached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +216,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every room with its newest sequence, in name order.
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+
+    /// How many rooms the log has. Never blocks on the writer.
+    fn room_count(&self) -> usize;
+
+    /// Up to `limit` rooms whose newest message is older than `before_ms`
+    /// (their whole log is past age retention), in name order.
+    fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError>;
 
     /// Deletes the oldest messages of each room that the policy no longer
     /// retains, at most `max_delete` in one call; returns how many were

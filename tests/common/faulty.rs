@@ -145,6 +145,12 @@ impl Store for FaultyStore {
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         self.inner.rooms()
     }
+    fn room_count(&self) -> usize {
+        self.inner.room_count()
+    }
+    fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        self.inner.expired_rooms(before_ms, limit)
+    }
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
         self.inner.apply_retention(policy, max_delete)
     }

@@ -8,7 +8,7 @@ use parlor::error::ErrorCode;
 use parlor::outbox::{Outbox, OutboxReceiver};
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::Peer;
-use parlor::store::{MemoryStore, ReadLimit, Store};
+use parlor::store::{MemoryStore, ReadLimit, Store, StoredMessage};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -77,12 +77,7 @@ impl Client {
         bounds: (usize, usize),
     ) -> Client {
         let (outbox, rx) = Outbox::new(bounds.0, bounds.1);
-        let peer = Arc::new(Peer {
-            client_id: id,
-            user: user.clone(),
-            format,
-            outbox,
-        });
+        let peer = Arc::new(Peer::new(id, user.clone(), format, outbox));
         Client {
             id,
             user,
@@ -111,7 +106,7 @@ impl Client {
     }
 
     /// Reads everything queued and checks each frame.
-    pub fn read(&mut self, log: &MemoryStore) {
+    pub fn read(&mut self, log: &Logs) {
         for frame in self.peer.outbox.drain_frames(&mut self.rx) {
             let v = decode(&frame);
             if std::env::var_os("PARLOR_SIM_FRAMES").is_some() {
@@ -134,7 +129,7 @@ impl Client {
             .ok_or_else(|| format!("a frame for {room}, which this client has no view of"))
     }
 
-    fn check(&mut self, v: &Value, log: &MemoryStore) -> Result<(), String> {
+    fn check(&mut self, v: &Value, log: &Logs) -> Result<(), String> {
         let ty = v["type"].as_str().unwrap_or_default();
         let data = &v["data"];
         let room = data["room"].as_str().map(|r| RoomName::parse(r).unwrap());
@@ -206,7 +201,11 @@ impl Client {
                         return Err(format!("id {id} acked as {first} and then as {seq}"));
                     }
                 }
-                let stored = stored(log, &sent.room, seq).ok_or("acked but not in the log")?;
+                let stored = log
+                    .find(&sent.room, None, seq, |m| {
+                        m.client_msg_id.as_deref() == Some(id)
+                    })
+                    .ok_or("acked but not in the log")?;
                 if stored.content != sent.content || *stored.user != *self.user {
                     return Err(format!("ack {seq} names another message"));
                 }
@@ -250,18 +249,67 @@ impl Client {
     }
 }
 
-fn stored(log: &MemoryStore, room: &RoomName, seq: u64) -> Option<parlor::store::StoredMessage> {
-    let got = log.read(room, seq - 1, seq, ReadLimit::messages(1)).ok()?;
-    got.into_iter().next()
+/// The log, and the logs of rooms deleted since (by epoch), so a frame read
+/// late is checked against the log it came from.
+#[derive(Default)]
+pub struct Logs {
+    pub log: Arc<MemoryStore>,
+    archive: BTreeMap<RoomName, Vec<(String, Vec<StoredMessage>)>>,
+}
+
+impl Logs {
+    pub fn new(log: Arc<MemoryStore>) -> Logs {
+        Logs {
+            log,
+            archive: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps a room's log before it is deleted.
+    pub fn archive(&mut self, room: &RoomName) {
+        let Ok(Some(epoch)) = self.log.epoch(room) else {
+            return;
+        };
+        let all = self
+            .log
+            .read(room, 0, u64::MAX, ReadLimit::messages(usize::MAX))
+            .unwrap();
+        self.archive
+            .entry(room.clone())
+            .or_default()
+            .push((epoch, all));
+    }
+
+    /// Message `seq` of `room` in the log of `epoch` (any, when None) that
+    /// `matches`.
+    pub fn find(
+        &self,
+        room: &RoomName,
+        epoch: Option<&str>,
+        seq: u64,
+        matches: impl Fn(&StoredMessage) -> bool,
+    ) -> Option<StoredMessage> {
+        let current = self.log.epoch(room).ok().flatten();
+        if epoch.is_none() || epoch == current.as_deref() {
+            let got = self
+                .log
+                .read(room, seq - 1, seq, ReadLimit::messages(1))
+                .ok()?;
+            if let Some(m) = got.into_iter().next().filter(|m| matches(m)) {
+                return Some(m);
+            }
+        }
+        let old = self.archive.get(room)?;
+        old.iter()
+            .filter(|(e, _)| epoch.is_none_or(|want| want == e))
+            .filter_map(|(_, all)| all.get(seq as usize - 1))
+            .find(|m| matches(m))
+            .cloned()
+    }
 }
 
 /// A message shown to a view: the next one in order, in this log, once.
-fn check_message(
-    view: &mut View,
-    room: &RoomName,
-    m: &Value,
-    log: &MemoryStore,
-) -> Result<(), String> {
+fn check_message(view: &mut View, room: &RoomName, m: &Value, log: &Logs) -> Result<(), String> {
     let seq = m["sequence"].as_u64().unwrap();
     if let Some(next) = view.next {
         if seq != next {
@@ -273,8 +321,9 @@ fn check_message(
     if m["id"].as_str() != Some(&format!("{epoch}-{seq}")) {
         return Err(format!("message id {} is not of epoch {epoch}", m["id"]));
     }
-    let stored =
-        stored(log, room, seq).ok_or(format!("shown {seq}, which the log does not have"))?;
+    let stored = log
+        .find(room, Some(epoch), seq, |_| true)
+        .ok_or(format!("shown {seq}, which the log does not have"))?;
     if m["content"].as_str() != Some(&stored.content) || m["user"].as_str() != Some(&*stored.user) {
         return Err(format!("shown {seq} differs from the log"));
     }

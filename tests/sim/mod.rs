@@ -8,7 +8,7 @@ mod client;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use client::{Client, Pace, Seen, Sent};
+use client::{Client, Logs, Pace, Seen, Sent};
 use parlor::error::ErrorCode;
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::fanout::Sequential;
@@ -69,6 +69,7 @@ pub struct Coverage {
     pub cut_slow: u64,
     pub crashes: u64,
     pub stale_reads: u64,
+    pub expired: u64,
 }
 
 impl Coverage {
@@ -82,6 +83,7 @@ impl Coverage {
         self.cut_slow += o.cut_slow;
         self.crashes += o.crashes;
         self.stale_reads += o.stale_reads;
+        self.expired += o.expired;
     }
 }
 
@@ -90,6 +92,8 @@ pub struct World {
     rng: Rng,
     now: u64,
     log: Arc<MemoryStore>,
+    /// The log and the logs of rooms deleted since, for checking frames.
+    logs: Logs,
     limits: Limits,
     core: Rooms,
     /// Effects in flight, each with the time it may complete.
@@ -132,6 +136,7 @@ impl World {
             rng,
             now: 1_700_000_000_000,
             core: Rooms::new(limits, Box::new(Sequential)),
+            logs: Logs::new(log.clone()),
             log,
             limits,
             pending: Vec::new(),
@@ -188,7 +193,13 @@ impl World {
             }
             80..=89 => self.read_clients(),
             90..=97 => self.advance(),
-            98 => self.stats(),
+            98 if self.rng.chance(50) => self.stats(),
+            98 => {
+                // Retention found a room's whole log past its age.
+                let room = self.rng.pick(&self.rooms).unwrap().clone();
+                self.note(format!("expire {room}"));
+                self.handle(Command::Expire { room });
+            }
             _ => {
                 if self.rng.chance(25) {
                     self.crash();
@@ -463,6 +474,9 @@ impl World {
                 let result = if self.rng.chance(8) {
                     Err(injected())
                 } else {
+                    for room in &batch.expired {
+                        self.logs.archive(room);
+                    }
                     if let Err(e) = self.log.append(&mut batch) {
                         panic!("the log refused a batch of the core: {e}");
                     }
@@ -475,6 +489,11 @@ impl World {
                 ));
                 self.coverage.commits += 1;
                 self.coverage.failed_commits += u64::from(result.is_err());
+                if result.is_ok() {
+                    for room in &batch.expired {
+                        self.forget(room);
+                    }
+                }
                 self.core.committed(batch, result, self.now);
             }
             Pending::Read(read) => {
@@ -509,6 +528,19 @@ impl World {
         self.take_effects();
     }
 
+    /// A room's log was deleted: what was acked in it is gone with it, and
+    /// an id may be stored again in its new log.
+    fn forget(&mut self, room: &RoomName) {
+        self.note(format!("{room} expired"));
+        self.coverage.expired += 1;
+        self.acked.retain(|_, (r, _)| r != room);
+        for c in &mut self.clients {
+            for s in c.sent.values_mut().filter(|s| s.room == *room) {
+                s.acked = None;
+            }
+        }
+    }
+
     fn read_clients(&mut self) {
         for i in 0..self.clients.len() {
             let c = &self.clients[i];
@@ -518,7 +550,7 @@ impl World {
                 Pace::Stalled => false,
             };
             if c.alive && reads {
-                self.clients[i].read(&self.log);
+                self.clients[i].read(&self.logs);
             }
         }
     }
@@ -638,7 +670,7 @@ impl World {
             }
             for i in 0..self.clients.len() {
                 if self.clients[i].alive && self.clients[i].pace == Pace::Eager {
-                    self.clients[i].read(&self.log);
+                    self.clients[i].read(&self.logs);
                 }
             }
             self.reap();

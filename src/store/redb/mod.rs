@@ -32,7 +32,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +67,8 @@ struct Inner {
     writer: Mutex<SyncState>,
     /// `SyncState::dirty`, readable without waiting for the writer.
     unsynced: AtomicBool,
+    /// Rooms in the rooms table, kept beside it.
+    room_count: AtomicUsize,
     /// Room name → room id, for the rooms seen so far.
     room_ids: RwLock<HashMap<RoomName, u64>>,
 }
@@ -127,8 +129,14 @@ impl RedbStore {
                 dirty: false,
             }),
             unsynced: AtomicBool::new(false),
+            room_count: AtomicUsize::new(0),
             room_ids: RwLock::new(HashMap::new()),
         });
+        let rooms = inner.count_rooms().map_err(|e| OpenError::Io {
+            path: inner.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        inner.room_count.store(rooms, Ordering::Release);
         let syncer = if durability == Durability::Batched {
             let (tx, rx) = mpsc::channel();
             let worker = inner.clone();
@@ -193,6 +201,14 @@ impl Store for RedbStore {
 
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         self.inner.rooms()
+    }
+
+    fn room_count(&self) -> usize {
+        self.inner.room_count.load(Ordering::Acquire)
+    }
+
+    fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        self.inner.expired_rooms(before_ms, limit)
     }
 
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {

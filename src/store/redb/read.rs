@@ -1,7 +1,9 @@
 //! The read side: MVCC read transactions that never block the writer and
 //! live for one call each (a long-lived one would pin pages).
 
-use ::redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use ::redb::{
+    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+};
 
 use super::schema::{decode, MESSAGES, ROOMS};
 use super::{Inner, Op};
@@ -110,6 +112,7 @@ impl Inner {
                 last: 0,
                 recent_ids: Vec::new(),
                 exists: false,
+                room_limit_reached: false,
             });
         };
         self.room_ids.write().insert(room.clone(), id);
@@ -136,6 +139,7 @@ impl Inner {
             last,
             recent_ids,
             exists: true,
+            room_limit_reached: false,
         })
     }
 
@@ -205,6 +209,43 @@ impl Inner {
             };
             let last = self.last_in(&messages, v.value().0)?;
             out.push(RoomSummary { room, last });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn count_rooms(&self) -> Result<usize, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, _) = self.tables(&txn)?;
+        Ok(rooms.len().op("count rooms")? as usize)
+    }
+
+    pub(super) fn expired_rooms(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<RoomName>, StoreError> {
+        let txn = self.read_txn()?;
+        let (rooms, messages) = self.tables(&txn)?;
+        let mut out = Vec::new();
+        for entry in rooms.iter().op("read the rooms table")? {
+            if out.len() >= limit {
+                break;
+            }
+            let (name, v) = entry.op("read the rooms table")?;
+            let id = v.value().0;
+            let mut newest = messages
+                .range((id, 0)..=(id, u64::MAX))
+                .op("read messages")?;
+            let Some(last) = newest.next_back() else {
+                continue;
+            };
+            let (k, v) = last.op("read messages")?;
+            let m = decode(k.value().1, v.value())?;
+            if m.timestamp < before_ms {
+                if let Ok(room) = RoomName::parse(name.value()) {
+                    out.push(room);
+                }
+            }
         }
         Ok(out)
     }

@@ -117,6 +117,7 @@ impl Inner {
             return Ok(());
         }
         let mut created = Vec::new();
+        let mut expired = 0;
         self.write(|txn| {
             let mut rooms = txn.open_table(ROOMS).op("open the rooms table")?;
             for new in &batch.new_rooms {
@@ -171,10 +172,25 @@ impl Inner {
                     .op("insert a message")?;
                 next.insert(&a.room, (id, expected + 1));
             }
+            for room in &batch.expired {
+                let Some((id, _)) = self.room_entry_in(&rooms, room)? else {
+                    continue;
+                };
+                messages
+                    .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
+                    .op("delete an expired room's messages")?;
+                rooms.remove(room.as_str()).op("delete an expired room")?;
+                expired += 1;
+            }
             Ok(())
         })?;
         // Only once committed: a failed batch must not leave ids behind.
         let mut ids = self.room_ids.write();
+        for room in &batch.expired {
+            ids.remove(room);
+        }
+        self.room_count.fetch_add(created.len(), Ordering::AcqRel);
+        self.room_count.fetch_sub(expired, Ordering::AcqRel);
         for (room, id) in created {
             ids.insert(room, id);
         }
