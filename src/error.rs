@@ -62,22 +62,3 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     pub const TOO_MANY_REFUSALS: u16 = 4029;
 }
-
-/// Why a session's socket read ended, and the close code it earns.
-pub fn close_code_for(err: &fastwebsockets::WebSocketError) -> Option<u16> {
-    use fastwebsockets::WebSocketError as E;
-    match err {
-        E::FrameTooLarge => Some(close::TOO_BIG),
-        E::InvalidUTF8 => Some(close::INVALID_PAYLOAD),
-        E::InvalidFragment
-        | E::InvalidContinuationFrame
-        | E::InvalidCloseFrame
-        | E::ReservedBitsNotZero
-        | E::ControlFrameFragmented
-        | E::PingFrameTooLarge
-        | E::InvalidValue => Some(close::PROTOCOL_ERROR),
-        // The library already queued its own 1002 close echo for this one.
-        E::InvalidCloseCode => None,
-        _ => None,
-    }
-}

@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::http::{json_error, Conn, Query};
 use crate::error::ErrorCode;
 use crate::protocol::Format;
-use crate::session::{self, Params};
+use crate::session::frames::Stream;
+use crate::session::{self, FrameReader, Params};
 
 /// Longest `user` name accepted from the query string.
 const MAX_USER_LEN: usize = 64;
@@ -123,16 +123,15 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
             }
         };
         let upgraded = ws.into_inner().into_inner();
+        let max_frame = ctx.env.config.max_frame_bytes;
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                // Bytes hyper read past the handshake, copied out: even an
-                // empty slice would keep hyper's whole read buffer alive for
-                // the life of the session.
-                let early = Bytes::copy_from_slice(&parts.read_buf);
+                // Bytes hyper read past the handshake start the frame reader;
+                // hyper's read buffer is dropped with `parts`.
+                let frames = FrameReader::new(read, &parts.read_buf, max_frame);
                 drop(parts.read_buf);
-                let read = std::io::Cursor::new(early).chain(read);
-                session::run(read, write, params, ctx.env.clone()).await;
+                session::run(frames, write, params, ctx.env.clone()).await;
             }
             Err(upgraded) => {
                 // TLS: one stream for both directions, split with a lock.
@@ -140,7 +139,8 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
                     "upgraded connection is not a bare TcpStream; splitting with a lock"
                 );
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                session::run(read, write, params, ctx.env.clone()).await;
+                let frames = FrameReader::new(Stream(read), &[], max_frame);
+                session::run(frames, write, params, ctx.env.clone()).await;
             }
         }
     });

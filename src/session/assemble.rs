@@ -1,31 +1,15 @@
-//! Whole messages from WebSocket frames: what fastwebsockets leaves to us.
-//!
-//! fastwebsockets parses frames (unmasking, reserved bits, control frame
-//! rules, close codes) but does not check that a client masked its frames,
-//! limits single frames rather than messages, and does not reassemble
-//! fragments. `Assembler` does those, and turns each failure into the close
-//! code PROTOCOL.md §6 gives it. Pure: no I/O, so it is fuzzed on its own
-//! (`fuzz/fuzz_targets/frames.rs`).
+//! Whole messages from data frames: reassembly of fragmented messages under
+//! the whole-message size limit (a limit per frame alone would let eleven
+//! 60 KiB fragments through as one 660 KiB message), and UTF-8 of text.
+//! Each failure becomes the close code PROTOCOL.md §6 gives it. Pure: no
+//! I/O, so it is fuzzed on its own (`fuzz/`).
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode};
 
+use super::frames::{Frame, OpCode};
 use crate::error::close;
 
-pub fn is_control(op: OpCode) -> bool {
-    matches!(op, OpCode::Close | OpCode::Ping | OpCode::Pong)
-}
-
-/// RFC 6455 §5.1: a server must fail the connection on an unmasked client
-/// frame. fastwebsockets does not check; its `fmt_head` shows the mask bit.
-pub fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 16];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
-}
-
-/// Reassembles fragmented messages, enforcing the whole-message size limit
-/// (fastwebsockets only limits single frames).
+/// Reassembles fragmented messages, enforcing the whole-message size limit.
 pub struct Assembler {
     max: usize,
     opcode: Option<OpCode>,
@@ -41,7 +25,9 @@ impl Assembler {
         }
     }
 
-    pub fn feed(&mut self, frame: Frame<'_>) -> Result<Option<(OpCode, Bytes)>, u16> {
+    /// Takes a data frame (text, binary, continuation); a whole message
+    /// once its last fragment is in.
+    pub fn feed(&mut self, frame: Frame) -> Result<Option<(OpCode, Bytes)>, u16> {
         match (frame.opcode, self.opcode) {
             (OpCode::Text | OpCode::Binary, Some(_)) => Err(close::PROTOCOL_ERROR),
             (OpCode::Continuation, None) => Err(close::PROTOCOL_ERROR),
@@ -49,9 +35,8 @@ impl Assembler {
                 if frame.payload.len() > self.max {
                     return Err(close::TOO_BIG);
                 }
-                let data = Bytes::copy_from_slice(&frame.payload);
-                check_utf8(op, &data)?;
-                Ok(Some((op, data)))
+                check_utf8(op, &frame.payload)?;
+                Ok(Some((op, frame.payload)))
             }
             (op, started) => {
                 if self.buf.len() + frame.payload.len() > self.max {

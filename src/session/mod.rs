@@ -8,6 +8,7 @@
 
 pub mod assemble;
 mod dispatch;
+pub mod frames;
 mod history;
 pub mod rate;
 mod reader;
@@ -16,7 +17,7 @@ mod writer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -30,6 +31,7 @@ use crate::rooms::{Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
+pub use frames::{ByteSource, FrameReader};
 pub use history::history_page;
 
 /// What sessions share with the rest of the server.
@@ -85,9 +87,9 @@ pub(crate) struct Session {
 
 /// Runs a session to its end. `read` and `write` are the two halves of an
 /// upgraded connection; the writer runs on its own task.
-pub async fn run<R, W>(read: R, write: W, params: Params, env: Arc<Env>)
+pub async fn run<S, W>(read: FrameReader<S>, write: W, params: Params, env: Arc<Env>)
 where
-    R: AsyncRead + Unpin,
+    S: ByteSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = env.config.clone();

@@ -1,20 +1,20 @@
 //! The reader half of a session: frames in, requests routed.
 //!
-//! fastwebsockets parses frames; `assemble` checks and reassembles them into
-//! whole messages, and each failure becomes its close code.
-//! `read_frame` is not cancel-safe, so it is only ever raced against the end
-//! of the session, never against other work.
+//! `frames` reads and checks frames (holding no buffer while idle),
+//! `assemble` makes whole messages of them; each failure becomes its close
+//! code. Reading a frame is not cancel-safe, so it is only ever raced
+//! against the end of the session, never against other work.
 
 use std::sync::Arc;
 
-use fastwebsockets::{Frame, OpCode, Role};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use bytes::BytesMut;
 
-use super::assemble::{is_control, is_masked, Assembler};
+use super::assemble::Assembler;
 use super::dispatch::State;
+use super::frames::{close_reply, ByteSource, FrameReader, OpCode, ReadError};
 use super::writer::Liveness;
 use super::{Env, Session};
-use crate::error::{close, close_code_for, ErrorCode};
+use crate::error::{close, ErrorCode};
 use crate::protocol::client::decode;
 use crate::protocol::{frame, Format};
 use crate::rooms::Command;
@@ -34,15 +34,15 @@ pub enum ReadEnd {
     WriterGone,
 }
 
-pub async fn run<R: AsyncRead + Unpin>(
-    mut raw: R,
+pub async fn run<S: ByteSource>(
+    mut frames: FrameReader<S>,
     session: &Arc<Session>,
     env: &Arc<Env>,
     liveness: &Liveness,
     params: &super::Params,
 ) -> ReadEnd {
     let mut state = State::new(session.clone(), env.clone(), params.grant.clone());
-    let end = read_loop(&mut raw, &mut state, liveness, params.echo).await;
+    let end = read_loop(&mut frames, &mut state, liveness, params.echo).await;
     // Leave every room before anything slow, so presence updates at once.
     for room in state.take_joined() {
         let cmd = Command::Leave {
@@ -55,17 +55,12 @@ pub async fn run<R: AsyncRead + Unpin>(
     if !matches!(end, ReadEnd::WriterGone) {
         session.writer_done.notified().await;
     }
-    // On the heap, and only now: an array here would sit in every session's future.
-    let mut sink = vec![0u8; 4096];
-    let _ = tokio::time::timeout(DRAIN_GRACE, async {
-        while matches!(raw.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let _ = tokio::time::timeout(DRAIN_GRACE, frames.drain()).await;
     end
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    raw: &mut R,
+async fn read_loop<S: ByteSource>(
+    frames: &mut FrameReader<S>,
     state: &mut State,
     liveness: &Liveness,
     echo: bool,
@@ -73,24 +68,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let session = state.session().clone();
     let env = state.env().clone();
     let peer = &session.peer;
-    let cfg = &env.config;
-    let max_message = cfg.max_frame_bytes;
-    let (mut ws, _) = fastwebsockets::after_handshake_split(raw, tokio::io::sink(), Role::Server);
-    ws.set_auto_pong(false);
-    // The library refuses frames of `len >= max`; ours is inclusive.
-    ws.set_max_message_size(max_message.saturating_add(1));
-    let mut assembler = Assembler::new(max_message);
+    let mut assembler = Assembler::new(env.config.max_frame_bytes);
     let expiry = token_expiry(state.grant().and_then(|g| g.expires_at));
     tokio::pin!(expiry);
-    // Frames the library obliges us to send (close echo, 1002 on a bad close
-    // code) are final: they go through the outbox after what is queued.
-    let mut send_fn = |f: Frame<'_>| {
-        let res = peer
-            .outbox
-            .push_close(frame::from_fastwebsockets(&f))
-            .map_err(|e| std::io::Error::other(format!("{e:?}")));
-        std::future::ready(res)
-    };
     loop {
         let read = tokio::select! {
             biased;
@@ -103,36 +83,41 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 peer.outbox.cut(close::BAD_CREDENTIALS);
                 return ReadEnd::TokenExpired;
             }
-            read = ws.read_frame(&mut send_fn) => read,
+            read = frames.next() => read,
         };
-        let mut frame = match read {
+        let frame = match read {
             Ok(frame) => frame,
-            Err(e) => {
-                return match close_code_for(&e) {
-                    Some(code) => {
-                        peer.outbox.cut(code);
-                        ReadEnd::ProtocolError
-                    }
-                    None if matches!(e, fastwebsockets::WebSocketError::InvalidCloseCode) => {
-                        ReadEnd::ProtocolError
-                    }
-                    None => {
-                        peer.outbox.cut(close::GOING_AWAY);
-                        ReadEnd::Eof
-                    }
-                };
+            Err(ReadError::Protocol(code)) => {
+                peer.outbox.cut(code);
+                return ReadEnd::ProtocolError;
+            }
+            Err(ReadError::Closed | ReadError::Io(_)) => {
+                peer.outbox.cut(close::GOING_AWAY);
+                return ReadEnd::Eof;
             }
         };
         liveness.touch();
-        if !is_masked(&mut frame) || (is_control(frame.opcode) && frame.payload.len() > 125) {
-            peer.outbox.cut(close::PROTOCOL_ERROR);
-            return ReadEnd::ProtocolError;
-        }
         match frame.opcode {
-            OpCode::Close => return ReadEnd::ClientClosed,
+            OpCode::Close => {
+                // The echo (or our refusal of a bad close) is the last frame,
+                // after what is queued.
+                match close_reply(&frame.payload) {
+                    Ok(echo) => {
+                        let _ = peer.outbox.push_close(frame::frame(
+                            fastwebsockets::OpCode::Close,
+                            &echo,
+                        ));
+                        return ReadEnd::ClientClosed;
+                    }
+                    Err(code) => {
+                        peer.outbox.cut(code);
+                        return ReadEnd::ProtocolError;
+                    }
+                }
+            }
             OpCode::Ping => {
-                peer.outbox
-                    .push_or_cut(frame::frame(OpCode::Pong, &frame.payload));
+                let pong = frame::frame(fastwebsockets::OpCode::Pong, &frame.payload);
+                peer.outbox.push_or_cut(pong);
             }
             OpCode::Pong => {}
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -145,12 +130,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                 };
                 if echo {
-                    if peer
-                        .outbox
-                        .push_wait(frame::frame(opcode, &data))
-                        .await
-                        .is_err()
-                    {
+                    let op = match opcode {
+                        OpCode::Text => fastwebsockets::OpCode::Text,
+                        _ => fastwebsockets::OpCode::Binary,
+                    };
+                    if peer.outbox.push_wait(frame::frame(op, &data)).await.is_err() {
                         return ReadEnd::WriterGone;
                     }
                     continue;
@@ -170,7 +154,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 match decoded {
                     Ok(request) => {
-                        // Boxed: the dispatch state (join, replay, history) would
+                        // Boxed: the dispatch state (join, history) would
                         // otherwise sit in every idle session's reader future.
                         if let Err(end) = Box::pin(state.dispatch(request)).await {
                             return end;
@@ -179,6 +163,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Err(e) => state.error(e.code, &e.message, e.id.as_deref()),
                 }
             }
+        }
+    }
+}
+
+impl<S: ByteSource> FrameReader<S> {
+    /// Reads and drops whatever the client still sends, until it closes.
+    async fn drain(&mut self) {
+        let mut sink = BytesMut::new();
+        while matches!(self.source_mut().read_more(&mut sink).await, Ok(n) if n > 0) {
+            sink.clear();
         }
     }
 }
