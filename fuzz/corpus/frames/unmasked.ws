@@ -1,0 +1,1 @@
+Å({"type":"join","room":"lobby","id":"j1"}

@@ -1,0 +1,287 @@
+//! What the fuzz targets share: the reader's frame pipeline over an in-memory
+//! stream, and the invariants of a decoded request.
+//!
+//! `read_stream` mirrors `read_loop` in `src/session/reader.rs` (library
+//! settings, mask check, control frame size, close handling, `Assembler`)
+//! with the parts that need a live server (outbox, shards, timers) left out:
+//! where the server would cut the connection with a close code, it returns
+//! that code.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use parlor::error::{close, close_code_for};
+use parlor::protocol::client::{decode, ClientMsg, Request, HISTORY_MAX_LIMIT, MAX_ID_LEN};
+use parlor::protocol::Format;
+use parlor::session::assemble::{is_control, is_masked, Assembler};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Whole-message limit of the frame targets: small, so that the fuzzer
+/// reaches the size checks (the server's default is far larger).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The input ran out (the server sends 1001 and closes).
+    Eof,
+    /// The client sent a close frame (the library echoes it).
+    ClientClosed,
+    /// The server closes with this code.
+    Closed(u16),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whole messages the assembler returned, in order.
+    pub messages: Vec<(OpCode, Bytes)>,
+    pub end: End,
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+}
+
+/// Runs the reader's pipeline over `raw` (the bytes a client sends after the
+/// handshake) until EOF or the first error, checking on the way that every
+/// message is at most `max` bytes, that text is UTF-8 and that every error
+/// becomes 1002, 1007 or 1009.
+pub fn read_stream<R: AsyncRead + Unpin>(raw: R, max: usize) -> Outcome {
+    RUNTIME.with(|rt| rt.block_on(read_loop(raw, max)))
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut raw: R, max: usize) -> Outcome {
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(max.saturating_add(1));
+    let mut assembler = Assembler::new(max);
+    let mut messages = Vec::new();
+    // What the library obliges the server to send (close echo, 1002).
+    let sent: RefCell<Vec<(OpCode, Vec<u8>)>> = RefCell::new(Vec::new());
+    let mut send_fn = |f: Frame<'_>| {
+        sent.borrow_mut().push((f.opcode, f.payload.to_vec()));
+        std::future::ready(Ok::<(), io::Error>(()))
+    };
+    let end = loop {
+        let mut frame = match ws.read_frame(&mut send_fn).await {
+            Ok(frame) => frame,
+            Err(WebSocketError::UnexpectedEOF) => break End::Eof,
+            Err(WebSocketError::InvalidCloseCode) => {
+                // The library queued its own close with 1002 (the server
+                // sends nothing more).
+                let sent = sent.borrow();
+                let (op, payload) = sent.last().expect("a close for a bad close code");
+                assert_eq!(*op, OpCode::Close);
+                assert_eq!(
+                    payload.get(..2),
+                    Some(&close::PROTOCOL_ERROR.to_be_bytes()[..])
+                );
+                break End::Closed(close::PROTOCOL_ERROR);
+            }
+            Err(e) => match close_code_for(&e) {
+                Some(code) => break End::Closed(code),
+                None => panic!("read error without a close code on an in-memory stream: {e:?}"),
+            },
+        };
+        if !is_masked(&mut frame) || (is_control(frame.opcode) && frame.payload.len() > 125) {
+            break End::Closed(close::PROTOCOL_ERROR);
+        }
+        match frame.opcode {
+            OpCode::Close => break End::ClientClosed,
+            OpCode::Ping | OpCode::Pong => {}
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.feed(frame) {
+                Ok(Some((op, data))) => {
+                    assert!(
+                        data.len() <= max,
+                        "a message of {} bytes > {max}",
+                        data.len()
+                    );
+                    match op {
+                        OpCode::Text => {
+                            assert!(std::str::from_utf8(&data).is_ok(), "text is not UTF-8")
+                        }
+                        OpCode::Binary => {}
+                        other => panic!("a message with opcode {other:?}"),
+                    }
+                    messages.push((op, data));
+                }
+                Ok(None) => {}
+                Err(code) => break End::Closed(code),
+            },
+        }
+    };
+    if let End::Closed(code) = end {
+        assert!(
+            matches!(
+                code,
+                close::PROTOCOL_ERROR | close::INVALID_PAYLOAD | close::TOO_BIG
+            ),
+            "close code {code}"
+        );
+    }
+    Outcome { messages, end }
+}
+
+/// Decodes `bytes` as the server would, checking the invariants of a decoded
+/// request; returns it.
+pub fn decode_checked(format: Format, bytes: &[u8]) -> Option<Request> {
+    let req = decode(format, bytes).ok()?;
+    check_request(&req);
+    // What decoded re-encodes to itself, in both formats.
+    let value = to_value(&req);
+    let json = serde_json::to_vec(&value).expect("JSON encoding");
+    assert_eq!(
+        decode(Format::Json, &json).as_ref(),
+        Ok(&req),
+        "JSON round trip"
+    );
+    let msgpack = rmp_serde::to_vec(&value).expect("MessagePack encoding");
+    assert_eq!(
+        decode(Format::Msgpack, &msgpack).as_ref(),
+        Ok(&req),
+        "MessagePack round trip"
+    );
+    Some(req)
+}
+
+pub fn check_request(req: &Request) {
+    if let Some(id) = &req.id {
+        assert!(id.len() <= MAX_ID_LEN, "id of {} bytes", id.len());
+    }
+    match &req.msg {
+        ClientMsg::Join { room, .. }
+        | ClientMsg::Leave { room }
+        | ClientMsg::Message { room, .. }
+        | ClientMsg::Presence { room } => check_room(room.as_str()),
+        ClientMsg::History { room, limit, .. } => {
+            check_room(room.as_str());
+            assert!(
+                (1..=HISTORY_MAX_LIMIT).contains(limit),
+                "history limit {limit}"
+            );
+        }
+        ClientMsg::Ping => {}
+    }
+}
+
+/// The room name rules, written out again rather than calling `RoomName::parse`.
+fn check_room(name: &str) {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    assert!(ok, "room name {name:?}");
+}
+
+/// The request as a client would write it (a map with string keys).
+fn to_value(req: &Request) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let mut v = match &req.msg {
+        ClientMsg::Join { room, since, epoch } => {
+            let mut v = json!({"type": "join", "room": room.as_str()});
+            if let Some(since) = since {
+                v["since"] = json!(since);
+            }
+            if let Some(epoch) = epoch {
+                v["epoch"] = json!(epoch);
+            }
+            v
+        }
+        ClientMsg::Leave { room } => json!({"type": "leave", "room": room.as_str()}),
+        ClientMsg::Message { room, content } => {
+            json!({"type": "message", "data": {"room": room.as_str(), "content": content}})
+        }
+        ClientMsg::History { room, since, limit } => {
+            json!({"type": "history", "room": room.as_str(), "since": since, "limit": limit})
+        }
+        ClientMsg::Presence { room } => json!({"type": "presence", "room": room.as_str()}),
+        ClientMsg::Ping => json!({"type": "ping"}),
+    };
+    if let Some(id) = &req.id {
+        v["id"] = Value::from(id.as_str());
+    }
+    v
+}
+
+/// An in-memory stream that hands out at most `chunk` bytes a read (0: all
+/// it has) and, if `stall`, answers every other read with `Pending`, so the
+/// library's partial-header and partial-payload paths run.
+pub struct Trickle<'a> {
+    data: &'a [u8],
+    chunk: usize,
+    stall: bool,
+    stalled: bool,
+}
+
+impl<'a> Trickle<'a> {
+    pub fn new(data: &'a [u8], chunk: usize, stall: bool) -> Trickle<'a> {
+        Trickle {
+            data,
+            chunk,
+            stall,
+            stalled: false,
+        }
+    }
+}
+
+impl AsyncRead for Trickle<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.stall {
+            this.stalled = !this.stalled;
+            if this.stalled {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        let limit = if this.chunk == 0 {
+            usize::MAX
+        } else {
+            this.chunk
+        };
+        let n = this.data.len().min(buf.remaining()).min(limit);
+        buf.put_slice(&this.data[..n]);
+        this.data = &this.data[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One frame as a client writes it: masked with `mask`; `wide` writes the
+/// length in the 8-byte form whatever it is (legal for the library).
+pub fn write_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: OpCode,
+    payload: &[u8],
+    mask: [u8; 4],
+    wide: bool,
+) {
+    out.push(((fin as u8) << 7) | opcode as u8);
+    let len = payload.len();
+    if wide {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    } else if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len < 65536 {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
