@@ -1,5 +1,5 @@
 //! The input is the byte stream a client sends after the handshake. It runs
-//! through the reader's pipeline (fastwebsockets, mask and control frame
+//! through the reader's pipeline (frames with their mask and control frame
 //! checks, `Assembler`) until EOF or the first error: no panic, every message
 //! at most `MAX_MESSAGE` bytes, text is UTF-8, every error is 1002, 1007 or
 //! 1009 (checked in `read_stream`). Each message is then decoded as the

@@ -1,23 +1,23 @@
 //! What the fuzz targets share: the reader's frame pipeline over an in-memory
 //! stream, and the invariants of a decoded request.
 //!
-//! `read_stream` mirrors `read_loop` in `src/session/reader.rs` (library
-//! settings, mask check, control frame size, close handling, `Assembler`)
-//! with the parts that need a live server (outbox, shards, timers) left out:
-//! where the server would cut the connection with a close code, it returns
-//! that code.
+//! `read_stream` runs the reader's own pipeline (`session::frames` for
+//! frames and close codes, `session::assemble` for messages) as
+//! `read_loop` in `src/session/reader.rs` does, with the parts that need a
+//! live server (outbox, shards, timers) left out: where the server would cut
+//! the connection with a close code, it returns that code.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
-use parlor::error::{close, close_code_for};
+use fastwebsockets::OpCode;
+use parlor::error::close;
 use parlor::protocol::client::{decode, ClientMsg, Request, HISTORY_MAX_LIMIT, MAX_ID_LEN};
 use parlor::protocol::Format;
-use parlor::session::assemble::{is_control, is_masked, Assembler};
+use parlor::session::assemble::Assembler;
+use parlor::session::frames::{self, close_reply, FrameReader, ReadError, Stream};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Whole-message limit of the frame targets: small, so that the fuzzer
@@ -52,64 +52,42 @@ thread_local! {
 /// handshake) until EOF or the first error, checking on the way that every
 /// message is at most `max` bytes, that text is UTF-8 and that every error
 /// becomes 1002, 1007 or 1009.
-pub fn read_stream<R: AsyncRead + Unpin>(raw: R, max: usize) -> Outcome {
+pub fn read_stream<R: AsyncRead + Unpin + Send>(raw: R, max: usize) -> Outcome {
     RUNTIME.with(|rt| rt.block_on(read_loop(raw, max)))
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut raw: R, max: usize) -> Outcome {
-    let (mut ws, _) =
-        fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
-    ws.set_auto_pong(false);
-    ws.set_max_message_size(max.saturating_add(1));
+async fn read_loop<R: AsyncRead + Unpin + Send>(raw: R, max: usize) -> Outcome {
+    let mut reader = FrameReader::new(Stream(raw), &[], max);
     let mut assembler = Assembler::new(max);
     let mut messages = Vec::new();
-    // What the library obliges the server to send (close echo, 1002).
-    let sent: RefCell<Vec<(OpCode, Vec<u8>)>> = RefCell::new(Vec::new());
-    let mut send_fn = |f: Frame<'_>| {
-        sent.borrow_mut().push((f.opcode, f.payload.to_vec()));
-        std::future::ready(Ok::<(), io::Error>(()))
-    };
     let end = loop {
-        let mut frame = match ws.read_frame(&mut send_fn).await {
+        let frame = match reader.next().await {
             Ok(frame) => frame,
-            Err(WebSocketError::UnexpectedEOF) => break End::Eof,
-            Err(WebSocketError::InvalidCloseCode) => {
-                // The library queued its own close with 1002 (the server
-                // sends nothing more).
-                let sent = sent.borrow();
-                let (op, payload) = sent.last().expect("a close for a bad close code");
-                assert_eq!(*op, OpCode::Close);
-                assert_eq!(
-                    payload.get(..2),
-                    Some(&close::PROTOCOL_ERROR.to_be_bytes()[..])
-                );
-                break End::Closed(close::PROTOCOL_ERROR);
-            }
-            Err(e) => match close_code_for(&e) {
-                Some(code) => break End::Closed(code),
-                None => panic!("read error without a close code on an in-memory stream: {e:?}"),
-            },
+            Err(ReadError::Closed) => break End::Eof,
+            Err(ReadError::Protocol(code)) => break End::Closed(code),
+            Err(ReadError::Io(e)) => panic!("an I/O error on an in-memory stream: {e}"),
         };
-        if !is_masked(&mut frame) || (is_control(frame.opcode) && frame.payload.len() > 125) {
-            break End::Closed(close::PROTOCOL_ERROR);
-        }
         match frame.opcode {
-            OpCode::Close => break End::ClientClosed,
-            OpCode::Ping | OpCode::Pong => {}
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => match assembler.feed(frame) {
+            frames::OpCode::Close => match close_reply(&frame.payload) {
+                Ok(_) => break End::ClientClosed,
+                Err(code) => break End::Closed(code),
+            },
+            frames::OpCode::Ping | frames::OpCode::Pong => {}
+            _ => match assembler.feed(frame) {
                 Ok(Some((op, data))) => {
                     assert!(
                         data.len() <= max,
                         "a message of {} bytes > {max}",
                         data.len()
                     );
-                    match op {
-                        OpCode::Text => {
-                            assert!(std::str::from_utf8(&data).is_ok(), "text is not UTF-8")
+                    let op = match op {
+                        frames::OpCode::Text => {
+                            assert!(std::str::from_utf8(&data).is_ok(), "text is not UTF-8");
+                            OpCode::Text
                         }
-                        OpCode::Binary => {}
+                        frames::OpCode::Binary => OpCode::Binary,
                         other => panic!("a message with opcode {other:?}"),
-                    }
+                    };
                     messages.push((op, data));
                 }
                 Ok(None) => {}

@@ -114,7 +114,7 @@ pub fn decode(format: Format, bytes: &[u8]) -> Result<Request, DecodeError> {
             })
         }
     };
-    let id = raw.id.clone();
+    let id = raw.id.clone().filter(|id| id.len() <= MAX_ID_LEN);
     interpret(raw).map_err(|(code, message)| DecodeError { code, message, id })
 }
 
@@ -140,9 +140,11 @@ fn parse<T: serde::de::DeserializeOwned>(format: Format, bytes: &[u8]) -> Result
 }
 
 fn salvage_id(format: Format, bytes: &[u8]) -> Option<String> {
-    // Only when the frame is a well-formed object whose `id` is a string.
+    // Only when the frame is a well-formed object whose `id` is a string
+    // short enough to be one (an error never echoes more than an id).
     parse::<IdOnly>(format, bytes).ok()?.id?;
-    parse::<IdString>(format, bytes).ok().map(|i| i.id)
+    let id = parse::<IdString>(format, bytes).ok()?.id;
+    (id.len() <= MAX_ID_LEN).then_some(id)
 }
 
 fn interpret(raw: Raw) -> Result<Request, (ErrorCode, String)> {
@@ -256,7 +258,14 @@ mod tests {
             assert_eq!(json(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
         }
         let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "i".repeat(65));
-        assert_eq!(json(&long).unwrap_err().code, ErrorCode::BadRequest);
+        let e = json(&long).unwrap_err();
+        assert_eq!(
+            (e.code, e.id),
+            (ErrorCode::BadRequest, None),
+            "never echoed"
+        );
+        let bad = format!(r#"{{"type":7,"id":"{}"}}"#, "i".repeat(300));
+        assert_eq!(json(&bad).unwrap_err().id, None);
     }
 
     #[test]

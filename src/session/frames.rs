@@ -300,7 +300,9 @@ mod tests {
         assert!(err.is_none(), "{err:?}");
         let lens: Vec<usize> = frames.iter().map(|f| f.payload.len()).collect();
         assert_eq!(lens, [0, 5, 125, 126, 1000, 65535, 65536, 70_000, 2, 4, 3]);
-        assert!(frames[..8].iter().all(|f| f.payload.iter().all(|b| *b == 7)));
+        assert!(frames[..8]
+            .iter()
+            .all(|f| f.payload.iter().all(|b| *b == 7)));
         assert_eq!((frames[8].fin, frames[8].opcode), (false, OpCode::Text));
         assert_eq!(&frames[9].payload[..], b"ping");
         assert_eq!(&frames[10].payload[..], b"llo");
@@ -343,7 +345,10 @@ mod tests {
     fn close_codes_are_checked() {
         assert_eq!(close_reply(&[]).unwrap(), Bytes::new());
         assert_eq!(close_reply(&[3]), Err(1002));
-        assert_eq!(&close_reply(&[0x03, 0xE8, b'o', b'k']).unwrap()[..], &[0x03, 0xE8, b'o', b'k']);
+        assert_eq!(
+            &close_reply(&[0x03, 0xE8, b'o', b'k']).unwrap()[..],
+            &[0x03, 0xE8, b'o', b'k']
+        );
         for bad in [999u16, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
             assert_eq!(close_reply(&bad.to_be_bytes()), Err(1002), "{bad}");
         }

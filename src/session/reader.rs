@@ -103,10 +103,9 @@ async fn read_loop<S: ByteSource>(
                 // after what is queued.
                 match close_reply(&frame.payload) {
                     Ok(echo) => {
-                        let _ = peer.outbox.push_close(frame::frame(
-                            fastwebsockets::OpCode::Close,
-                            &echo,
-                        ));
+                        let _ = peer
+                            .outbox
+                            .push_close(frame::frame(fastwebsockets::OpCode::Close, &echo));
                         return ReadEnd::ClientClosed;
                     }
                     Err(code) => {
@@ -134,7 +133,12 @@ async fn read_loop<S: ByteSource>(
                         OpCode::Text => fastwebsockets::OpCode::Text,
                         _ => fastwebsockets::OpCode::Binary,
                     };
-                    if peer.outbox.push_wait(frame::frame(op, &data)).await.is_err() {
+                    if peer
+                        .outbox
+                        .push_wait(frame::frame(op, &data))
+                        .await
+                        .is_err()
+                    {
                         return ReadEnd::WriterGone;
                     }
                     continue;
