@@ -5,7 +5,16 @@
 use parlor::config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// With `--features dhat-heap`: every allocation is tracked, and a heap
+/// profile is written to `dhat-heap.json` when the server stops (memory
+/// work only: it costs a lot of speed).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let config = match Invocation::parse_from(std::env::args_os()) {
         Ok(Invocation::Serve(config)) => config,
         Ok(Invocation::PrintConfig(config)) => {

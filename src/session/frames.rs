@@ -83,7 +83,12 @@ impl ByteSource for OwnedReadHalf {
             self.readable().await?;
             buf.reserve(READ_CHUNK);
             match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness was stale: wait again without the buffer.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
                 other => return other,
             }
         }
