@@ -12,7 +12,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::protocol::RoomName;
+use crate::protocol::{user, RoomName};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
@@ -101,8 +101,8 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub".into()));
+        if let Err(e) = user::check(&c.sub) {
+            return Err(AuthError::Invalid(format!("sub: {e}")));
         }
         Ok(Some(Grant {
             user: c.sub,

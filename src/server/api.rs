@@ -14,7 +14,7 @@ use super::Ctx;
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
 use crate::protocol::server::MessageData;
-use crate::protocol::RoomName;
+use crate::protocol::{user, RoomName};
 use crate::rooms::{Command, Origin, Publish};
 use crate::session::history_page;
 
@@ -171,14 +171,21 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
             )
         }
     };
-    if body.user.is_empty()
-        || body.user.chars().count() > 64
-        || body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN)
-    {
+    let user = match user::parse(&body.user) {
+        Ok(u) => u,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &e.to_string(),
+            )
+        }
+    };
+    if body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN) {
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
-            "user must be 1-64 characters and id at most 64 bytes",
+            "id is over 64 bytes",
         );
     }
     if body.content.len() > cfg.max_content_bytes {
@@ -191,7 +198,7 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
     let (tx, rx) = oneshot::channel();
     let cmd = Command::Publish(Publish {
         room: room.clone(),
-        user: body.user.into(),
+        user,
         content: body.content,
         client_msg_id: body.id,
         origin: Origin::Http(tx),

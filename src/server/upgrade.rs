@@ -18,11 +18,8 @@ use tokio::net::TcpStream;
 
 use super::http::{json_error, Conn, Query};
 use crate::error::ErrorCode;
-use crate::protocol::Format;
+use crate::protocol::{user, Format};
 use crate::session::{self, Params};
-
-/// Longest `user` name accepted from the query string.
-const MAX_USER_LEN: usize = 64;
 
 pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Full<Bytes>> {
     let Conn {
@@ -52,14 +49,16 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
     };
     let user: Arc<str> = match (&grant, query.get("user")) {
         (Some(g), _) => g.user.as_str().into(),
-        (None, Some(u)) if valid_user(u) => u.into(),
-        (None, Some(_)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "user must be 1-64 characters without control characters",
-            )
-        }
+        (None, Some(u)) => match user::parse(u) {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &e.to_string(),
+                )
+            }
+        },
         (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
     };
     let Some(slot) = ctx.admit_user(&user) else {
@@ -145,8 +144,4 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         }
     });
     response
-}
-
-fn valid_user(u: &str) -> bool {
-    !u.is_empty() && u.chars().count() <= MAX_USER_LEN && !u.chars().any(char::is_control)
 }
