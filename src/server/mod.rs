@@ -32,8 +32,13 @@ use crate::session;
 use crate::shard::{ShardEnv, Shards};
 use crate::store::{MemoryStore, Store};
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (and how long a
+/// keep-alive connection may sit idle).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At shutdown, how long an HTTP connection asked to finish may take to
+/// end its request in flight before it is closed.
+const HTTP_DRAIN: Duration = Duration::from_secs(2);
 
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
@@ -107,9 +112,11 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes every session with 1001 and waits (at most
-    /// `timeout`) for them to end; then, whatever clients do, stops the
-    /// shards — each lands every batch it accepted — and flushes the store.
+    /// Stops accepting, closes every session with 1001, asks every HTTP
+    /// connection to finish (closing it `HTTP_DRAIN` later if it has not)
+    /// and waits (at most `timeout`) for them to end; then, whatever clients
+    /// do, stops the shards — each lands every batch it accepted — and
+    /// flushes the store.
     /// Everything acked was committed before its ack; this lets in-flight
     /// work land and makes `--durability none` durable at a clean stop.
     pub async fn shutdown(self, timeout: Duration) {
@@ -282,7 +289,7 @@ async fn accept_loop(
             Ok((tcp, _peer)) => {
                 let _ = tcp.set_nodelay(true);
                 let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-                    tasks.spawn(refuse_busy(tcp));
+                    tasks.spawn(refuse_busy(tcp, ctx.clone()));
                     continue;
                 };
                 let permit = Arc::new(permit);
@@ -291,7 +298,14 @@ async fn accept_loop(
                     match tls {
                         None => serve_connection(tcp, ctx, tasks2, permit).await,
                         Some(tls) => {
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
+                            let shutdown = ctx.env.shutdown.clone();
+                            let handshake =
+                                tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp));
+                            let stream = tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                stream = handshake => stream,
+                            };
+                            match stream {
                                 Ok(Ok(stream)) => {
                                     serve_connection(stream, ctx, tasks2, permit).await
                                 }
@@ -311,26 +325,33 @@ async fn accept_loop(
 }
 
 /// Over `--max-connections`: a plain 503 and close.
-async fn refuse_busy(mut tcp: TcpStream) {
+async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     use tokio::io::AsyncWriteExt;
     let body = r#"{"error":{"code":"internal","message":"too many connections"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let write = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = tcp.write_all(response.as_bytes()).await;
         let _ = tcp.shutdown().await;
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = ctx.env.shutdown.cancelled() => {}
+        _ = write => {}
+    }
 }
 
-/// Serves HTTP on one connection. `slot` is its `--max-connections` permit:
-/// an upgraded WebSocket session keeps a clone until it ends.
+/// Serves HTTP on one connection until the client is done, the request
+/// head does not arrive in time or the server shuts down: then the
+/// connection is asked to finish its request in flight and closed
+/// `HTTP_DRAIN` later if it has not. `slot` is its `--max-connections`
+/// permit: an upgraded WebSocket session keeps a clone until it ends.
 async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker, slot: ConnSlot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let shutdown = ctx.env.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = http::Conn {
             ctx: ctx.clone(),
@@ -347,11 +368,25 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            // Idle: closes now; mid-request: answers it, then closes.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(HTTP_DRAIN, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::debug!("HTTP connection still busy at shutdown; closing it");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(cause = %e, "HTTP connection ended with an error");
     }
 }
