@@ -215,6 +215,16 @@ pub struct Config {
     #[arg(long, env = "PARLOR_MAX_CONNS_PER_USER")]
     pub max_conns_per_user: Option<usize>,
 
+    /// Connections beyond --max-connections kept for `GET /healthz` and
+    /// `/metrics` only, one request each (anything else there: HTTP 503).
+    #[arg(long, env = "PARLOR_ADMIN_RESERVE", default_value_t = 8)]
+    pub admin_reserve: usize,
+
+    /// Longest time to receive an HTTP request body, in milliseconds (then
+    /// HTTP 408 and the connection is closed).
+    #[arg(long, env = "PARLOR_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
     /// PEM certificate chain: serve HTTPS/WSS directly (needs --tls-key).
     #[arg(long, env = "PARLOR_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -275,6 +285,10 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(10))
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms.max(1))
     }
 
     pub fn presence_window(&self) -> Duration {

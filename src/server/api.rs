@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::http::{json, json_error, Body, Query};
+use super::http::{closing, json, json_error, Body, Query};
 use super::Ctx;
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
@@ -76,6 +76,14 @@ fn room_or_error(name: &str) -> Result<RoomName, ApiError> {
             e.to_string(),
         )
     })
+}
+
+fn too_large() -> Response<Body> {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::TooLarge,
+        "body is too large",
+    )
 }
 
 fn internal() -> Response<Body> {
@@ -148,17 +156,33 @@ pub async fn publish(ctx: &Arc<Ctx>, room: &str, req: Request<Incoming>) -> Resp
         Err(e) => return e.response(),
     };
     let cfg = &ctx.env.config;
-    let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let max = cfg.max_frame_bytes;
+    // A declared length that cannot fit is refused before any of it is read.
+    if req.body().size_hint().lower() > max as u64 {
+        return closing(too_large());
+    }
+    let read = Limited::new(req.into_body(), max).collect();
+    let bytes = match tokio::time::timeout(cfg.body_timeout(), read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return closing(too_large()),
+        Ok(Err(_)) => {
+            return closing(json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the body could not be read",
+            ))
+        }
         Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                "body is too large",
-            )
+            ctx.env
+                .metrics
+                .http_timeouts
+                .with_label_values(&["body"])
+                .inc();
+            return closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "the body did not arrive in time",
+            ));
         }
     };
     let body: PublishBody = match serde_json::from_slice(&bytes) {

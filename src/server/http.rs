@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +20,9 @@ pub struct Conn {
     pub ctx: Arc<Ctx>,
     pub tasks: TaskTracker,
     pub slot: super::ConnSlot,
+    /// A connection over `--max-connections` on the `--admin-reserve`:
+    /// it may ask for `/healthz` and `/metrics` only.
+    pub reserve: bool,
 }
 
 pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
@@ -27,6 +30,14 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let is_ws = fastwebsockets::upgrade::is_upgrade_request(&req);
+    if conn.reserve && !(method == Method::GET && matches!(path.as_str(), "/healthz" | "/metrics"))
+    {
+        return closing(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "too many connections",
+        ));
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, conn, false),
         (&Method::GET, "/echo") if is_ws && ctx.env.config.enable_echo => {
@@ -55,6 +66,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             )
         }
         (&Method::GET, "/metrics") => {
+            ctx.count_open_connections();
             let unsynced = ctx.env.store.unsynced();
             ctx.env.metrics.store_unsynced.set(i64::from(unsynced));
             for (i, depth) in ctx.env.shards.queue_depths().into_iter().enumerate() {
@@ -112,6 +124,15 @@ pub fn respond(
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("responses serialize");
     respond(status, "application/json", body)
+}
+
+/// `response`, after which the connection is closed (its request body may
+/// be unread, or the client is one to be rid of).
+pub fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// `{"error": {code, message}}` with the given status.

@@ -50,6 +50,9 @@ pub struct Ctx {
     pub draining: AtomicBool,
     /// One permit per open TCP connection (`--max-connections`).
     connections: Arc<Semaphore>,
+    /// One permit per connection over that limit that may only ask for
+    /// `/healthz` or `/metrics` (`--admin-reserve`).
+    reserve: Arc<Semaphore>,
     /// Open WebSocket sessions per user, for `--max-conns-per-user`.
     per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
 }
@@ -61,6 +64,17 @@ impl Ctx {
 
     pub fn metrics(&self) -> &Metrics {
         &self.env.metrics
+    }
+
+    /// Sets `parlor_open_connections` from the permits in use.
+    pub fn count_open_connections(&self) {
+        let cfg = self.config();
+        let open = |max: usize, sem: &Semaphore| max.saturating_sub(sem.available_permits());
+        let gauge = &self.metrics().open_connections;
+        let client = open(cfg.max_connections.max(1), &self.connections);
+        let reserve = open(cfg.admin_reserve, &self.reserve);
+        gauge.with_label_values(&["client"]).set(client as i64);
+        gauge.with_label_values(&["reserve"]).set(reserve as i64);
     }
 
     /// Counts a new session of `user`; `None` when the user is at the limit.
@@ -176,6 +190,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     let config_max_connections = config.max_connections.max(1);
+    let admin_reserve = config.admin_reserve;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let workers = config.workers();
@@ -201,6 +216,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         auth,
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),
+        reserve: Arc::new(Semaphore::new(admin_reserve)),
         per_user: Default::default(),
     });
     let tasks = TaskTracker::new();
@@ -288,17 +304,28 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, _peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-                    tasks.spawn(refuse_busy(tcp, ctx.clone()));
-                    continue;
+                let (permit, reserve) = match ctx.connections.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, false),
+                    Err(_) => match ctx.reserve.clone().try_acquire_owned() {
+                        Ok(permit) => (permit, true),
+                        Err(_) => {
+                            tasks.spawn(refuse_busy(tcp, ctx.clone()));
+                            continue;
+                        }
+                    },
                 };
-                let permit = Arc::new(permit);
-                let (ctx, tasks2, tls) = (ctx.clone(), tasks.clone(), tls.clone());
+                let conn = Admitted {
+                    ctx: ctx.clone(),
+                    tasks: tasks.clone(),
+                    slot: Arc::new(permit),
+                    reserve,
+                };
+                let tls = tls.clone();
                 tasks.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, ctx, tasks2, permit).await,
+                        None => serve_connection(tcp, conn).await,
                         Some(tls) => {
-                            let shutdown = ctx.env.shutdown.clone();
+                            let shutdown = conn.ctx.env.shutdown.clone();
                             let handshake =
                                 tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp));
                             let stream = tokio::select! {
@@ -306,9 +333,7 @@ async fn accept_loop(
                                 stream = handshake => stream,
                             };
                             match stream {
-                                Ok(Ok(stream)) => {
-                                    serve_connection(stream, ctx, tasks2, permit).await
-                                }
+                                Ok(Ok(stream)) => serve_connection(stream, conn).await,
                                 _ => tracing::debug!("TLS handshake failed"),
                             }
                         }
@@ -324,7 +349,7 @@ async fn accept_loop(
     }
 }
 
-/// Over `--max-connections`: a plain 503 and close.
+/// Over `--max-connections` and the reserve: a plain 503 and close.
 async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     use tokio::io::AsyncWriteExt;
     let body = r#"{"error":{"code":"internal","message":"too many connections"}}"#;
@@ -342,21 +367,38 @@ async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     }
 }
 
-/// Serves HTTP on one connection until the client is done, the request
-/// head does not arrive in time or the server shuts down: then the
-/// connection is asked to finish its request in flight and closed
-/// `HTTP_DRAIN` later if it has not. `slot` is its `--max-connections`
-/// permit: an upgraded WebSocket session keeps a clone until it ends.
-async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker, slot: ConnSlot)
+/// An accepted connection and its place under the limits.
+struct Admitted {
+    ctx: Arc<Ctx>,
+    tasks: TaskTracker,
+    /// Its `--max-connections` (or reserve) permit: an upgraded WebSocket
+    /// session keeps a clone until it ends.
+    slot: ConnSlot,
+    /// On the `--admin-reserve`: `/healthz` and `/metrics` only, one request.
+    reserve: bool,
+}
+
+/// Serves HTTP on one connection until the client is done, a deadline
+/// passes (request head, body) or the server shuts down: then the connection is asked to finish its request in flight and
+/// closed `HTTP_DRAIN` later if it has not.
+async fn serve_connection<I>(io: I, conn: Admitted)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Admitted {
+        ctx,
+        tasks,
+        slot,
+        reserve,
+    } = conn;
     let shutdown = ctx.env.shutdown.clone();
+    let metrics = ctx.env.metrics.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = http::Conn {
             ctx: ctx.clone(),
             tasks: tasks.clone(),
             slot: slot.clone(),
+            reserve,
         };
         async move { Ok::<_, std::convert::Infallible>(http::route(req, conn).await) }
     });
@@ -367,7 +409,8 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(!reserve);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -387,6 +430,9 @@ where
         }
     };
     if let Err(e) = ended {
+        if e.is_timeout() {
+            metrics.http_timeouts.with_label_values(&["header"]).inc();
+        }
         tracing::debug!(cause = %e, "HTTP connection ended with an error");
     }
 }

@@ -26,6 +26,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         ctx,
         tasks,
         slot: conn_slot,
+        ..
     } = conn;
     let query = Query::parse(req.uri().query());
     if !ctx.auth.origin_allowed(req.headers()) {
