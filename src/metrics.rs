@@ -24,7 +24,7 @@ pub struct Metrics {
     pub retained_deleted: IntCounter,
     pub auth_failures: IntCounter,
     /// HTTP connections closed for a deadline, by kind: `header` (request
-    /// head), `body` (request body: 408).
+    /// head), `body` (request body: 408), `write` (an unread response).
     pub http_timeouts: IntCounterVec,
     /// Open connections by slot: `client` (under --max-connections) and
     /// `reserve` (--admin-reserve); set when /metrics is rendered.
@@ -101,11 +101,11 @@ impl Metrics {
                 let v = reg!(IntCounterVec::new(
                     Opts::new(
                         "parlor_http_timeouts_total",
-                        "HTTP connections closed for a deadline, by kind (header, body)"
+                        "HTTP connections closed for a deadline, by kind (header, body, write)"
                     ),
                     &["kind"]
                 ));
-                for kind in ["header", "body"] {
+                for kind in ["header", "body", "write"] {
                     v.with_label_values(&[kind]);
                 }
                 v

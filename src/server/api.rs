@@ -10,13 +10,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::http::{closing, json, json_error, Body, Query};
-use super::Ctx;
+use super::{page, Ctx};
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
-use crate::protocol::server::MessageData;
 use crate::protocol::{user, RoomName};
 use crate::rooms::{Command, Origin, Publish};
-use crate::session::history_page;
 
 #[derive(Serialize)]
 struct RoomEntry {
@@ -94,14 +92,8 @@ fn internal() -> Response<Body> {
     )
 }
 
-#[derive(Serialize)]
-struct HistoryBody<'a> {
-    room: &'a str,
-    messages: Vec<MessageData<'a>>,
-    more: bool,
-}
-
-/// `GET /api/rooms/{room}/messages?since=&limit=`
+/// `GET /api/rooms/{room}/messages?since=&limit=`: a page bounded by
+/// `limit` and `--max-page-bytes` (see `page`).
 pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Response<Body> {
     let room = match room_or_error(room) {
         Ok(r) => r,
@@ -121,23 +113,14 @@ pub async fn history(ctx: &Arc<Ctx>, room: &str, query: Option<&str>) -> Respons
         (Ok(s), Ok(l)) => (
             s.unwrap_or(0),
             l.map_or(HISTORY_DEFAULT_LIMIT, |l| {
-                (l as usize).clamp(1, HISTORY_MAX_LIMIT)
+                l.clamp(1, HISTORY_MAX_LIMIT as u64) as usize
             }),
         ),
         (Err(e), _) | (_, Err(e)) => return e.response(),
     };
-    match history_page(&ctx.env, &room, since, limit, usize::MAX).await {
-        Ok((epoch, messages, more)) => {
-            let body = HistoryBody {
-                room: room.as_str(),
-                messages: messages
-                    .iter()
-                    .map(|m| MessageData::of(room.as_str(), &epoch, m))
-                    .collect(),
-                more,
-            };
-            json(StatusCode::OK, &body)
-        }
+    let max_bytes = ctx.env.config.max_page_bytes;
+    match page::respond(ctx.env.clone(), room, since, limit, max_bytes).await {
+        Ok(response) => response,
         Err(_) => internal(),
     }
 }

@@ -4,7 +4,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -13,7 +14,16 @@ use tokio_util::task::TaskTracker;
 use super::{api, upgrade, web, Ctx};
 use crate::error::ErrorCode;
 
-pub type Body = Full<Bytes>;
+/// A response body: most are one buffer (`full`), big history pages are
+/// streamed (`page`).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of one buffer.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// What a request handler knows of its connection.
 pub struct Conn {
@@ -114,7 +124,7 @@ pub fn respond(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

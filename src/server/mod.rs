@@ -6,6 +6,8 @@
 
 mod api;
 mod http;
+mod io;
+mod page;
 mod tls;
 mod upgrade;
 mod web;
@@ -39,6 +41,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// At shutdown, how long an HTTP connection asked to finish may take to
 /// end its request in flight before it is closed.
 const HTTP_DRAIN: Duration = Duration::from_secs(2);
+
+/// Most bytes hyper buffers per connection, read or write: what a client
+/// that stops reading a streamed response pins, besides one piece of it
+/// (hyper's default is ≈ 400 KiB). Also the largest request head (431).
+const HTTP_MAX_BUF: usize = 64 * 1024;
 
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
@@ -379,7 +386,8 @@ struct Admitted {
 }
 
 /// Serves HTTP on one connection until the client is done, a deadline
-/// passes (request head, body) or the server shuts down: then the connection is asked to finish its request in flight and
+/// passes (request head, body, an unread response) or the server shuts
+/// down: then the connection is asked to finish its request in flight and
 /// closed `HTTP_DRAIN` later if it has not.
 async fn serve_connection<I>(io: I, conn: Admitted)
 where
@@ -393,6 +401,11 @@ where
     } = conn;
     let shutdown = ctx.env.shutdown.clone();
     let metrics = ctx.env.metrics.clone();
+    let io = io::WriteDeadline::new(
+        io,
+        ctx.config().write_timeout(),
+        metrics.http_timeouts.with_label_values(&["write"]),
+    );
     let service = hyper::service::service_fn(move |req| {
         let conn = http::Conn {
             ctx: ctx.clone(),
@@ -410,6 +423,8 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HTTP_MAX_BUF)
+        .max_header_size(HTTP_MAX_BUF)
         .keep_alive(!reserve);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)

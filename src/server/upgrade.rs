@@ -2,26 +2,28 @@
 //! the session on the raw TCP halves.
 //!
 //! After the 101, the connection is taken back from hyper as the `TcpStream`
-//! it was (keeping any bytes hyper had already read) and split with
-//! `into_split`, which needs no lock per poll, unlike `tokio::io::split`.
+//! it was (keeping any bytes hyper had already read), out of the HTTP write
+//! deadline, and split with `into_split`, which needs no lock per poll,
+//! unlike `tokio::io::split` (which TLS streams still need).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
-use super::http::{json_error, Conn, Query};
+use super::http::{full, json_error, Body, Conn, Query};
+use super::io::WriteDeadline;
 use crate::error::ErrorCode;
 use crate::protocol::{user, Format};
 use crate::session::{self, Params};
 
-pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Full<Bytes>> {
+pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Body> {
     let Conn {
         ctx,
         tasks,
@@ -100,7 +102,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
             )
         }
     };
-    let mut response = response.map(|_| Full::new(Bytes::new()));
+    let mut response = response.map(|_| full(Bytes::new()));
     if let Some(f) = offered {
         response.headers_mut().insert(
             SEC_WEBSOCKET_PROTOCOL,
@@ -123,26 +125,40 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
             }
         };
         let upgraded = ws.into_inner().into_inner();
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // hyper served the connection through the write deadline; the
+        // session takes the socket out of it and keeps its own deadlines.
+        let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
             Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
-                // Bytes hyper read past the handshake, copied out: even an
-                // empty slice would keep hyper's whole read buffer alive for
-                // the life of the session.
-                let early = Bytes::copy_from_slice(&parts.read_buf);
-                drop(parts.read_buf);
-                let read = std::io::Cursor::new(early).chain(read);
+                let (read, write) = parts.io.into_inner().into_inner().into_split();
+                let read = early_bytes_first(parts.read_buf, read);
+                session::run(read, write, params, ctx.env.clone()).await;
+                return;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
+            Ok(parts) => {
+                // TLS: one stream for both directions, split with a lock.
+                let tls = parts.io.into_inner().into_inner();
+                let (read, write) = tokio::io::split(tls);
+                let read = early_bytes_first(parts.read_buf, read);
                 session::run(read, write, params, ctx.env.clone()).await;
             }
             Err(upgraded) => {
-                // TLS: one stream for both directions, split with a lock.
-                tracing::debug!(
-                    "upgraded connection is not a bare TcpStream; splitting with a lock"
-                );
+                tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 session::run(read, write, params, ctx.env.clone()).await;
             }
         }
     });
     response
+}
+
+/// The session's read side: the bytes hyper read past the handshake, then
+/// the socket. They are copied out: even an empty slice would keep hyper's
+/// whole read buffer alive for the life of the session.
+fn early_bytes_first<R: AsyncRead + Unpin>(read_buf: Bytes, read: R) -> impl AsyncRead + Unpin {
+    let early = Bytes::copy_from_slice(&read_buf);
+    drop(read_buf);
+    std::io::Cursor::new(early).chain(read)
 }
