@@ -12,7 +12,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::protocol::RoomName;
+use crate::protocol::{user, RoomName};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 5;
@@ -53,7 +53,8 @@ pub struct Grant {
     pub user: String,
     /// Room names, or prefixes ending in `*`; `None`: every room.
     pub rooms: Option<Vec<String>>,
-    /// When the token expires (the session is closed with 4001 then).
+    /// When the token expires (the session is closed with 4001 then);
+    /// `None`: no `exp`, or one past what the clock can represent.
     pub expires_at: Option<SystemTime>,
 }
 
@@ -123,13 +124,13 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        if c.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub".into()));
+        if let Err(e) = user::check(&c.sub) {
+            return Err(AuthError::Invalid(format!("sub: {e}")));
         }
         Ok(Some(Grant {
             user: c.sub,
             rooms: c.rooms,
-            expires_at: c.exp.map(|e| UNIX_EPOCH + Duration::from_secs(e)),
+            expires_at: c.exp.and_then(expiry),
         }))
     }
 
@@ -169,6 +170,13 @@ impl Auth {
             }),
         }
     }
+}
+
+/// When a token with `exp` (seconds since the epoch, client-supplied)
+/// expires; `None`, never, when the clock cannot represent it (≥ 2^63 s on
+/// Linux): such a token outlives this process anyway.
+fn expiry(exp: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -211,6 +219,14 @@ mod tests {
         assert!(g.allows(&r("team-a")));
         assert!(!g.allows(&r("lobby2")));
         assert!(!g.allows(&r("other")));
+    }
+
+    #[test]
+    fn an_unrepresentable_expiry_is_never() {
+        assert_eq!(expiry(0), Some(UNIX_EPOCH));
+        assert!(expiry(4_000_000_000).is_some());
+        assert_eq!(expiry(1 << 63), None);
+        assert_eq!(expiry(u64::MAX), None);
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub struct Metrics {
     pub retained_deleted: IntCounter,
     pub rooms_expired: IntCounter,
     pub auth_failures: IntCounter,
+    /// HTTP connections closed for a deadline, by kind: `header` (request
+    /// head), `body` (request body: 408), `write` (an unread response).
+    pub http_timeouts: IntCounterVec,
+    /// Open connections by slot: `client` (under --max-connections) and
+    /// `reserve` (--admin-reserve); set when /metrics is rendered.
+    pub open_connections: IntGaugeVec,
     errors: IntCounterVec,
     closes: IntCounterVec,
     pub outbox_depth: Histogram,
@@ -95,6 +101,26 @@ impl Metrics {
             auth_failures: reg!(IntCounter::new(
                 "parlor_auth_failures_total",
                 "Refused tokens, API keys and origins"
+            )),
+            http_timeouts: {
+                let v = reg!(IntCounterVec::new(
+                    Opts::new(
+                        "parlor_http_timeouts_total",
+                        "HTTP connections closed for a deadline, by kind (header, body, write)"
+                    ),
+                    &["kind"]
+                ));
+                for kind in ["header", "body", "write"] {
+                    v.with_label_values(&[kind]);
+                }
+                v
+            },
+            open_connections: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "parlor_open_connections",
+                    "Open TCP connections, by slot (client: --max-connections, reserve: --admin-reserve)"
+                ),
+                &["slot"]
             )),
             closes: reg!(IntCounterVec::new(
                 Opts::new(

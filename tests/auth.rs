@@ -192,26 +192,25 @@ async fn a_refused_origin_gets_403() {
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_get_503() {
+async fn connections_over_the_limit_get_503_but_healthz_and_metrics_answer() {
     let mut cfg = config();
     cfg.max_connections = 2;
     let server = start(cfg).await;
-    let _a = connect(server.addr, "a").await;
-    let _b = connect(server.addr, "b").await;
-    let r = get(server.addr, "/healthz").await;
-    assert_eq!(r.status, 503);
-    drop(_a);
-    // The slot frees once the first session has ended; poll the server for it.
-    let mut status = 503;
-    for _ in 0..100 {
-        status = get(server.addr, "/healthz").await.status;
-        if status == 200 {
-            break;
-        }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200);
+    let addr = server.addr;
+    let a = connect(addr, "a").await;
+    let _b = connect(addr, "b").await;
+    // Over the limit, a reserve connection serves health and metrics only.
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/metrics").await.status, 200);
+    let ws = http(addr, "GET", "/ws?user=c", &UPGRADE, None).await;
+    assert_eq!(ws.status, 503, "{}", ws.text());
+    assert_eq!(get(addr, "/api/rooms").await.status, 503);
+    drop(a);
+    // The slot frees once the first session has ended.
+    eventually("a free connection slot", || async {
+        (get(addr, "/api/rooms").await.status == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

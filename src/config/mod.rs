@@ -235,6 +235,26 @@ pub struct Config {
     #[arg(long, env = "PARLOR_MAX_CONNS_PER_USER")]
     pub max_conns_per_user: Option<usize>,
 
+    /// Connections beyond --max-connections kept for `GET /healthz` and
+    /// `/metrics` only, one request each (anything else there: HTTP 503).
+    #[arg(long, env = "PARLOR_ADMIN_RESERVE", default_value_t = 8)]
+    pub admin_reserve: usize,
+
+    /// Longest time to receive an HTTP request body, in milliseconds (then
+    /// HTTP 408 and the connection is closed).
+    #[arg(long, env = "PARLOR_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
+    /// Longest an HTTP response may wait on a client that does not read
+    /// it, in milliseconds (then the connection is closed).
+    #[arg(long, env = "PARLOR_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u64,
+
+    /// Most message bytes (content and user names) in one page of the HTTP
+    /// history API; a fuller page ends early with `more: true`.
+    #[arg(long, env = "PARLOR_MAX_PAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_page_bytes: usize,
+
     /// PEM certificate chain: serve HTTPS/WSS directly (needs --tls-key).
     #[arg(long, env = "PARLOR_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -295,6 +315,14 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(10))
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms.max(1))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.max(1))
     }
 
     pub fn presence_window(&self) -> Duration {

@@ -1,11 +1,12 @@
 //! The wire contract of PROTOCOL.md: decoded client requests, encoded server
-//! frames, room names and the two formats (JSON text frames, MessagePack
+//! frames, room and user names and the two formats (JSON text frames, MessagePack
 //! binary frames with string keys).
 
 pub mod client;
 pub mod frame;
 pub mod room;
 pub mod server;
+pub mod user;
 
 pub use client::{ClientMsg, DecodeError, Request};
 pub use room::RoomName;

@@ -3,21 +3,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::http::{json, json_error, Body, Query};
-use super::Ctx;
+use super::http::{closing, json, json_error, Body, Query};
+use super::{page, Ctx};
 use crate::auth::ApiAccess;
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
-use crate::protocol::server::MessageData;
-use crate::protocol::RoomName;
+use crate::protocol::{user, RoomName};
 use crate::rooms::{Command, Origin, Publish};
-use crate::session::history_page;
 
 #[derive(Serialize)]
 struct RoomEntry {
@@ -90,6 +88,14 @@ fn room_or_error(name: &str, access: &ApiAccess) -> Result<RoomName, ApiError> {
     Ok(room)
 }
 
+fn too_large() -> Response<Body> {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::TooLarge,
+        "body is too large",
+    )
+}
+
 fn internal() -> Response<Body> {
     json_error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,14 +104,8 @@ fn internal() -> Response<Body> {
     )
 }
 
-#[derive(Serialize)]
-struct HistoryBody<'a> {
-    room: &'a str,
-    messages: Vec<MessageData<'a>>,
-    more: bool,
-}
-
-/// `GET /api/rooms/{room}/messages?since=&limit=`
+/// `GET /api/rooms/{room}/messages?since=&limit=`: a page bounded by
+/// `limit` and `--max-page-bytes` (see `page`).
 pub async fn history(
     ctx: &Arc<Ctx>,
     access: &ApiAccess,
@@ -130,23 +130,14 @@ pub async fn history(
         (Ok(s), Ok(l)) => (
             s.unwrap_or(0),
             l.map_or(HISTORY_DEFAULT_LIMIT, |l| {
-                (l as usize).clamp(1, HISTORY_MAX_LIMIT)
+                l.clamp(1, HISTORY_MAX_LIMIT as u64) as usize
             }),
         ),
         (Err(e), _) | (_, Err(e)) => return e.response(),
     };
-    match history_page(&ctx.env, &room, since, limit, usize::MAX).await {
-        Ok((epoch, messages, more)) => {
-            let body = HistoryBody {
-                room: room.as_str(),
-                messages: messages
-                    .iter()
-                    .map(|m| MessageData::of(room.as_str(), &epoch, m))
-                    .collect(),
-                more,
-            };
-            json(StatusCode::OK, &body)
-        }
+    let max_bytes = ctx.env.config.max_page_bytes;
+    match page::respond(ctx.env.clone(), room, since, limit, max_bytes).await {
+        Ok(response) => response,
         Err(_) => internal(),
     }
 }
@@ -170,17 +161,33 @@ pub async fn publish(
         Err(e) => return e.response(),
     };
     let cfg = &ctx.env.config;
-    let bytes = match Limited::new(req.into_body(), cfg.max_frame_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
+    let max = cfg.max_frame_bytes;
+    // A declared length that cannot fit is refused before any of it is read.
+    if req.body().size_hint().lower() > max as u64 {
+        return closing(too_large());
+    }
+    let read = Limited::new(req.into_body(), max).collect();
+    let bytes = match tokio::time::timeout(cfg.body_timeout(), read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return closing(too_large()),
+        Ok(Err(_)) => {
+            return closing(json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "the body could not be read",
+            ))
+        }
         Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::TooLarge,
-                "body is too large",
-            )
+            ctx.env
+                .metrics
+                .http_timeouts
+                .with_label_values(&["body"])
+                .inc();
+            return closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                "the body did not arrive in time",
+            ));
         }
     };
     let body: PublishBody = match serde_json::from_slice(&bytes) {
@@ -193,14 +200,21 @@ pub async fn publish(
             )
         }
     };
-    if body.user.is_empty()
-        || body.user.chars().count() > 64
-        || body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN)
-    {
+    let user = match user::parse(&body.user) {
+        Ok(u) => u,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &e.to_string(),
+            )
+        }
+    };
+    if body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN) {
         return json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
-            "user must be 1-64 characters and id at most 64 bytes",
+            "id is over 64 bytes",
         );
     }
     if body.content.len() > cfg.max_content_bytes {
@@ -213,7 +227,7 @@ pub async fn publish(
     let (tx, rx) = oneshot::channel();
     let cmd = Command::Publish(Publish {
         room: room.clone(),
-        user: body.user.into(),
+        user,
         content: body.content,
         client_msg_id: body.id,
         origin: Origin::Http(tx),

@@ -4,9 +4,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
@@ -14,13 +15,25 @@ use super::{api, upgrade, web, Ctx};
 use crate::auth::ApiAccess;
 use crate::error::ErrorCode;
 
-pub type Body = Full<Bytes>;
+/// A response body: most are one buffer (`full`), big history pages are
+/// streamed (`page`).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A body of one buffer.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// What a request handler knows of its connection.
 pub struct Conn {
     pub ctx: Arc<Ctx>,
     pub tasks: TaskTracker,
     pub slot: super::ConnSlot,
+    /// A connection over `--max-connections` on the `--admin-reserve`:
+    /// it may ask for `/healthz` and `/metrics` only.
+    pub reserve: bool,
 }
 
 pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
@@ -28,6 +41,14 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let is_ws = fastwebsockets::upgrade::is_upgrade_request(&req);
+    if conn.reserve && !(method == Method::GET && matches!(path.as_str(), "/healthz" | "/metrics"))
+    {
+        return closing(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "too many connections",
+        ));
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/" | "/ws") if is_ws => upgrade::upgrade(req, conn, false),
         (&Method::GET, "/echo") if is_ws && ctx.env.config.enable_echo => {
@@ -57,6 +78,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             )
         }
         (&Method::GET, "/metrics") => {
+            ctx.count_open_connections();
             let unsynced = ctx.env.store.unsynced();
             ctx.env.metrics.store_unsynced.set(i64::from(unsynced));
             for (i, depth) in ctx.env.shards.queue_depths().into_iter().enumerate() {
@@ -110,7 +132,7 @@ pub fn respond(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -120,6 +142,15 @@ pub fn respond(
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("responses serialize");
     respond(status, "application/json", body)
+}
+
+/// `response`, after which the connection is closed (its request body may
+/// be unread, or the client is one to be rid of).
+pub fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// `{"error": {code, message}}` with the given status.

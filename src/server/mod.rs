@@ -6,6 +6,8 @@
 
 mod api;
 mod http;
+mod io;
+mod page;
 mod tls;
 mod upgrade;
 mod web;
@@ -32,8 +34,18 @@ use crate::session;
 use crate::shard::{ShardEnv, Shards};
 use crate::store::{MemoryStore, Store};
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (and how long a
+/// keep-alive connection may sit idle).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At shutdown, how long an HTTP connection asked to finish may take to
+/// end its request in flight before it is closed.
+const HTTP_DRAIN: Duration = Duration::from_secs(2);
+
+/// Most bytes hyper buffers per connection, read or write: what a client
+/// that stops reading a streamed response pins, besides one piece of it
+/// (hyper's default is ≈ 400 KiB). Also the largest request head (431).
+const HTTP_MAX_BUF: usize = 64 * 1024;
 
 /// Everything a connection needs, shared by all of them.
 pub struct Ctx {
@@ -45,6 +57,9 @@ pub struct Ctx {
     pub draining: AtomicBool,
     /// One permit per open TCP connection (`--max-connections`).
     connections: Arc<Semaphore>,
+    /// One permit per connection over that limit that may only ask for
+    /// `/healthz` or `/metrics` (`--admin-reserve`).
+    reserve: Arc<Semaphore>,
     /// Open WebSocket sessions per user, for `--max-conns-per-user`.
     per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
 }
@@ -56,6 +71,17 @@ impl Ctx {
 
     pub fn metrics(&self) -> &Metrics {
         &self.env.metrics
+    }
+
+    /// Sets `parlor_open_connections` from the permits in use.
+    pub fn count_open_connections(&self) {
+        let cfg = self.config();
+        let open = |max: usize, sem: &Semaphore| max.saturating_sub(sem.available_permits());
+        let gauge = &self.metrics().open_connections;
+        let client = open(cfg.max_connections.max(1), &self.connections);
+        let reserve = open(cfg.admin_reserve, &self.reserve);
+        gauge.with_label_values(&["client"]).set(client as i64);
+        gauge.with_label_values(&["reserve"]).set(reserve as i64);
     }
 
     /// Counts a new session of `user`; `None` when the user is at the limit.
@@ -107,9 +133,11 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, closes every session with 1001 and waits (at most
-    /// `timeout`) for them to end; then, whatever clients do, stops the
-    /// shards — each lands every batch it accepted — and flushes the store.
+    /// Stops accepting, closes every session with 1001, asks every HTTP
+    /// connection to finish (closing it `HTTP_DRAIN` later if it has not)
+    /// and waits (at most `timeout`) for them to end; then, whatever clients
+    /// do, stops the shards — each lands every batch it accepted — and
+    /// flushes the store.
     /// Everything acked was committed before its ack; this lets in-flight
     /// work land and makes `--durability none` durable at a clean stop.
     pub async fn shutdown(self, timeout: Duration) {
@@ -169,6 +197,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     let config_max_connections = config.max_connections.max(1);
+    let admin_reserve = config.admin_reserve;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let workers = config.workers();
@@ -194,6 +223,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         auth,
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),
+        reserve: Arc::new(Semaphore::new(admin_reserve)),
         per_user: Default::default(),
     });
     let tasks = TaskTracker::new();
@@ -295,20 +325,36 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, _peer)) => {
                 let _ = tcp.set_nodelay(true);
-                let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-                    tasks.spawn(refuse_busy(tcp));
-                    continue;
+                let (permit, reserve) = match ctx.connections.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, false),
+                    Err(_) => match ctx.reserve.clone().try_acquire_owned() {
+                        Ok(permit) => (permit, true),
+                        Err(_) => {
+                            tasks.spawn(refuse_busy(tcp, ctx.clone()));
+                            continue;
+                        }
+                    },
                 };
-                let permit = Arc::new(permit);
-                let (ctx, tasks2, tls) = (ctx.clone(), tasks.clone(), tls.clone());
+                let conn = Admitted {
+                    ctx: ctx.clone(),
+                    tasks: tasks.clone(),
+                    slot: Arc::new(permit),
+                    reserve,
+                };
+                let tls = tls.clone();
                 tasks.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, ctx, tasks2, permit).await,
+                        None => serve_connection(tcp, conn).await,
                         Some(tls) => {
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp)).await {
-                                Ok(Ok(stream)) => {
-                                    serve_connection(stream, ctx, tasks2, permit).await
-                                }
+                            let shutdown = conn.ctx.env.shutdown.clone();
+                            let handshake =
+                                tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(tcp));
+                            let stream = tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                stream = handshake => stream,
+                            };
+                            match stream {
+                                Ok(Ok(stream)) => serve_connection(stream, conn).await,
                                 _ => tracing::debug!("TLS handshake failed"),
                             }
                         }
@@ -324,32 +370,62 @@ async fn accept_loop(
     }
 }
 
-/// Over `--max-connections`: a plain 503 and close.
-async fn refuse_busy(mut tcp: TcpStream) {
+/// Over `--max-connections` and the reserve: a plain 503 and close.
+async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     use tokio::io::AsyncWriteExt;
     let body = r#"{"error":{"code":"internal","message":"too many connections"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let write = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = tcp.write_all(response.as_bytes()).await;
         let _ = tcp.shutdown().await;
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = ctx.env.shutdown.cancelled() => {}
+        _ = write => {}
+    }
 }
 
-/// Serves HTTP on one connection. `slot` is its `--max-connections` permit:
-/// an upgraded WebSocket session keeps a clone until it ends.
-async fn serve_connection<I>(io: I, ctx: Arc<Ctx>, tasks: TaskTracker, slot: ConnSlot)
+/// An accepted connection and its place under the limits.
+struct Admitted {
+    ctx: Arc<Ctx>,
+    tasks: TaskTracker,
+    /// Its `--max-connections` (or reserve) permit: an upgraded WebSocket
+    /// session keeps a clone until it ends.
+    slot: ConnSlot,
+    /// On the `--admin-reserve`: `/healthz` and `/metrics` only, one request.
+    reserve: bool,
+}
+
+/// Serves HTTP on one connection until the client is done, a deadline
+/// passes (request head, body, an unread response) or the server shuts
+/// down: then the connection is asked to finish its request in flight and
+/// closed `HTTP_DRAIN` later if it has not.
+async fn serve_connection<I>(io: I, conn: Admitted)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Admitted {
+        ctx,
+        tasks,
+        slot,
+        reserve,
+    } = conn;
+    let shutdown = ctx.env.shutdown.clone();
+    let metrics = ctx.env.metrics.clone();
+    let io = io::WriteDeadline::new(
+        io,
+        ctx.config().write_timeout(),
+        metrics.http_timeouts.with_label_values(&["write"]),
+    );
     let service = hyper::service::service_fn(move |req| {
         let conn = http::Conn {
             ctx: ctx.clone(),
             tasks: tasks.clone(),
             slot: slot.clone(),
+            reserve,
         };
         async move { Ok::<_, std::convert::Infallible>(http::route(req, conn).await) }
     });
@@ -360,12 +436,32 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HTTP_MAX_BUF)
+        .max_header_size(HTTP_MAX_BUF)
+        .keep_alive(!reserve);
+    let conn = builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = shutdown.cancelled() => {
+            // Idle: closes now; mid-request: answers it, then closes.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(HTTP_DRAIN, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::debug!("HTTP connection still busy at shutdown; closing it");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        if e.is_timeout() {
+            metrics.http_timeouts.with_label_values(&["header"]).inc();
+        }
         tracing::debug!(cause = %e, "HTTP connection ended with an error");
     }
 }

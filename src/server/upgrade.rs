@@ -2,33 +2,33 @@
 //! the session on the raw TCP halves.
 //!
 //! After the 101, the connection is taken back from hyper as the `TcpStream`
-//! it was (keeping any bytes hyper had already read) and split with
-//! `into_split`, which needs no lock per poll, unlike `tokio::io::split`.
+//! it was (keeping any bytes hyper had already read), out of the HTTP write
+//! deadline, and split with `into_split`, which needs no lock per poll,
+//! unlike `tokio::io::split` (which TLS streams still need).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
-use super::http::{json_error, Conn, Query};
+use super::http::{full, json_error, Body, Conn, Query};
+use super::io::WriteDeadline;
 use crate::error::ErrorCode;
-use crate::protocol::Format;
+use crate::protocol::{user, Format};
 use crate::session::frames::Stream;
 use crate::session::{self, FrameReader, Params};
 
-/// Longest `user` name accepted from the query string.
-const MAX_USER_LEN: usize = 64;
-
-pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Full<Bytes>> {
+pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Body> {
     let Conn {
         ctx,
         tasks,
         slot: conn_slot,
+        ..
     } = conn;
     let query = Query::parse(req.uri().query());
     if !ctx.auth.origin_allowed(req.headers()) {
@@ -52,14 +52,16 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
     };
     let user: Arc<str> = match (&grant, query.get("user")) {
         (Some(g), _) => g.user.as_str().into(),
-        (None, Some(u)) if valid_user(u) => u.into(),
-        (None, Some(_)) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "user must be 1-64 characters without control characters",
-            )
-        }
+        (None, Some(u)) => match user::parse(u) {
+            Ok(u) => u,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &e.to_string(),
+                )
+            }
+        },
         (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
     };
     let Some(slot) = ctx.admit_user(&user) else {
@@ -100,7 +102,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
             )
         }
     };
-    let mut response = response.map(|_| Full::new(Bytes::new()));
+    let mut response = response.map(|_| full(Bytes::new()));
     if let Some(f) = offered {
         response.headers_mut().insert(
             SEC_WEBSOCKET_PROTOCOL,
@@ -124,20 +126,31 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         };
         let upgraded = ws.into_inner().into_inner();
         let max_frame = ctx.env.config.max_frame_bytes;
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // hyper served the connection through the write deadline; the
+        // session takes the socket out of it and keeps its own deadlines.
+        // Bytes hyper read past the handshake start the frame reader, and
+        // hyper's read buffer is dropped with `parts`.
+        let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
             Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_split();
-                // Bytes hyper read past the handshake start the frame reader;
-                // hyper's read buffer is dropped with `parts`.
+                let (read, write) = parts.io.into_inner().into_inner().into_split();
                 let frames = FrameReader::new(read, &parts.read_buf, max_frame);
+                drop(parts.read_buf);
+                session::run(frames, write, params, ctx.env.clone()).await;
+                return;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
+            Ok(parts) => {
+                // TLS: one stream for both directions, split with a lock.
+                let tls = parts.io.into_inner().into_inner();
+                let (read, write) = tokio::io::split(tls);
+                let frames = FrameReader::new(Stream(read), &parts.read_buf, max_frame);
                 drop(parts.read_buf);
                 session::run(frames, write, params, ctx.env.clone()).await;
             }
             Err(upgraded) => {
-                // TLS: one stream for both directions, split with a lock.
-                tracing::debug!(
-                    "upgraded connection is not a bare TcpStream; splitting with a lock"
-                );
+                tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 let frames = FrameReader::new(Stream(read), &[], max_frame);
                 session::run(frames, write, params, ctx.env.clone()).await;
@@ -145,8 +158,4 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<F
         }
     });
     response
-}
-
-fn valid_user(u: &str) -> bool {
-    !u.is_empty() && u.chars().count() <= MAX_USER_LEN && !u.chars().any(char::is_control)
 }

@@ -27,6 +27,18 @@ impl Binary {
     }
 
     pub async fn start_at(dir: &Path, addr: SocketAddr, extra: &[&str]) -> Binary {
+        Self::start_env(dir, addr, extra, &[]).await
+    }
+
+    /// Like `start_at`, with `PARLOR_*` settings in the environment too: a
+    /// setting an older build does not know is ignored there instead of
+    /// refused, so one test can run against a build from before a flag.
+    pub async fn start_env(
+        dir: &Path,
+        addr: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Binary {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -41,6 +53,7 @@ impl Binary {
             .arg(dir)
             .args(["--addr", &addr.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -59,6 +72,17 @@ impl Binary {
             assert!(Instant::now() < deadline, "parlor did not become healthy");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Resident memory of the process, in KiB (`VmRSS` in /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
     }
 
     pub fn signal(&self, sig: &str) {
