@@ -207,4 +207,8 @@ impl Store for RedbStore {
     fn unsynced(&self) -> bool {
         self.inner.unsynced.load(Ordering::Acquire)
     }
+
+    fn describe(&self) -> String {
+        self.inner.path.display().to_string()
+    }
 }
