@@ -1,9 +1,16 @@
 //! The read side: MVCC read transactions that never block the writer and
-//! live for one call each (a long-lived one would pin pages).
+//! live for one call each (a long-lived one would pin pages). Each holds the
+//! database handle for its call (`Snapshot`), so a reopen after an I/O
+//! failure waits for it; a read that failed on a handle broken under it is
+//! retried once (`reading`).
 
-use ::redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use std::sync::atomic::Ordering;
+
+use ::redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
+use parking_lot::RwLockReadGuard;
 
 use super::schema::{decode, MESSAGES, ROOMS};
+use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
 use crate::store::{
@@ -16,9 +23,39 @@ pub type MessagesTable = ReadOnlyTable<(u64, u64), &'static [u8]>;
 /// Front ranges of rooms to delete: (room id, from, to exclusive).
 pub type RetentionPlan = Vec<(u64, u64, u64)>;
 
+/// A read transaction and the handle it reads, held until it is dropped.
+pub(super) struct Snapshot<'a> {
+    pub txn: ReadTransaction,
+    /// Dropped after `txn` (field order): a reopen waits for it.
+    _db: RwLockReadGuard<'a, Option<Database>>,
+}
+
 impl Inner {
-    pub(super) fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().op("begin a read transaction")
+    pub(super) fn read_txn(&self) -> Result<Snapshot<'_>, StoreError> {
+        let db = self.db.read();
+        let txn = db
+            .as_ref()
+            .ok_or_else(closed)?
+            .begin_read()
+            .op("begin a read transaction")?;
+        Ok(Snapshot { txn, _db: db })
+    }
+
+    /// Runs a read; if it failed because the handle broke under it (an I/O
+    /// failure elsewhere), once more on the reopened handle. A read that
+    /// finds the handle broken and no reopen under way makes one.
+    pub(super) fn reading<T>(
+        &self,
+        read: impl Fn() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        match read() {
+            Err(e) if handle_broken(&e) => {
+                self.reopen_for_reads(generation);
+                read()
+            }
+            other => other,
+        }
     }
 
     pub(super) fn tables(
@@ -102,8 +139,8 @@ impl Inner {
         room: &RoomName,
         dedup_window: usize,
     ) -> Result<RoomLog, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some((id, epoch)) = self.room_entry_in(&rooms, room)? else {
             return Ok(RoomLog {
                 epoch: crate::store::new_epoch(),
@@ -140,8 +177,8 @@ impl Inner {
     }
 
     pub(super) fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, _) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, _) = self.tables(&snap.txn)?;
         Ok(self.room_entry_in(&rooms, room)?.map(|(_, epoch)| epoch))
     }
 
@@ -155,8 +192,8 @@ impl Inner {
         if limit.messages == 0 || after >= upto {
             return Ok(Vec::new());
         }
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(Vec::new());
         };
@@ -178,8 +215,8 @@ impl Inner {
     }
 
     pub(super) fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(1);
         };
@@ -190,8 +227,8 @@ impl Inner {
     }
 
     pub(super) fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let mut out = Vec::new();
         let iter = rooms.iter().op("read the rooms table")?;
         for entry in iter {
@@ -219,8 +256,8 @@ impl Inner {
     ) -> Result<RetentionPlan, StoreError> {
         let mut plan = Vec::new();
         let mut budget = max_delete as u64;
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let iter = rooms.iter().op("read the rooms table")?;
         for entry in iter {
             if budget == 0 {
