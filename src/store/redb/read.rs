@@ -3,6 +3,11 @@
 //! database handle for its call (`Snapshot`), so a reopen after an I/O
 //! failure waits for it; a read that failed on a handle broken under it is
 //! retried once (`reading`).
+//!
+//! redb does not check page checksums when reading, so a damaged page can
+//! also end a range scan early or skip entries without an error: a read
+//! checks that the sequences it returns follow each other and that it did
+//! not stop short of the room's newest, and reports a gap as `Corrupt`.
 
 use std::sync::atomic::Ordering;
 
@@ -200,16 +205,28 @@ impl Inner {
         let range = messages
             .range((id, after + 1)..=(id, upto))
             .op("read messages")?;
-        let mut out = Vec::with_capacity(limit.messages.min(1024));
+        let mut out: Vec<StoredMessage> = Vec::with_capacity(limit.messages.min(1024));
         let mut bytes = 0;
         for entry in range {
             if limit.reached(out.len(), bytes) {
-                break;
+                return Ok(out);
             }
             let (k, v) = entry.op("read messages")?;
-            let m = decode(k.value().1, v.value())?;
+            let sequence = k.value().1;
+            if let Some(prev) = out.last() {
+                if sequence != prev.sequence + 1 {
+                    return Err(missing(prev.sequence + 1));
+                }
+            }
+            let m = decode(sequence, v.value())?;
             bytes += read_cost(&m);
             out.push(m);
+        }
+        // The scan ended: nothing may be left in the range.
+        if let Some(last) = out.last().map(|m| m.sequence) {
+            if last < upto && self.last_in(&messages, id)?.min(upto) > last {
+                return Err(missing(last + 1));
+            }
         }
         Ok(out)
     }
@@ -297,5 +314,14 @@ impl Inner {
             }
         }
         Ok(plan)
+    }
+}
+
+/// A sequence a scan should have found (sequences have no gaps; retention
+/// only deletes a room's oldest).
+fn missing(sequence: u64) -> StoreError {
+    StoreError::Corrupt {
+        sequence,
+        why: "missing from the log although later ones are there (a damaged page?)".into(),
     }
 }
