@@ -20,6 +20,9 @@ pub struct Metrics {
     pub replayed: IntCounter,
     pub slow_consumer_cuts: IntCounter,
     pub store_errors: IntCounter,
+    pub store_panics: IntCounter,
+    pub store_damaged: IntGauge,
+    pub store_writes_failing: IntGauge,
     pub acks: IntCounter,
     pub retained_deleted: IntCounter,
     pub rooms_expired: IntCounter,
@@ -85,6 +88,18 @@ impl Metrics {
             store_errors: reg!(IntCounter::new(
                 "parlor_store_errors_total",
                 "Failed store operations"
+            )),
+            store_panics: reg!(IntCounter::new(
+                "parlor_store_panics_total",
+                "Panics in store code, each contained to the operation that hit it"
+            )),
+            store_damaged: reg!(IntGauge::new(
+                "parlor_store_damaged",
+                "1 once the store file was found damaged (until restart)"
+            )),
+            store_writes_failing: reg!(IntGauge::new(
+                "parlor_store_writes_failing",
+                "1 while store writes fail (e.g. a full disk)"
             )),
             acks: reg!(IntCounter::new(
                 "parlor_acks_total",

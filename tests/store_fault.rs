@@ -1,6 +1,7 @@
 //! Store faults (PROTOCOL.md §4, §5): a failed append is answered with
 //! `error internal`, nobody is shown the message, and the sequence stays
-//! gapless.
+//! gapless. A panic in store code fails only the room it hit; it and failing
+//! writes are counted and make `/healthz` answer 503 with the reason.
 
 mod common;
 
@@ -112,4 +113,84 @@ async fn failed_room_open_refuses_the_join_with_internal() {
     let (joined, _, _) = a.join("r").await;
     assert_eq!(joined["data"]["last"], 0);
     assert_eq!(a.publish_and_copy("r", "ok", "m2").await.0, 1);
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let text = get(addr, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+#[tokio::test]
+async fn a_store_panic_fails_only_its_room_and_is_counted_and_reported() {
+    let store = FaultyStore::new();
+    let mut cfg = config();
+    cfg.workers = Some(1); // every room on the one shard the panic hits
+    let server = start_with_store(cfg, store.clone()).await;
+    *store.panic_load.lock().unwrap() = Some(parlor::protocol::RoomName::parse("doomed").unwrap());
+    assert_eq!(get(server.addr, "/healthz").await.status, 200);
+
+    let mut a = connect(server.addr, "ann").await;
+    for id in ["j1", "j2"] {
+        a.send(&json!({"type": "join", "room": "doomed", "id": id}))
+            .await;
+        assert_error(&a.recv().await, "internal", Some(id));
+    }
+    // The shard lives on: another room on it works.
+    a.join("fine").await;
+    assert_eq!(a.publish_and_copy("fine", "ok", "m1").await.0, 1);
+    assert_alive(server.addr).await;
+
+    assert_eq!(metric(server.addr, "parlor_store_panics_total").await, 2.0);
+    assert_eq!(metric(server.addr, "parlor_store_errors_total").await, 2.0);
+    assert_eq!(metric(server.addr, "parlor_store_damaged").await, 1.0);
+    let health = get(server.addr, "/healthz").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    let body = health.json();
+    assert_eq!(body["status"], "unhealthy");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("damaged") && reason.contains("load_room of room doomed"),
+        "{reason}"
+    );
+    assert!(body["store"]["writes_failing"].is_null(), "{body}");
+}
+
+#[tokio::test]
+async fn failing_writes_make_healthz_503_until_a_write_works() {
+    let store = FaultyStore::new();
+    let server = start_with_store(config(), store.clone()).await;
+    let mut a = connect(server.addr, "ann").await;
+    a.join("r").await;
+    store.failing_writes.store(true, Ordering::SeqCst);
+    a.send(&msg_id("r", "lost", "m1")).await;
+    assert_error(&a.rx.recv_skip_diffs().await, "internal", Some("m1"));
+
+    let health = get(server.addr, "/healthz").await;
+    assert_eq!(health.status, 503, "{}", health.text());
+    let body = health.json();
+    let failing = body["store"]["writes_failing"].as_str().unwrap();
+    assert!(failing.contains("No space left on device"), "{failing}");
+    assert!(body["store"]["damaged"].is_null(), "{body}");
+    assert_eq!(
+        metric(server.addr, "parlor_store_writes_failing").await,
+        1.0
+    );
+    // Still failing: the background probe keeps it so.
+    a.send(&msg_id("r", "lost too", "m2")).await;
+    assert_error(&a.rx.recv_skip_diffs().await, "internal", Some("m2"));
+    assert_eq!(get(server.addr, "/healthz").await.status, 503);
+
+    // Space is back: with no traffic, the probe makes it healthy again.
+    store.failing_writes.store(false, Ordering::SeqCst);
+    eventually("healthz 200 again", || async {
+        (get(server.addr, "/healthz").await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(server.addr, "parlor_store_writes_failing").await,
+        0.0
+    );
+    assert_eq!(a.publish_and_copy("r", "stored", "m3").await.0, 1);
 }

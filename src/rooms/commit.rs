@@ -201,7 +201,6 @@ impl Rooms {
         let expired = std::mem::take(&mut batch.expired);
         if let Err(e) = result {
             tracing::error!(cause = %e, messages = batch.appends.len(), "store append failed; not acked");
-            self.tally.store_errors += 1;
             self.fail(batch.appends, origins, retries);
         } else {
             self.tally.expired += expired.len() as u64;

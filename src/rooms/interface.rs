@@ -121,7 +121,6 @@ pub struct Tally {
     pub deliveries: u64,
     pub acks: u64,
     pub replayed: u64,
-    pub store_errors: u64,
     pub slow_consumer_cuts: u64,
     /// Catch-up reads that came back for a join no longer current.
     pub stale_reads: u64,

@@ -246,7 +246,6 @@ impl Rooms {
             }
             Err(e) => {
                 tracing::error!(room = %name, cause = %e, "loading a room failed");
-                self.tally.store_errors += 1;
                 for cmd in parked {
                     refuse(cmd, "the room's history is unavailable");
                 }
@@ -323,7 +322,6 @@ impl Rooms {
                     m.peer.outbox.cut(close::INTERNAL);
                     self.remove_member(&done.room, done.client_id, now);
                 }
-                self.tally.store_errors += 1;
                 return;
             }
         };

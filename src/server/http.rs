@@ -55,16 +55,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
             upgrade::upgrade(req, conn, true)
         }
         (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
-        (&Method::GET, "/healthz") => {
-            if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"status": "draining"}),
-                )
-            } else {
-                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-            }
-        }
+        (&Method::GET, "/healthz") => health(&ctx),
         (_, p)
             if p.starts_with("/api/")
                 && ctx.auth.api_access(req.headers(), method != Method::GET)
@@ -117,6 +108,32 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         }
         _ => not_found(),
     }
+}
+
+/// `/healthz`: 200 `{"status":"ok"}`; 503 while draining, and while the
+/// store is damaged (until restart) or its writes fail, with the reason.
+fn health(ctx: &Ctx) -> Response<Body> {
+    if ctx.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        );
+    }
+    let store = ctx.env.store.health();
+    if store.is_ok() {
+        return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+    }
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "status": "unhealthy",
+            "reason": store.reason(),
+            "store": {
+                "damaged": store.damaged,
+                "writes_failing": store.writes_failing,
+            },
+        }),
+    )
 }
 
 fn not_found() -> Response<Body> {

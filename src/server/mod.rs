@@ -32,7 +32,7 @@ use crate::config::{Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::session;
 use crate::shard::{ShardEnv, Shards};
-use crate::store::{MemoryStore, Store};
+use crate::store::{GuardedStore, MemoryStore, Store};
 
 /// How long a client may take to send its request headers (and how long a
 /// keep-alive connection may sit idle).
@@ -200,6 +200,9 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     let admin_reserve = config.admin_reserve;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    // Every store call from here on is guarded: panics contained and
+    // counted, damage and failing writes tracked for /healthz.
+    let store: Arc<dyn Store> = Arc::new(GuardedStore::new(store, metrics.clone()));
     let workers = config.workers();
     let pool = if workers > 1 {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -229,6 +232,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
     tasks.spawn(retention_loop(ctx.clone()));
+    tasks.spawn(probe_loop(ctx.clone()));
     Ok(Running { addr, ctx, tasks })
 }
 
@@ -287,8 +291,8 @@ async fn retention_loop(ctx: Arc<Ctx>) {
                     }
                 }
                 Ok(Err(e)) => {
+                    // Counted by the store's guard.
                     tracing::error!(cause = %e, "retention failed");
-                    env.metrics.store_errors.inc();
                     break;
                 }
                 Err(_) => break,
@@ -308,6 +312,29 @@ async fn retention_loop(ctx: Arc<Ctx>) {
                 }
             }
         }
+    }
+}
+
+/// How often a store whose writes failed is probed while nothing else
+/// writes, so that `/healthz` recovers once writes work again (a node taken
+/// out of rotation on 503 gets no messages to prove it).
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn probe_loop(ctx: Arc<Ctx>) {
+    let env = ctx.env.clone();
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = env.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if env.store.health().writes_failing.is_none() {
+            continue;
+        }
+        let store = env.store.clone();
+        // The guard records the outcome; nothing else to do with it.
+        let _ = tokio::task::spawn_blocking(move || store.probe_writes()).await;
     }
 }
 

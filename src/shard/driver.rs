@@ -8,7 +8,8 @@
 //! - a batch goes to the log writer thread.
 //!
 //! Panics in store code fail the operation (`StoreError::Panicked`) instead
-//! of the shard.
+//! of the shard: the server's store is a `GuardedStore`, which catches,
+//! counts and reports them; `guarded` keeps the shard alive over any store.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -193,7 +194,6 @@ impl Driver {
         m.deliveries.inc_by(t.deliveries);
         m.acks.inc_by(t.acks);
         m.replayed.inc_by(t.replayed);
-        m.store_errors.inc_by(t.store_errors);
         m.rooms.add(t.loaded as i64 - t.unloaded as i64);
         m.rooms_expired.inc_by(t.expired);
     }

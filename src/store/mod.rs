@@ -14,6 +14,7 @@
 //! - A room's epoch is fixed for the life of its log; `load_room` never
 //!   writes, rooms are created by the batch that carries their first message.
 
+pub mod guard;
 pub mod memory;
 pub mod redb;
 
@@ -23,6 +24,7 @@ use crate::protocol::RoomName;
 
 pub use self::redb::RedbStore;
 pub use crate::message::StoredMessage;
+pub use guard::GuardedStore;
 pub use memory::MemoryStore;
 
 /// A message to append, with its room.
@@ -158,6 +160,25 @@ pub enum StoreError {
     /// Store code panicked; the operation failed, the process carries on.
     #[error("the store panicked: {0}")]
     Panicked(String),
+    /// An I/O failure lost commits that were acked but not yet synced
+    /// (`batched`, `none`): the rooms in memory are ahead of the log, so the
+    /// log refuses writes until parlor restarts and reloads them.
+    #[error("{0}")]
+    Unsynced(String),
+}
+
+/// What kind of trouble a `StoreError` is, for health and for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The file is damaged or store code is broken (a panic, a record or
+    /// page that cannot be read back): it will not go away by itself.
+    Damage,
+    /// The storage failed (I/O, a full disk): may pass.
+    Io,
+    /// The batch itself was refused (sequence, epoch, unknown room).
+    Refused,
+    /// Not the store's doing (the log writer stopped).
+    Stopped,
 }
 
 impl StoreError {
@@ -171,15 +192,46 @@ impl StoreError {
         }
     }
 
+    /// What kind of trouble this is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::Panicked(_) | StoreError::Corrupt { .. } | StoreError::Unsynced(_) => {
+                Fault::Damage
+            }
+            StoreError::Storage { source, .. } => {
+                let corrupted = matches!(
+                    source.downcast_ref::<::redb::Error>(),
+                    Some(::redb::Error::Corrupted(_))
+                ) || matches!(
+                    source.downcast_ref::<::redb::StorageError>(),
+                    Some(::redb::StorageError::Corrupted(_))
+                );
+                if corrupted {
+                    Fault::Damage
+                } else {
+                    Fault::Io
+                }
+            }
+            StoreError::OutOfSequence { .. }
+            | StoreError::UnknownRoom(_)
+            | StoreError::EpochMismatch { .. } => Fault::Refused,
+            StoreError::Stopped => Fault::Stopped,
+        }
+    }
+
     /// From a caught panic's payload.
     pub fn panicked(payload: &(dyn std::any::Any + Send)) -> StoreError {
-        let why = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
-        StoreError::Panicked(why)
+        StoreError::Panicked(panic_message(payload))
     }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -240,6 +292,51 @@ pub trait Store: Send + Sync + 'static {
     /// `batched` and `none` modes between syncs). Never blocks.
     fn unsynced(&self) -> bool {
         false
+    }
+
+    /// Where the log lives, for logs and `/healthz` (the file's path).
+    fn describe(&self) -> String {
+        "the memory store".into()
+    }
+
+    /// A small durable write that proves writes work (again), for a store
+    /// whose writes failed and that gets no traffic. Leaves no data behind.
+    fn probe_writes(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What is known to be wrong with the store: a store reports what it
+    /// found on its own (off any call); `GuardedStore` adds what calls
+    /// found. Never blocks.
+    fn health(&self) -> Health {
+        Health::default()
+    }
+}
+
+/// What `/healthz` reports of the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Set by a panic in store code or a damaged record or page; stays
+    /// until parlor restarts (nothing in parlor repairs a file).
+    pub damaged: Option<String>,
+    /// Set by a failed write (I/O, a full disk); cleared by the next write
+    /// that works.
+    pub writes_failing: Option<String>,
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        self.damaged.is_none() && self.writes_failing.is_none()
+    }
+
+    /// One line for people: every problem, `; `-separated.
+    pub fn reason(&self) -> String {
+        [&self.damaged, &self.writes_failing]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 

@@ -21,7 +21,7 @@ pub fn free_addr() -> SocketAddr {
 
 impl Binary {
     /// `parlor serve --store redb --data-dir DIR --addr A EXTRA…`, healthy.
-    /// Its stderr goes to `DIR.log`.
+    /// Its output (logs and errors) goes to `DIR.log`.
     pub async fn start(dir: &Path, extra: &[&str]) -> Binary {
         Self::start_at(dir, free_addr(), extra).await
     }
@@ -55,7 +55,8 @@ impl Binary {
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // Logs go to stdout (tracing's default), errors to stderr: both kept.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start parlor");

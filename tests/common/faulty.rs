@@ -63,6 +63,10 @@ pub struct FaultyStore {
     pub block_append: Mutex<Option<Arc<Gate>>>,
     /// Appends of a batch with a message of this room fail.
     pub poison: Mutex<Option<RoomName>>,
+    /// Loading this room panics, as redb does on a damaged page.
+    pub panic_load: Mutex<Option<RoomName>>,
+    /// Every write (append, write probe) fails while set, as on a full disk.
+    pub failing_writes: AtomicBool,
 }
 
 impl FaultyStore {
@@ -78,6 +82,8 @@ impl FaultyStore {
             block_load: Mutex::new(None),
             block_append: Mutex::new(None),
             poison: Mutex::new(None),
+            panic_load: Mutex::new(None),
+            failing_writes: AtomicBool::new(false),
         })
     }
 
@@ -111,6 +117,9 @@ impl Store for FaultyStore {
         if let Some(gate) = gate {
             gate.pass();
         }
+        if self.panic_load.lock().unwrap().as_ref() == Some(room) {
+            panic!("injected panic loading {room}");
+        }
         self.inner.load_room(room, dedup_window)
     }
     fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
@@ -122,6 +131,9 @@ impl Store for FaultyStore {
         }
         if self.fail_append.swap(false, Ordering::SeqCst) {
             return Err(injected("append"));
+        }
+        if self.failing_writes.load(Ordering::SeqCst) {
+            return Err(injected("No space left on device"));
         }
         if let Some(room) = &*self.poison.lock().unwrap() {
             if batch.appends.iter().any(|a| &a.room == room) {
@@ -156,5 +168,14 @@ impl Store for FaultyStore {
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+    fn probe_writes(&self) -> Result<(), StoreError> {
+        if self.failing_writes.load(Ordering::SeqCst) {
+            return Err(injected("No space left on device"));
+        }
+        self.inner.probe_writes()
     }
 }

@@ -24,6 +24,21 @@
 //!
 //! Retention keeps at least one message per room, so a room's newest
 //! sequence is always in the log and is never handed out twice.
+//!
+//! # I/O failures
+//!
+//! After an I/O error (a full disk) redb fails every later operation until
+//! the database is closed and opened again. The write that hit the error
+//! does that at once (`write`): readers wait for the reopen, a read that
+//! failed on the broken handle is retried once on the new one. Writes are
+//! then paused for a backoff (100 ms doubling to 5 s, and at least four
+//! times what the reopen took, since each failure costs one) and fail fast
+//! meanwhile, so a full disk does not turn into a loop of repairs that
+//! keeps readers waiting; the first write after the pause tries for real.
+//! Nothing acked is lost in `immediate`: a failed commit was never acked.
+//! In `batched` and `none`, commits not yet synced are rolled back by the
+//! reopen like by a crash; the rooms in memory are then ahead of the log,
+//! so writes are refused (`StoreError::Unsynced`) until parlor restarts.
 
 mod open;
 mod read;
@@ -32,15 +47,17 @@ mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::redb::Database;
 use parking_lot::{Mutex, RwLock};
 
-use super::{Batch, ReadLimit, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage};
+use super::{
+    Batch, Health, ReadLimit, Retention, RoomLog, RoomSummary, Store, StoreError, StoredMessage,
+};
 use crate::config::Durability;
 use crate::protocol::RoomName;
 pub use open::OpenError;
@@ -48,7 +65,7 @@ pub use schema::FILE_NAME;
 use write::SyncState;
 
 /// Page cache of the database.
-const CACHE_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct RedbStore {
     inner: Arc<Inner>,
@@ -57,18 +74,27 @@ pub struct RedbStore {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database. A read holds the read lock for its one call;
+    /// a reopen after an I/O failure takes the write lock, so it waits for
+    /// reads in progress. `None` only while reopening fails (the next write
+    /// after the backoff tries again).
+    db: RwLock<Option<Database>>,
+    /// Bumped by every reopen.
+    generation: AtomicU64,
     path: PathBuf,
     durability: Durability,
     sync_interval: Duration,
     /// Save the allocator state with every commit (see `open_with`).
     quick_repair: bool,
-    /// Held for the whole of every write transaction.
+    /// Held for the whole of every write transaction and every reopen.
     writer: Mutex<SyncState>,
     /// `SyncState::dirty`, readable without waiting for the writer.
     unsynced: AtomicBool,
     /// Rooms in the rooms table, kept beside it.
     room_count: AtomicUsize,
+    /// Set when an I/O failure lost acked, unsynced commits: writes are
+    /// refused until restart (`StoreError::Unsynced`). Readable at any time.
+    lost: OnceLock<String>,
     /// Room name → room id, for the rooms seen so far.
     room_ids: RwLock<HashMap<RoomName, u64>>,
 }
@@ -119,17 +145,16 @@ impl RedbStore {
         let db = open::open_database(&path, CACHE_BYTES)?;
         open::init_schema(&db, &path)?;
         let inner = Arc::new(Inner {
-            db,
+            db: RwLock::new(Some(db)),
+            generation: AtomicU64::new(0),
             path,
             durability,
             sync_interval,
             quick_repair,
-            writer: Mutex::new(SyncState {
-                last_sync: Instant::now(),
-                dirty: false,
-            }),
+            writer: Mutex::new(SyncState::new()),
             unsynced: AtomicBool::new(false),
             room_count: AtomicUsize::new(0),
+            lost: OnceLock::new(),
             room_ids: RwLock::new(HashMap::new()),
         });
         let rooms = inner.count_rooms().map_err(|e| OpenError::Io {
@@ -174,11 +199,12 @@ impl Drop for RedbStore {
 
 impl Store for RedbStore {
     fn load_room(&self, room: &RoomName, dedup_window: usize) -> Result<RoomLog, StoreError> {
-        self.inner.load_room(room, dedup_window)
+        self.inner
+            .reading(|| self.inner.load_room(room, dedup_window))
     }
 
     fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
-        self.inner.epoch(room)
+        self.inner.reading(|| self.inner.epoch(room))
     }
 
     fn append(&self, batch: &mut Batch) -> Result<(), StoreError> {
@@ -192,15 +218,16 @@ impl Store for RedbStore {
         upto: u64,
         limit: ReadLimit,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.inner.read(room, after, upto, limit)
+        self.inner
+            .reading(|| self.inner.read(room, after, upto, limit))
     }
 
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
-        self.inner.first_retained(room)
+        self.inner.reading(|| self.inner.first_retained(room))
     }
 
     fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.inner.rooms()
+        self.inner.reading(|| self.inner.rooms())
     }
 
     fn room_count(&self) -> usize {
@@ -208,11 +235,14 @@ impl Store for RedbStore {
     }
 
     fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
-        self.inner.expired_rooms(before_ms, limit)
+        self.inner
+            .reading(|| self.inner.expired_rooms(before_ms, limit))
     }
 
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
-        let plan = self.inner.retention_plan(policy, max_delete)?;
+        let plan = self
+            .inner
+            .reading(|| self.inner.retention_plan(policy, max_delete))?;
         self.inner.delete(&plan)
     }
 
@@ -222,5 +252,22 @@ impl Store for RedbStore {
 
     fn unsynced(&self) -> bool {
         self.inner.unsynced.load(Ordering::Acquire)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.path.display().to_string()
+    }
+
+    fn probe_writes(&self) -> Result<(), StoreError> {
+        self.inner.probe()
+    }
+
+    /// What the store found itself, off any caller's path (the batched
+    /// mode's sync thread): commits lost in an I/O failure.
+    fn health(&self) -> Health {
+        Health {
+            damaged: self.inner.lost.get().cloned(),
+            writes_failing: None,
+        }
     }
 }

@@ -74,9 +74,12 @@ pub fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, OpenEr
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_error(path, e)),
-        Err(_) => Err(OpenError::Corrupt {
+        Err(panic) => Err(OpenError::Corrupt {
             path: path.to_owned(),
-            why: "redb panicked while opening it".into(),
+            why: format!(
+                "redb panicked while opening it: {}",
+                crate::store::panic_message(&*panic)
+            ),
         }),
     }
 }

@@ -1,11 +1,24 @@
 //! The read side: MVCC read transactions that never block the writer and
-//! live for one call each (a long-lived one would pin pages).
+//! live for one call each (a long-lived one would pin pages). Each holds the
+//! database handle for its call (`Snapshot`), so a reopen after an I/O
+//! failure waits for it; a read that failed on a handle broken under it is
+//! retried once (`reading`).
+//!
+//! redb does not check page checksums when reading, so a damaged page can
+//! also end a range scan early or skip entries without an error: a read
+//! checks that the sequences it returns follow each other and that it did
+//! not stop short of the room's newest, and reports a gap as `Corrupt`.
+
+use std::sync::atomic::Ordering;
 
 use ::redb::{
-    ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
 };
+use parking_lot::RwLockReadGuard;
 
 use super::schema::{decode, MESSAGES, ROOMS};
+use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
 use crate::store::{
@@ -18,9 +31,39 @@ pub type MessagesTable = ReadOnlyTable<(u64, u64), &'static [u8]>;
 /// Front ranges of rooms to delete: (room id, from, to exclusive).
 pub type RetentionPlan = Vec<(u64, u64, u64)>;
 
+/// A read transaction and the handle it reads, held until it is dropped.
+pub(super) struct Snapshot<'a> {
+    pub txn: ReadTransaction,
+    /// Dropped after `txn` (field order): a reopen waits for it.
+    _db: RwLockReadGuard<'a, Option<Database>>,
+}
+
 impl Inner {
-    pub(super) fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().op("begin a read transaction")
+    pub(super) fn read_txn(&self) -> Result<Snapshot<'_>, StoreError> {
+        let db = self.db.read();
+        let txn = db
+            .as_ref()
+            .ok_or_else(closed)?
+            .begin_read()
+            .op("begin a read transaction")?;
+        Ok(Snapshot { txn, _db: db })
+    }
+
+    /// Runs a read; if it failed because the handle broke under it (an I/O
+    /// failure elsewhere), once more on the reopened handle. A read that
+    /// finds the handle broken and no reopen under way makes one.
+    pub(super) fn reading<T>(
+        &self,
+        read: impl Fn() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        match read() {
+            Err(e) if handle_broken(&e) => {
+                self.reopen_for_reads(generation);
+                read()
+            }
+            other => other,
+        }
     }
 
     pub(super) fn tables(
@@ -104,8 +147,8 @@ impl Inner {
         room: &RoomName,
         dedup_window: usize,
     ) -> Result<RoomLog, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some((id, epoch)) = self.room_entry_in(&rooms, room)? else {
             return Ok(RoomLog {
                 epoch: crate::store::new_epoch(),
@@ -144,8 +187,8 @@ impl Inner {
     }
 
     pub(super) fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, _) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, _) = self.tables(&snap.txn)?;
         Ok(self.room_entry_in(&rooms, room)?.map(|(_, epoch)| epoch))
     }
 
@@ -159,31 +202,43 @@ impl Inner {
         if limit.messages == 0 || after >= upto {
             return Ok(Vec::new());
         }
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(Vec::new());
         };
         let range = messages
             .range((id, after + 1)..=(id, upto))
             .op("read messages")?;
-        let mut out = Vec::with_capacity(limit.messages.min(1024));
+        let mut out: Vec<StoredMessage> = Vec::with_capacity(limit.messages.min(1024));
         let mut bytes = 0;
         for entry in range {
             if limit.reached(out.len(), bytes) {
-                break;
+                return Ok(out);
             }
             let (k, v) = entry.op("read messages")?;
-            let m = decode(k.value().1, v.value())?;
+            let sequence = k.value().1;
+            if let Some(prev) = out.last() {
+                if sequence != prev.sequence + 1 {
+                    return Err(missing(prev.sequence + 1));
+                }
+            }
+            let m = decode(sequence, v.value())?;
             bytes += read_cost(&m);
             out.push(m);
+        }
+        // The scan ended: nothing may be left in the range.
+        if let Some(last) = out.last().map(|m| m.sequence) {
+            if last < upto && self.last_in(&messages, id)?.min(upto) > last {
+                return Err(missing(last + 1));
+            }
         }
         Ok(out)
     }
 
     pub(super) fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(1);
         };
@@ -194,8 +249,8 @@ impl Inner {
     }
 
     pub(super) fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let mut out = Vec::new();
         let iter = rooms.iter().op("read the rooms table")?;
         for entry in iter {
@@ -214,8 +269,8 @@ impl Inner {
     }
 
     pub(super) fn count_rooms(&self) -> Result<usize, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, _) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, _) = self.tables(&snap.txn)?;
         Ok(rooms.len().op("count rooms")? as usize)
     }
 
@@ -224,8 +279,8 @@ impl Inner {
         before_ms: u64,
         limit: usize,
     ) -> Result<Vec<RoomName>, StoreError> {
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let mut out = Vec::new();
         for entry in rooms.iter().op("read the rooms table")? {
             if out.len() >= limit {
@@ -260,8 +315,8 @@ impl Inner {
     ) -> Result<RetentionPlan, StoreError> {
         let mut plan = Vec::new();
         let mut budget = max_delete as u64;
-        let txn = self.read_txn()?;
-        let (rooms, messages) = self.tables(&txn)?;
+        let snap = self.read_txn()?;
+        let (rooms, messages) = self.tables(&snap.txn)?;
         let iter = rooms.iter().op("read the rooms table")?;
         for entry in iter {
             if budget == 0 {
@@ -301,5 +356,14 @@ impl Inner {
             }
         }
         Ok(plan)
+    }
+}
+
+/// A sequence a scan should have found (sequences have no gaps; retention
+/// only deletes a room's oldest).
+fn missing(sequence: u64) -> StoreError {
+    StoreError::Corrupt {
+        sequence,
+        why: "missing from the log although later ones are there (a damaged page?)".into(),
     }
 }

@@ -24,6 +24,8 @@ pub const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("p
 
 pub const META_FORMAT: &str = "format";
 pub const META_NEXT_ROOM: &str = "next_room_id";
+/// Written and removed again by a write probe (never left in the file).
+pub const META_PROBE: &str = "write_probe";
 pub const FORMAT_VERSION: u64 = 1;
 
 /// The first bytes of every redb file.

@@ -1,6 +1,8 @@
-//! The write side: every write (a group-commit batch, retention) is one
-//! write transaction under one mutex (redb allows one writer at a time
-//! anyway), committed with the durability the mode asks for.
+//! The write side: every write (a group-commit batch, retention, a sync, a
+//! write probe) is one write transaction under one mutex (redb allows one
+//! writer at a time anyway), committed with the durability the mode asks
+//! for. An I/O failure is handled here, between transactions: the handle is
+//! reopened at once and writes pause for a backoff (see the module doc).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -10,33 +12,120 @@ use std::time::{Duration, Instant};
 use ::redb::{ReadableTable, WriteTransaction};
 
 use super::read::RetentionPlan;
-use super::schema::{encode, MESSAGES, META, META_NEXT_ROOM, ROOMS};
-use super::{Inner, Op};
+use super::schema::{encode, MESSAGES, META, META_NEXT_ROOM, META_PROBE, ROOMS};
+use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
 use crate::protocol::RoomName;
 use crate::store::{Batch, StoreError};
+
+/// First pause of writes after an I/O failure; doubles with each failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The pause is at least this many times what the reopen took, so that
+/// reopening (a repair walk of the file) takes at most about a fifth of
+/// the time while the disk stays full.
+const REOPEN_FACTOR: u32 = 4;
 
 pub struct SyncState {
     /// Start of the last `Immediate` commit.
     pub last_sync: Instant,
     /// A `None` commit happened since then.
     pub dirty: bool,
+    /// The last write failed with an I/O error: writes fail fast until
+    /// `retry_at`.
+    pub failure: Option<Failure>,
+}
+
+impl SyncState {
+    pub fn new() -> SyncState {
+        SyncState {
+            last_sync: Instant::now(),
+            dirty: false,
+            failure: None,
+        }
+    }
+}
+
+pub struct Failure {
+    cause: String,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The handle is gone: closed after an I/O failure, and reopening failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the database is closed after an I/O failure and could not be reopened yet")]
+pub struct Closed;
+
+pub fn closed() -> StoreError {
+    StoreError::storage("use the database", Closed)
+}
+
+fn redb_error(e: &StoreError) -> Option<&::redb::Error> {
+    match e {
+        StoreError::Storage { source, .. } => source.downcast_ref(),
+        _ => None,
+    }
+}
+
+/// The handle cannot be used any more (it must be reopened).
+pub fn handle_broken(e: &StoreError) -> bool {
+    let closed = matches!(e, StoreError::Storage { source, .. } if source.is::<Closed>());
+    closed
+        || matches!(
+            redb_error(e),
+            Some(::redb::Error::PreviousIo | ::redb::Error::DatabaseClosed)
+        )
+}
+
+/// A failure of the storage under the file, which breaks redb's handle.
+fn io_failure(e: &StoreError) -> bool {
+    handle_broken(e)
+        || matches!(
+            redb_error(e),
+            Some(::redb::Error::Io(_) | ::redb::Error::Backend(_))
+        )
 }
 
 impl Inner {
     /// Runs `f` in one write transaction and commits it with the durability
-    /// the mode asks for; `f`'s error aborts the transaction.
+    /// the mode asks for (`Immediate` if `durable`); `f`'s error aborts the
+    /// transaction. Handles an I/O failure (see the module doc).
     fn write<T>(
         &self,
+        durable: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut state = self.writer.lock();
-        let mut txn = self.db.begin_write().op("begin a write transaction")?;
-        let durable = match self.durability {
-            Durability::Immediate => true,
-            Durability::None => false,
-            Durability::Batched => state.last_sync.elapsed() >= self.sync_interval,
-        };
+        self.writable(&mut state)?;
+        match self.transact(&mut state, durable, f) {
+            Ok(out) => {
+                state.failure = None;
+                Ok(out)
+            }
+            Err(e) if io_failure(&e) => Err(self.failed(&mut state, e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn transact<T>(
+        &self,
+        state: &mut SyncState,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db.read();
+        let mut txn = db
+            .as_ref()
+            .ok_or_else(closed)?
+            .begin_write()
+            .op("begin a write transaction")?;
+        let durable = durable
+            || match self.durability {
+                Durability::Immediate => true,
+                Durability::None => false,
+                Durability::Batched => state.last_sync.elapsed() >= self.sync_interval,
+            };
         let level = if durable {
             ::redb::Durability::Immediate
         } else {
@@ -63,19 +152,131 @@ impl Inner {
         Ok(out)
     }
 
+    /// Whether a write may go ahead: not while writes are refused or paused;
+    /// a handle that could not be reopened is reopened first.
+    fn writable(&self, state: &mut SyncState) -> Result<(), StoreError> {
+        if let Some(lost) = self.lost.get() {
+            return Err(StoreError::Unsynced(lost.clone()));
+        }
+        if let Some(failure) = &state.failure {
+            let now = Instant::now();
+            if now < failure.retry_at {
+                let why = format!(
+                    "{} (writes paused after {} failed; next attempt in {:.0?})",
+                    failure.cause,
+                    failure.failures,
+                    failure.retry_at - now
+                );
+                return Err(StoreError::storage("write", why));
+            }
+        }
+        if self.db.read().is_none() {
+            if let Err(e) = self.reopen(state) {
+                self.pause(state, &e, Duration::ZERO);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a write failed on I/O: reopen now (so that reads work again),
+    /// pause writes, and tell whether acked commits were lost with it.
+    fn failed(&self, state: &mut SyncState, e: StoreError) -> StoreError {
+        // Commits since the last sync are rolled back by the reopen.
+        let lost = std::mem::replace(&mut state.dirty, false);
+        self.unsynced.store(false, Ordering::Release);
+        let took = match self.reopen(state) {
+            Ok(took) => took,
+            Err(reopen) => {
+                tracing::error!(file = %self.path.display(), cause = %reopen, "reopening the store failed; the next write tries again");
+                Duration::ZERO
+            }
+        };
+        self.pause(state, &e, took);
+        if !lost {
+            return e;
+        }
+        let why = format!(
+            "an I/O failure ({e}) lost the commits made since the last sync;              writes are refused until parlor restarts"
+        );
+        tracing::error!(file = %self.path.display(), "{why}");
+        let _ = self.lost.set(why.clone());
+        StoreError::Unsynced(why)
+    }
+
+    fn pause(&self, state: &mut SyncState, e: &StoreError, reopen_took: Duration) {
+        let failures = state.failure.as_ref().map_or(0, |f| f.failures) + 1;
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(MAX_BACKOFF)
+            .max(reopen_took * REOPEN_FACTOR);
+        state.failure = Some(Failure {
+            cause: e.to_string(),
+            failures,
+            retry_at: Instant::now() + backoff,
+        });
+    }
+
+    /// Closes the handle and opens the file again (redb recovers it as
+    /// after a crash). Waits for the reads in progress; `state` is the
+    /// writer's lock, held by the caller. Returns how long it took.
+    fn reopen(&self, _state: &mut SyncState) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        let mut slot = self.db.write();
+        if let Some(old) = slot.take() {
+            // After an I/O failure redb writes nothing at close; the open
+            // below recovers the file.
+            if let Err(e) = old.close() {
+                tracing::debug!(cause = %e, "closing the failed store handle");
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Rooms created by lost commits may have left ids behind.
+        self.room_ids.write().clear();
+        let db = open::open_database(&self.path, CACHE_BYTES)
+            .map_err(|e| StoreError::storage("reopen the database", e))?;
+        *slot = Some(db);
+        let took = started.elapsed();
+        tracing::warn!(file = %self.path.display(), ?took, "reopened the store after an I/O failure");
+        Ok(took)
+    }
+
+    /// A read found the handle broken (`generation` is the one it read):
+    /// reopen unless a writer is at it or did it meanwhile, or writes are
+    /// paused (the write that paused them reopened already).
+    pub(super) fn reopen_for_reads(&self, generation: u64) {
+        let Some(mut state) = self.writer.try_lock() else {
+            return;
+        };
+        let paused = state
+            .failure
+            .as_ref()
+            .is_some_and(|f| Instant::now() < f.retry_at);
+        if paused || self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if let Err(e) = self.reopen(&mut state) {
+            self.pause(&mut state, &e, Duration::ZERO);
+        }
+    }
+
     /// An empty `Immediate` commit: persists every earlier `None` commit.
     pub(super) fn sync_now(&self) -> Result<(), StoreError> {
-        let mut state = self.writer.lock();
-        if !state.dirty {
+        if !self.writer.lock().dirty {
             return Ok(());
         }
-        let started = Instant::now();
-        let txn = self.db.begin_write().op("begin a write transaction")?;
-        txn.commit().op("sync commit")?;
-        state.last_sync = started;
-        state.dirty = false;
-        self.unsynced.store(false, Ordering::Release);
-        Ok(())
+        self.write(true, |_| Ok(()))
+    }
+
+    /// A durable commit that changes nothing: proves writes work.
+    pub(super) fn probe(&self) -> Result<(), StoreError> {
+        self.write(true, |txn| {
+            let mut meta = txn.open_table(META).op("open the meta table")?;
+            meta.insert(META_PROBE, crate::protocol::now_ms())
+                .op("write the meta table")?;
+            meta.remove(META_PROBE).op("write the meta table")?;
+            Ok(())
+        })
     }
 
     /// Batched mode: syncs once a `None` commit is `sync_interval` old and
@@ -118,7 +319,7 @@ impl Inner {
         }
         let mut created = Vec::new();
         let mut expired = 0;
-        self.write(|txn| {
+        self.write(false, |txn| {
             let mut rooms = txn.open_table(ROOMS).op("open the rooms table")?;
             for new in &batch.new_rooms {
                 if let Some((_, stored)) = self.room_entry_in(&rooms, &new.room)? {
@@ -202,7 +403,7 @@ impl Inner {
         if plan.is_empty() {
             return Ok(0);
         }
-        self.write(|txn| {
+        self.write(false, |txn| {
             let mut messages = txn.open_table(MESSAGES).op("open the messages table")?;
             let mut deleted = 0usize;
             for &(id, from, to) in plan {
