@@ -94,11 +94,11 @@ impl Stream {
         let payload = &c.payload[..c.payload.len().min(130)];
         let op = if c.pong { OpCode::Pong } else { OpCode::Ping };
         self.frame(true, op, payload);
-        // The library checks a ping's size before the limit, parlor a pong's after.
+        // A control frame over 125 bytes breaks the protocol whatever the
+        // limit; under that, the limit applies to it as to any frame.
         match payload.len() {
-            126.. if !c.pong => Err(1002),
-            n if n > self.max => Err(1009),
             126.. => Err(1002),
+            n if n > self.max => Err(1009),
             _ => Ok(()),
         }
     }
