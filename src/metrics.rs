@@ -2,8 +2,8 @@
 //! bumped once per batch or per session event, never once per delivery.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ErrorCode;
@@ -40,6 +40,21 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub store_unsynced: IntGauge,
     pub batch_size: Histogram,
+    /// Cluster mode: Redis calls by operation, and how long each took
+    /// (one round trip; a batch's rooms go in parallel).
+    pub redis_calls: IntCounterVec,
+    pub redis_seconds: HistogramVec,
+    pub redis_reconnects: IntCounter,
+    /// 1 while the Redis connection is up (set when /healthz or /metrics ask).
+    pub redis_up: IntGauge,
+    /// Gaps in a room's sequence filled from the log (a message lost or
+    /// late on the live channel, a resubscription, a join ahead of us).
+    pub gap_fills: IntCounter,
+    /// Messages that came on live channels, and how old each was then.
+    pub live_messages: IntCounter,
+    pub live_lag_seconds: Histogram,
+    /// Other parlor nodes alive, as the last heartbeat saw.
+    pub cluster_nodes: IntGauge,
 }
 
 impl Metrics {
@@ -170,6 +185,48 @@ impl Metrics {
             batch_size: reg!(Histogram::with_opts(
                 HistogramOpts::new("parlor_store_batch_messages", "Messages per store batch")
                     .buckets(prometheus::exponential_buckets(1.0, 2.0, 12).unwrap())
+            )),
+            redis_calls: reg!(IntCounterVec::new(
+                Opts::new(
+                    "parlor_redis_calls_total",
+                    "Cluster mode: calls to Redis (one command or script each), by operation"
+                ),
+                &["op"]
+            )),
+            redis_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "parlor_redis_roundtrip_seconds",
+                    "Cluster mode: Redis call latency, by operation"
+                )
+                .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).unwrap()),
+                &["op"]
+            )),
+            redis_reconnects: reg!(IntCounter::new(
+                "parlor_redis_reconnects_total",
+                "Cluster mode: reconnections to Redis"
+            )),
+            redis_up: reg!(IntGauge::new(
+                "parlor_redis_up",
+                "Cluster mode: 1 while Redis is reachable"
+            )),
+            gap_fills: reg!(IntCounter::new(
+                "parlor_gap_fills_total",
+                "Cluster mode: gaps in a room's sequence filled from the log"
+            )),
+            live_messages: reg!(IntCounter::new(
+                "parlor_live_messages_total",
+                "Cluster mode: messages received on live channels"
+            )),
+            live_lag_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "parlor_live_lag_seconds",
+                    "Cluster mode: age of a message when it arrived on the live channel"
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).unwrap())
+            )),
+            cluster_nodes: reg!(IntGauge::new(
+                "parlor_cluster_nodes",
+                "Cluster mode: parlor nodes alive (this one included)"
             )),
             registry,
         }

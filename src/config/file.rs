@@ -141,7 +141,41 @@ impl Config {
         };
         hide(&mut shown.jwt_secret);
         hide(&mut shown.api_key);
+        for url in &mut shown.cluster {
+            *url = redact_url(url);
+        }
         shown.config = None;
         toml::to_string(&shown).expect("config serializes")
+    }
+}
+
+/// A URL with the password of its user info (`user:password@`) replaced.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((info, host)) => {
+            let user = info.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_url_password_is_redacted() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:<redacted>@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:<redacted>@h:1");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-pub use file::{ConfigError, Invocation};
+pub use file::{redact_url, ConfigError, Invocation};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +70,15 @@ pub enum Durability {
     Batched,
     /// Committed but never explicitly synced.
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    /// One Redis server (the first URL).
+    Single,
+    /// A Redis Cluster; the URLs are seed nodes.
+    Cluster,
 }
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
@@ -271,6 +280,34 @@ pub struct Config {
     #[arg(long, env = "PARLOR_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
 
+    /// Cluster mode: share rooms with other parlor nodes through Redis,
+    /// which then holds the log instead of --store (`redis://[user:pass@]HOST:PORT`,
+    /// `rediss://` for TLS; several comma-separated seed nodes for a Redis
+    /// Cluster) [default: off, one node].
+    #[arg(
+        long,
+        env = "PARLOR_CLUSTER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub cluster: Vec<String>,
+
+    /// What --cluster points at [default: single, or cluster when several
+    /// URLs are given].
+    #[arg(long, env = "PARLOR_CLUSTER_MODE", value_enum)]
+    pub cluster_mode: Option<ClusterMode>,
+
+    /// Cluster mode: how often this node proves to the others it is alive,
+    /// in milliseconds; a node silent for 3 of these is dead and its users
+    /// leave every room.
+    #[arg(long, env = "PARLOR_CLUSTER_HEARTBEAT_MS", default_value_t = 1000)]
+    pub cluster_heartbeat_ms: u64,
+
+    /// Cluster mode: longest a Redis call may take, in milliseconds; then
+    /// the request it serves fails (`error internal`).
+    #[arg(long, env = "PARLOR_CLUSTER_TIMEOUT_MS", default_value_t = 2000)]
+    pub cluster_timeout_ms: u64,
+
     /// TOML file with any of these settings (keys are the flag names,
     /// e.g. `max-frame-bytes = 65536`).
     #[arg(long, env = "PARLOR_CONFIG")]
@@ -327,6 +364,28 @@ impl Config {
 
     pub fn presence_window(&self) -> Duration {
         Duration::from_millis(self.presence_window_ms.clamp(1, 250))
+    }
+
+    /// Whether this node shares its rooms through Redis (`--cluster`).
+    pub fn clustered(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    /// What `--cluster` points at.
+    pub fn cluster_mode(&self) -> ClusterMode {
+        self.cluster_mode.unwrap_or(if self.cluster.len() > 1 {
+            ClusterMode::Cluster
+        } else {
+            ClusterMode::Single
+        })
+    }
+
+    pub fn cluster_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.cluster_heartbeat_ms.max(10))
+    }
+
+    pub fn cluster_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster_timeout_ms.max(10))
     }
 
     /// Options for tests and tools: memory store, ephemeral port, defaults

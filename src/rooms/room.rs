@@ -397,6 +397,7 @@ mod tests {
             recent_ids: Vec::new(),
             exists: true,
             room_limit_reached: false,
+            presence: Vec::new(),
         };
         Room::new(RoomName::parse("r").unwrap(), log, &limits(), 0)
     }

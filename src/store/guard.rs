@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use super::{
     Batch, Fault, Health, ReadLimit, Retention, RoomLog, RoomSummary, Sequencing, Store,
-    StoreError, StoredMessage,
+    StoreError, StoredMessage, Tail,
 };
 use crate::metrics::Metrics;
 use crate::protocol::RoomName;
@@ -230,6 +230,18 @@ impl Store for GuardedStore {
         })
     }
 
+    fn read_tail(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Tail, StoreError> {
+        self.call(Call::read("read_tail", Some(room)), || {
+            self.inner.read_tail(room, after, upto, limit)
+        })
+    }
+
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.call(Call::read("first_retained", Some(room)), || {
             self.inner.first_retained(room)
@@ -278,22 +290,28 @@ impl Store for GuardedStore {
     fn health(&self) -> Health {
         // What the store found on its own (a background sync) is adopted:
         // reported and counted like what a call found.
-        if let Some(why) = self.inner.health().damaged {
+        let own = self.inner.health();
+        if let Some(why) = own.damaged {
             if self.state.lock().damaged.is_none() {
                 self.damaged(&Call::read("sync", None), &StoreError::Unsynced(why));
             }
         }
         let state = self.state.lock();
+        // A store that knows it cannot write (its server is unreachable)
+        // says so before any write fails.
+        let failing = own.writes_failing.filter(|_| state.failing.is_none());
         Health {
             damaged: state.damaged.clone(),
-            writes_failing: state.failing.as_ref().map(|f| {
-                format!(
-                    "store writes to {} are failing ({} failed, the first {:.0?} ago): {}",
-                    self.file,
-                    f.failures,
-                    f.since.elapsed(),
-                    f.cause
-                )
+            writes_failing: failing.or_else(|| {
+                state.failing.as_ref().map(|f| {
+                    format!(
+                        "store writes to {} are failing ({} failed, the first {:.0?} ago): {}",
+                        self.file,
+                        f.failures,
+                        f.since.elapsed(),
+                        f.cause
+                    )
+                })
             }),
         }
     }

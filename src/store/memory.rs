@@ -88,6 +88,7 @@ impl Store for MemoryStore {
                 recent_ids: recent_ids(log, dedup_window),
                 exists: true,
                 room_limit_reached: false,
+                presence: Vec::new(),
             },
             None => RoomLog {
                 epoch: super::new_epoch(),
@@ -95,6 +96,7 @@ impl Store for MemoryStore {
                 recent_ids: Vec::new(),
                 exists: false,
                 room_limit_reached: false,
+                presence: Vec::new(),
             },
         })
     }
@@ -106,9 +108,12 @@ impl Store for MemoryStore {
     fn append(&self, batch: &mut Batch) -> Result<(), StoreError> {
         let mut rooms = self.rooms.write();
         // Check the whole batch first so that it is all-or-nothing.
-        for new in &batch.new_rooms {
+        for new in &mut batch.new_rooms {
             if let Some(log) = rooms.get(&new.room) {
-                if log.epoch != new.epoch {
+                if self.numbering {
+                    // A shared log keeps the epoch it has and says so.
+                    new.epoch.clone_from(&log.epoch);
+                } else if log.epoch != new.epoch {
                     return Err(StoreError::EpochMismatch {
                         room: new.room.clone(),
                         stored: log.epoch.clone(),

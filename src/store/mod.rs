@@ -17,12 +17,14 @@
 pub mod guard;
 pub mod memory;
 pub mod redb;
+pub mod redis;
 
 use std::sync::Arc;
 
 use crate::protocol::RoomName;
 
 pub use self::redb::RedbStore;
+pub use self::redis::RedisLog;
 pub use crate::message::StoredMessage;
 pub use guard::GuardedStore;
 pub use memory::MemoryStore;
@@ -49,6 +51,11 @@ impl Append {
 }
 
 /// A room the log does not have yet, created by the batch that carries it.
+/// A log with `Sequencing::Log` gets one for every room in a batch: the
+/// epoch the room core has for it; the log creates a missing room with it,
+/// and writes back the epoch it actually has (another node may have
+/// created the room, or the log may have been replaced), so the core can
+/// tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRoom {
     pub room: RoomName,
@@ -96,6 +103,28 @@ pub struct RoomLog {
     /// The log holds as many rooms as the operator allows: a new room may be
     /// joined but not written to (set by the driver, not by stores).
     pub room_limit_reached: bool,
+    /// Other nodes' users in the room, as a log shared by nodes has them
+    /// (empty for a log of one node).
+    pub presence: Vec<RemoteNode>,
+}
+
+/// Another node's users in a room, under the version of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub node: Arc<str>,
+    pub version: u64,
+    pub users: Vec<Arc<str>>,
+}
+
+/// The end of a room's log, for a node catching up with what others wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The log's epoch now (None: the log does not have the room).
+    pub epoch: Option<String>,
+    /// Its newest sequence now.
+    pub last: u64,
+    /// Messages after the `after` asked for, oldest first, within the limit.
+    pub messages: Vec<StoredMessage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +291,26 @@ pub trait Store: Send + Sync + 'static {
         upto: u64,
         limit: ReadLimit,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Messages after `after` up to `upto` (within `limit`), with the log's
+    /// epoch and newest sequence: what a node that fell behind the log
+    /// (others write to it too) reads to catch up.
+    fn read_tail(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Tail, StoreError> {
+        let epoch = self.epoch(room)?;
+        let messages = self.read(room, after, upto, limit)?;
+        let last = self.load_room(room, 0)?.last;
+        Ok(Tail {
+            epoch,
+            last,
+            messages,
+        })
+    }
 
     /// The oldest sequence still retained (`last + 1` when the log is empty).
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError>;

@@ -156,6 +156,7 @@ impl Inner {
                 recent_ids: Vec::new(),
                 exists: false,
                 room_limit_reached: false,
+                presence: Vec::new(),
             });
         };
         self.room_ids.write().insert(room.clone(), id);
@@ -183,6 +184,7 @@ impl Inner {
             recent_ids,
             exists: true,
             room_limit_reached: false,
+            presence: Vec::new(),
         })
     }
 

@@ -1,0 +1,680 @@
+//! `RedisLog`: the log of cluster mode, shared by every parlor node through
+//! Redis (one server or a Redis Cluster). It numbers messages itself
+//! (`Sequencing::Log`): one script call per room per batch checks client
+//! ids, assigns the next sequences, appends to the room's stream and
+//! publishes the new messages on the room's live channel, atomically — so
+//! two nodes never hand out one number, and a retry on another node gets
+//! the original's. Layout in `keys`, scripts in `script`, formats in
+//! `codec`.
+//!
+//! The `Store` calls block (they run on the log writer and the blocking
+//! pool, like every store's); the I/O runs on a runtime of its own
+//! (`parlor-redis`), which also carries the cluster's live feed and
+//! heartbeat. Every call is bounded by `--cluster-timeout-ms`.
+//!
+//! What an append's failure means here: Redis may or may not have run a
+//! room's script when its answer is lost, so on `Err` the appends of rooms
+//! whose script answered carry their sequences and the others keep
+//! sequence 0 ("not known to be stored"); a message that was stored after
+//! all reaches every member through the live channel or a gap fill.
+
+mod codec;
+mod connect;
+pub mod keys;
+mod script;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use parking_lot::{Mutex, RwLock};
+
+pub use codec::{decode_live, Live};
+pub use connect::Settings;
+use keys::RoomKeys;
+pub use script::Scripts;
+
+use super::{
+    read_cost, Batch, Health, ReadLimit, RemoteNode, Retention, RoomLog, RoomSummary, Sequencing,
+    Store, StoreError, StoredMessage, Tail,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{now_ms, RoomName};
+
+/// How long an epoch claimed by loading an empty room lasts without a
+/// message (each load renews it).
+const CLAIM_TTL_MS: u64 = 60 * 60 * 1000;
+/// A room's entry in the room index is refreshed at most this often.
+const INDEX_EVERY_MS: u64 = 60_000;
+/// Rooms whose retention runs at once.
+const RETENTION_PARALLEL: usize = 32;
+
+pub struct RedisLog {
+    client: Client,
+    /// For calls that must fail at once while Redis is away.
+    fast: Options,
+    scripts: Scripts,
+    /// The runtime that carries every Redis connection; `None` only while
+    /// dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    settings: Settings,
+    /// SPUBLISH / SSUBSCRIBE (Redis 7+); PUBLISH / SUBSCRIBE otherwise.
+    sharded: bool,
+    describe: String,
+    metrics: Arc<Metrics>,
+    /// When each room's index entry was last written (bounded: cleared
+    /// when it grows past 100 000 rooms).
+    indexed: Mutex<HashMap<RoomName, u64>>,
+    /// The nodes the heartbeat last saw alive (None: not known yet).
+    live_nodes: RwLock<Option<HashSet<Arc<str>>>>,
+}
+
+impl RedisLog {
+    /// Connects (bounded by the timeout); fails if Redis cannot be reached.
+    pub async fn connect(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisLog>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("parlor-redis")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::storage("start the Redis runtime", e))?;
+        let handle = runtime.handle().clone();
+        let client =
+            connect::build(&settings).map_err(|e| StoreError::storage("configure Redis", e))?;
+        let describe = format!(
+            "Redis at {}",
+            settings
+                .urls
+                .iter()
+                .map(|u| crate::config::redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let init = {
+            let client = client.clone();
+            let timeout = settings.timeout;
+            handle.spawn(async move {
+                let up = tokio::time::timeout(timeout, client.init()).await;
+                match up {
+                    Ok(Ok(_)) => Ok(connect::has_sharded_pubsub(&client).await),
+                    Ok(Err(e)) => Err(StoreError::storage("connect to Redis", e)),
+                    Err(_) => Err(StoreError::storage(
+                        "connect to Redis",
+                        std::io::Error::other("timed out"),
+                    )),
+                }
+            })
+        };
+        let sharded = match init.await {
+            Ok(r) => r?,
+            Err(e) => return Err(StoreError::Panicked(e.to_string())),
+        };
+        let fast = connect::fail_fast(settings.timeout);
+        {
+            let reconnects = metrics.redis_reconnects.clone();
+            let mut rx = client.reconnect_rx();
+            handle.spawn(async move {
+                while rx.recv().await.is_ok() {
+                    reconnects.inc();
+                }
+            });
+        }
+        Ok(Arc::new(RedisLog {
+            client,
+            fast,
+            scripts: Scripts::default(),
+            runtime: Some(runtime),
+            handle,
+            settings,
+            sharded,
+            describe,
+            metrics,
+            indexed: Mutex::new(HashMap::new()),
+            live_nodes: RwLock::new(None),
+        }))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether live channels are sharded (SSUBSCRIBE).
+    pub fn sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The runtime that carries the Redis connections.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The heartbeat's latest view of the live nodes.
+    pub fn set_live_nodes(&self, nodes: HashSet<Arc<str>>) {
+        *self.live_nodes.write() = Some(nodes);
+    }
+
+    /// A call to Redis from async code: timed, counted, bounded.
+    pub async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        self.metrics.redis_calls.with_label_values(&[op]).inc();
+        let result = match tokio::time::timeout(self.settings.timeout, fut).await {
+            Ok(r) => r.map_err(|e| StoreError::storage(op, e)),
+            Err(_) => Err(StoreError::storage(
+                op,
+                std::io::Error::other("Redis timed out"),
+            )),
+        };
+        self.metrics
+            .redis_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Runs async Redis work from a blocking caller (the log writer, the
+    /// blocking pool), on the Redis runtime's drivers.
+    fn block<T>(&self, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.handle.block_on(fut)
+    }
+
+    /// Other nodes' users in a room, from its presence hash
+    /// (`<node>` → version, `<node>\n<user>` → 1); dead nodes are left out.
+    pub fn remote_presence(&self, fields: Vec<(String, String)>) -> Vec<RemoteNode> {
+        let live = self.live_nodes.read();
+        let mut nodes: BTreeMap<String, RemoteNode> = BTreeMap::new();
+        for (field, value) in fields {
+            let (node, user) = match field.split_once('\n') {
+                Some((node, user)) => (node.to_string(), Some(user)),
+                None => (field.clone(), None),
+            };
+            if node == self.settings.node
+                || live.as_ref().is_some_and(|l| !l.contains(node.as_str()))
+            {
+                continue;
+            }
+            let entry = nodes.entry(node.clone()).or_insert_with(|| RemoteNode {
+                node: node.as_str().into(),
+                version: 0,
+                users: Vec::new(),
+            });
+            match user {
+                Some(user) => entry.users.push(user.into()),
+                None => entry.version = value.parse().unwrap_or(0),
+            }
+        }
+        nodes.into_values().collect()
+    }
+
+    async fn append_room(
+        &self,
+        room: &RoomName,
+        epoch: &str,
+        messages: &[&StoredMessage],
+    ) -> Result<(String, bool, Vec<(u64, bool)>), StoreError> {
+        let k = RoomKeys::new(room);
+        let mut args: Vec<Value> = Vec::with_capacity(4 + messages.len() * 3);
+        args.push(epoch.into());
+        args.push((self.settings.dedup_window as i64).into());
+        args.push((self.settings.retain_messages.min(i64::MAX as u64) as i64).into());
+        args.push(if self.sharded { "1" } else { "0" }.into());
+        for m in messages {
+            args.push(codec::dedup_key(m).into());
+            args.push((m.timestamp as i64).into());
+            args.push(codec::encode_message(m).into());
+        }
+        let keys = vec![k.log, k.meta, k.ids, k.channel];
+        let reply: Vec<Value> = self
+            .call(
+                "append",
+                self.scripts
+                    .append
+                    .call(&self.client, Some(&self.fast), keys, args),
+            )
+            .await?;
+        let bad =
+            || StoreError::storage("append", std::io::Error::other("unexpected script reply"));
+        let mut it = reply.into_iter();
+        let stored_epoch = it.next().and_then(|v| v.into_string()).ok_or_else(bad)?;
+        let first = it.next().and_then(|v| v.as_i64()).ok_or_else(bad)? == 1;
+        let mut out = Vec::with_capacity(messages.len());
+        while let (Some(seq), Some(dup)) = (it.next(), it.next()) {
+            let seq = seq.as_u64().ok_or_else(bad)?;
+            out.push((seq, dup.as_i64() == Some(1)));
+        }
+        if out.len() != messages.len() {
+            return Err(bad());
+        }
+        Ok((stored_epoch, first, out))
+    }
+
+    /// Keeps the room index (listing, counting, age expiry) roughly current
+    /// without a write per batch; a failure only delays it.
+    fn index(&self, rooms: Vec<(RoomName, bool)>) {
+        let now = now_ms();
+        let due: Vec<RoomName> = {
+            let mut indexed = self.indexed.lock();
+            if indexed.len() > 100_000 {
+                indexed.clear();
+            }
+            rooms
+                .into_iter()
+                .filter(|(room, first)| {
+                    let stale = indexed
+                        .get(room)
+                        .is_none_or(|at| now.saturating_sub(*at) >= INDEX_EVERY_MS);
+                    if *first || stale {
+                        indexed.insert(room.clone(), now);
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .map(|(room, _)| room)
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        let metrics = self.metrics.clone();
+        self.handle.spawn(async move {
+            let members: Vec<(f64, String)> =
+                due.iter().map(|r| (now as f64, r.to_string())).collect();
+            metrics.redis_calls.with_label_values(&["index"]).inc();
+            let r: Result<(), _> = client
+                .zadd(keys::ROOMS, None, None, false, false, members)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(cause = %e, "updating the room index in Redis failed");
+            }
+        });
+    }
+}
+
+impl Drop for RedisLog {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn range_start(after: u64) -> String {
+    keys::entry_id(after.saturating_add(1))
+}
+
+fn range_end(upto: u64) -> String {
+    if upto >= i64::MAX as u64 {
+        "+".into()
+    } else {
+        keys::entry_id(upto)
+    }
+}
+
+/// Cuts what a range read brought to `limit` (count, then bytes).
+fn within(messages: Vec<StoredMessage>, limit: ReadLimit) -> Vec<StoredMessage> {
+    let mut out = Vec::with_capacity(messages.len().min(limit.messages));
+    let mut bytes = 0;
+    for m in messages {
+        if limit.reached(out.len(), bytes) {
+            break;
+        }
+        bytes += read_cost(&m);
+        out.push(m);
+    }
+    out
+}
+
+fn count(limit: ReadLimit) -> u64 {
+    limit.messages.min(i64::MAX as usize) as u64
+}
+
+impl Store for RedisLog {
+    fn sequencing(&self) -> Sequencing {
+        Sequencing::Log
+    }
+
+    fn load_room(&self, room: &RoomName, _dedup_window: usize) -> Result<RoomLog, StoreError> {
+        let k = RoomKeys::new(room);
+        let args: Vec<Value> = vec![super::new_epoch().into(), (CLAIM_TTL_MS as i64).into()];
+        let reply: Vec<Value> = self.block(
+            self.call(
+                "load",
+                self.scripts
+                    .load
+                    .call(&self.client, None, vec![k.meta, k.presence], args),
+            ),
+        )?;
+        let bad = || StoreError::storage("load", std::io::Error::other("unexpected script reply"));
+        let mut it = reply.into_iter();
+        let epoch = it.next().and_then(|v| v.into_string()).ok_or_else(bad)?;
+        let last = it.next().and_then(|v| v.as_u64()).ok_or_else(bad)?;
+        let mut fields = Vec::new();
+        while let (Some(f), Some(v)) = (it.next(), it.next()) {
+            if let (Some(f), Some(v)) = (f.into_string(), v.into_string()) {
+                fields.push((f, v));
+            }
+        }
+        // Redis dedups client ids itself: the core needs none of them.
+        Ok(RoomLog {
+            epoch,
+            last,
+            recent_ids: Vec::new(),
+            exists: last > 0,
+            room_limit_reached: false,
+            presence: self.remote_presence(fields),
+        })
+    }
+
+    fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
+        let k = RoomKeys::new(room);
+        self.block(self.call("epoch", self.client.hget(k.meta, "epoch")))
+    }
+
+    fn append(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        // One script call per room, all in flight at once (pipelined on the
+        // connection, or spread over a Cluster's nodes).
+        let mut rooms: Vec<(RoomName, Vec<usize>)> = Vec::new();
+        for (i, a) in batch.appends.iter().enumerate() {
+            match rooms.iter_mut().find(|(r, _)| *r == a.room) {
+                Some((_, idx)) => idx.push(i),
+                None => rooms.push((a.room.clone(), vec![i])),
+            }
+        }
+        let epochs: Vec<String> = rooms
+            .iter()
+            .map(|(room, _)| {
+                batch
+                    .new_rooms
+                    .iter()
+                    .find(|n| n.room == *room)
+                    .map_or_else(super::new_epoch, |n| n.epoch.clone())
+            })
+            .collect();
+        let results = self.block(async {
+            let calls = rooms.iter().zip(&epochs).map(|((room, idx), epoch)| {
+                let messages: Vec<&StoredMessage> =
+                    idx.iter().map(|&i| &batch.appends[i].message).collect();
+                async move { self.append_room(room, epoch, &messages).await }
+            });
+            Ok(futures_util::future::join_all(calls).await)
+        })?;
+        let mut first_error = None;
+        let mut index = Vec::new();
+        for ((room, idx), result) in rooms.iter().zip(results) {
+            match result {
+                Ok((epoch, first, seqs)) => {
+                    for (&i, (seq, dup)) in idx.iter().zip(seqs) {
+                        batch.appends[i].message.sequence = seq;
+                        batch.appends[i].duplicate = dup;
+                    }
+                    for n in batch.new_rooms.iter_mut().filter(|n| n.room == *room) {
+                        n.epoch.clone_from(&epoch);
+                    }
+                    index.push((room.clone(), first));
+                }
+                Err(e) => {
+                    for &i in idx {
+                        batch.appends[i].message.sequence = 0;
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.index(index);
+        if !batch.expired.is_empty() {
+            self.drop_rooms(&batch.expired)?;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn read(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if upto <= after || limit.messages == 0 {
+            return Ok(Vec::new());
+        }
+        let k = RoomKeys::new(room);
+        let reply: Value = self.block(self.call(
+            "read",
+            self.client.xrange(
+                k.log,
+                range_start(after),
+                range_end(upto),
+                Some(count(limit)),
+            ),
+        ))?;
+        Ok(within(codec::decode_entries(reply)?, limit))
+    }
+
+    fn read_tail(
+        &self,
+        room: &RoomName,
+        after: u64,
+        upto: u64,
+        limit: ReadLimit,
+    ) -> Result<Tail, StoreError> {
+        let k = RoomKeys::new(room);
+        let (meta, entries) = self.block(async {
+            let meta = self.call(
+                "fill",
+                self.client
+                    .hmget::<Vec<Option<String>>, _, _>(&k.meta, vec!["epoch", "seq"]),
+            );
+            let entries = self.call(
+                "fill",
+                self.client.xrange::<Value, _, _, _>(
+                    &k.log,
+                    range_start(after),
+                    range_end(upto),
+                    Some(count(limit)),
+                ),
+            );
+            let (meta, entries) = futures_util::future::join(meta, entries).await;
+            Ok((meta?, entries?))
+        })?;
+        let mut meta = meta.into_iter();
+        let epoch = meta.next().flatten();
+        let last: u64 = meta
+            .next()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let messages = within(codec::decode_entries(entries)?, limit);
+        let last = last.max(messages.last().map_or(0, |m| m.sequence));
+        Ok(Tail {
+            epoch,
+            last,
+            messages,
+        })
+    }
+
+    fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
+        let k = RoomKeys::new(room);
+        let first: Value =
+            self.block(self.call("read", self.client.xrange(&k.log, "-", "+", Some(1))))?;
+        if let Some(m) = codec::decode_entries(first)?.first() {
+            return Ok(m.sequence);
+        }
+        let seq: Option<u64> = self.block(self.call("read", self.client.hget(&k.meta, "seq")))?;
+        Ok(seq.unwrap_or(0) + 1)
+    }
+
+    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let names: Vec<String> = self.block(
+            self.call(
+                "rooms",
+                self.client
+                    .zrange(keys::ROOMS, 0, -1, None, false, None, false),
+            ),
+        )?;
+        let mut rooms: Vec<RoomName> = names
+            .iter()
+            .filter_map(|n| RoomName::parse(n).ok())
+            .collect();
+        rooms.sort();
+        let lasts = self.block(async {
+            let calls = rooms.iter().map(|room| {
+                let meta = RoomKeys::new(room).meta;
+                async move {
+                    self.call("rooms", self.client.hget::<Option<u64>, _, _>(meta, "seq"))
+                        .await
+                }
+            });
+            futures_util::future::join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(rooms
+            .into_iter()
+            .zip(lasts)
+            .filter_map(|(room, last)| Some(RoomSummary { room, last: last? }))
+            .collect())
+    }
+
+    fn room_count(&self) -> usize {
+        self.block(self.call("rooms", self.client.zcard::<u64, _>(keys::ROOMS)))
+            .map_or(0, |n| n as usize)
+    }
+
+    fn expired_rooms(&self, before_ms: u64, limit: usize) -> Result<Vec<RoomName>, StoreError> {
+        let names: Vec<String> = self.block(self.call(
+            "rooms",
+            self.client.zrangebyscore(
+                keys::ROOMS,
+                "-inf",
+                format!("({before_ms}"),
+                false,
+                Some((0, limit.min(i64::MAX as usize) as i64)),
+            ),
+        ))?;
+        let mut rooms: Vec<RoomName> = names
+            .iter()
+            .filter_map(|n| RoomName::parse(n).ok())
+            .collect();
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
+        // Count retention happens as messages are appended (XADD MAXLEN ~).
+        let Some(cutoff) = policy.older_than_ms else {
+            return Ok(0);
+        };
+        let names: Vec<String> = self.block(
+            self.call(
+                "rooms",
+                self.client
+                    .zrange(keys::ROOMS, 0, -1, None, false, None, false),
+            ),
+        )?;
+        let mut deleted = 0;
+        for chunk in names.chunks(RETENTION_PARALLEL) {
+            if deleted >= max_delete {
+                break;
+            }
+            let left = max_delete - deleted;
+            let counts = self.block(async {
+                let calls = chunk
+                    .iter()
+                    .filter_map(|n| RoomName::parse(n).ok())
+                    .map(|room| {
+                        let log = RoomKeys::new(&room).log;
+                        let args: Vec<Value> = vec![(cutoff as i64).into(), (left as i64).into()];
+                        async move {
+                            self.call(
+                                "retention",
+                                self.scripts.trim_age.call::<i64>(
+                                    &self.client,
+                                    None,
+                                    vec![log],
+                                    args,
+                                ),
+                            )
+                            .await
+                        }
+                    });
+                Ok(futures_util::future::join_all(calls).await)
+            })?;
+            for n in counts {
+                deleted += n? as usize;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn probe_writes(&self) -> Result<(), StoreError> {
+        self.block(self.call("ping", self.client.ping::<()>(None)))
+    }
+
+    fn health(&self) -> Health {
+        let up = self.client.is_connected();
+        self.metrics.redis_up.set(i64::from(up));
+        Health {
+            damaged: None,
+            writes_failing: (!up).then(|| format!("{} is unreachable", self.describe)),
+        }
+    }
+}
+
+impl RedisLog {
+    /// Deletes rooms whose whole log is past age retention (`Batch::expired`).
+    fn drop_rooms(&self, rooms: &[RoomName]) -> Result<(), StoreError> {
+        let age = self.settings.retain_age.unwrap_or(Duration::ZERO);
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        for room in rooms {
+            let k = RoomKeys::new(room);
+            let args: Vec<Value> = vec![(cutoff as i64).into()];
+            let dropped: i64 = self.block(
+                self.call(
+                    "expire",
+                    self.scripts
+                        .drop
+                        .call(&self.client, None, vec![k.log, k.meta, k.ids], args),
+                ),
+            )?;
+            if dropped == 1 {
+                self.indexed.lock().remove(room);
+                self.block(self.call(
+                    "expire",
+                    self.client.zrem::<(), _, _>(keys::ROOMS, room.as_str()),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+}
