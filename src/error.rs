@@ -58,6 +58,8 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// Cluster mode: the room's log was replaced under the session; rejoin.
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const BAD_CREDENTIALS: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
     pub const TOO_MANY_REFUSALS: u16 = 4029;

@@ -48,4 +48,7 @@ fn seeded_interleavings_keep_every_property() {
     assert!(total.replayed > 0 && total.unloaded > 0 && total.cut_slow > 0);
     assert!(total.stale_reads > 0, "no replay outlived its join");
     assert!(total.expired > 0, "no room expired");
+    // The shared-log seeds reach the live channel's paths.
+    assert!(total.other_batches > 0 && total.live > 0 && total.fills > 0);
+    assert!(total.disconnects > 0 && total.lost_answers > 0);
 }

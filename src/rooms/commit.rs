@@ -163,12 +163,17 @@ impl Rooms {
             return;
         }
         let appends = std::mem::take(&mut self.commits.appends);
+        // A shared log is told every room's epoch, to say back the one it has.
+        let every_room = self.limits.sequencing == Sequencing::Log;
         let mut new_rooms: Vec<NewRoom> = Vec::new();
         for a in &appends {
             if new_rooms.iter().any(|n| n.room == a.room) {
                 continue;
             }
-            if let Some(room) = self.room_ref(&a.room).filter(|r| !r.persisted) {
+            if let Some(room) = self
+                .room_ref(&a.room)
+                .filter(|r| every_room || !r.persisted)
+            {
                 new_rooms.push(NewRoom {
                     room: a.room.clone(),
                     epoch: room.epoch.to_string(),
@@ -199,7 +204,12 @@ impl Rooms {
             return;
         };
         let expired = std::mem::take(&mut batch.expired);
-        if let Err(e) = result {
+        if self.limits.sequencing == Sequencing::Log {
+            if result.is_ok() {
+                self.tally.expired += expired.len() as u64;
+            }
+            self.settle_numbered(batch, result, origins, retries, now);
+        } else if let Err(e) = result {
             tracing::error!(cause = %e, messages = batch.appends.len(), "store append failed; not acked");
             self.fail(batch.appends, origins, retries);
         } else {
@@ -250,27 +260,108 @@ impl Rooms {
 
     /// Moves a room past its stored messages and delivers them.
     fn stored(&mut self, name: &RoomName, messages: Vec<StoredMessage>, handed: u64, now: Millis) {
-        let sequencing = self.limits.sequencing;
-        let Some((room, spread)) = self.room_and_spread(name) else {
+        let Some(room) = self.room_mut(name) else {
             return;
         };
         room.persisted = true;
         room.last_active = now;
         let upto = messages.last().map_or(0, |m| m.sequence);
-        if sequencing == Sequencing::Log {
-            for m in &messages {
-                if let Some(id) = &m.client_msg_id {
-                    room.dedup.insert(m.user.clone(), id.clone(), m.sequence);
-                }
-            }
-        }
         room.seq.stored(handed, upto);
-        let frames = encode(room, &messages);
+        self.deliver(name, &messages, now);
+    }
+
+    /// Sends a room's next messages (in order, after everything it sent
+    /// before) to its live members.
+    pub(super) fn deliver(&mut self, name: &RoomName, messages: &[StoredMessage], now: Millis) {
+        let Some((room, spread)) = self.room_and_spread(name) else {
+            return;
+        };
+        let frames = encode(room, messages);
         let (delivered, gone) = fanout::broadcast(&mut room.members, &frames, spread);
         self.tally.deliveries += delivered;
         for id in gone {
             self.remove_member(name, id, now);
         }
+    }
+
+    /// The outcome of a batch a shared log numbered. On failure the log
+    /// may have stored some rooms' messages (a room's script ran, its
+    /// answer was lost — or another room's failed): those that came back
+    /// numbered are stored and answered as such, those with sequence 0 are
+    /// not known to be stored and get `internal`. Delivery goes through
+    /// the ordered path, with what other nodes wrote.
+    fn settle_numbered(
+        &mut self,
+        batch: Batch,
+        result: Result<(), Arc<StoreError>>,
+        origins: Vec<Origin>,
+        retries: Vec<Retry>,
+        now: Millis,
+    ) {
+        if let Err(e) = &result {
+            let lost = batch
+                .appends
+                .iter()
+                .filter(|a| a.message.sequence == 0)
+                .count();
+            tracing::error!(cause = %e, messages = lost, "store append failed; not acked");
+        }
+        let mut replaced = Vec::new();
+        for n in &batch.new_rooms {
+            let stored_here = batch
+                .appends
+                .iter()
+                .any(|a| a.room == n.room && a.message.sequence > 0);
+            if let Some(room) = self.room_ref(&n.room) {
+                if stored_here && *room.epoch != *n.epoch {
+                    replaced.push(n.room.clone());
+                }
+            }
+        }
+        let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64, bool)> = Vec::new();
+        let mut replies = Vec::with_capacity(origins.len());
+        for (a, origin) in batch.appends.into_iter().zip(origins) {
+            let i = match by_room.iter().position(|(r, ..)| *r == a.room) {
+                Some(i) => i,
+                None => {
+                    by_room.push((a.room.clone(), Vec::new(), 0, false));
+                    by_room.len() - 1
+                }
+            };
+            let id = a.message.client_msg_id.clone();
+            let sequence = a.message.sequence;
+            replies.push((origin, id, a.room.clone(), sequence));
+            by_room[i].2 += 1;
+            if sequence > 0 {
+                by_room[i].3 = true;
+                if !a.duplicate {
+                    by_room[i].1.push(a.message);
+                }
+            }
+        }
+        for name in &replaced {
+            self.log_replaced(name, now);
+        }
+        for (name, messages, handed, stored) in by_room {
+            let Some(room) = self.room_mut(&name) else {
+                continue;
+            };
+            room.seq.stored(handed, 0);
+            if stored {
+                room.persisted = true;
+                room.last_active = now;
+            }
+            self.deliver_numbered(&name, messages, now);
+        }
+        for (origin, id, room, sequence) in replies {
+            if sequence > 0 {
+                self.tally.acks += u64::from(id.is_some());
+                reply_ok(origin, id.as_deref(), &room, sequence);
+            } else {
+                reply_error(origin, ErrorCode::Internal, id.as_deref(), &room);
+            }
+        }
+        settle_retries(retries, result.is_ok());
     }
 
     /// A failed commit: nothing in it was stored. With local sequencing the

@@ -16,6 +16,9 @@ use crate::store::{Batch, Sequencing, StoreError};
 /// Milliseconds since the Unix epoch: the core's only notion of time.
 pub type Millis = u64;
 
+/// Log mode: how long a gap waits for the live channel by default.
+pub const FILL_GRACE_MS: u64 = 50;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub dedup_window: usize,
@@ -29,6 +32,10 @@ pub struct Limits {
     /// Rooms without members, quiet this long, leave memory.
     pub idle_unload_ms: u64,
     pub sequencing: Sequencing,
+    /// Log mode: how long a gap in a room's sequence may wait for the live
+    /// channel (whose messages may come a little late) before it is filled
+    /// from the log.
+    pub fill_grace_ms: u64,
 }
 
 impl Limits {
@@ -41,6 +48,7 @@ impl Limits {
             presence_diff_max_members: cfg.presence_diff_max_members,
             idle_unload_ms: cfg.room_idle_ms,
             sequencing,
+            fill_grace_ms: FILL_GRACE_MS,
         }
     }
 }
@@ -97,6 +105,33 @@ pub enum Effect {
     Commit(Batch),
     /// Read for a catching-up member; answer with `read_done`.
     Read(ReadRequest),
+    /// Log mode: listen to the room's live channel (its log is shared);
+    /// answer with `subscribed` once listening.
+    Subscribe(RoomName),
+    /// Log mode: stop listening (the room left memory).
+    Unsubscribe(RoomName),
+    /// Log mode: read what the log has after `after` (up to `upto`) that
+    /// this node has not delivered; answer with `filled`.
+    Fill(Fill),
+    /// Log mode: this node's own users in a room changed; tell the others.
+    Presence(PresenceChange),
+}
+
+/// A read of a shared log's tail for a room that fell behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub room: RoomName,
+    pub after: u64,
+    /// `u64::MAX`: up to the log's newest.
+    pub upto: u64,
+}
+
+/// This node's users that came online or went offline in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub room: RoomName,
+    pub joins: Vec<Arc<str>>,
+    pub leaves: Vec<Arc<str>>,
 }
 
 /// The outcome of a `Read` effect.
@@ -128,4 +163,6 @@ pub struct Tally {
     pub unloaded: u64,
     /// Rooms deleted because their whole log was past retention.
     pub expired: u64,
+    /// Log mode: fills of a room's gap from the log.
+    pub fills: u64,
 }

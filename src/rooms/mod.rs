@@ -14,6 +14,11 @@
 //! flight), read for a catching-up member. Frames go straight into members'
 //! outboxes (bounded memory queues that never wait; see `outbox`).
 //!
+//! With a log shared by several nodes (`Sequencing::Log`, cluster mode) the
+//! log numbers messages, and `shared` adds the inputs and effects of the
+//! live channel: `live`, `subscribed`, `filled`, `remote_presence`,
+//! `node_gone`; `Subscribe`, `Unsubscribe`, `Fill`, `Presence`.
+//!
 //! One owner per fact: while a room is loaded, this core alone holds its
 //! newest sequence, its epoch and its members; a room with anything handed
 //! to the log and not settled is never unloaded; a room being loaded parks
@@ -25,23 +30,29 @@ mod dedup;
 pub mod fanout;
 mod interface;
 mod member;
+mod ordered;
 mod presence;
 mod room;
 mod sequencer;
+mod shared;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
-pub use interface::{Command, Effect, Limits, Millis, ReadDone, RoomStats, Tally};
+pub use interface::{
+    Command, Effect, Fill, Limits, Millis, PresenceChange, ReadDone, RoomStats, Tally,
+    FILL_GRACE_MS,
+};
 pub use member::{Budget, JoinId, Member, MemberState, Members, Peer};
-pub use presence::MAX_LISTED;
+pub use presence::{RemoteUpdate, MAX_LISTED};
 pub use sequencer::Sequencer;
+pub use shared::FILL_CHUNK;
 
 use crate::error::{close, ErrorCode};
 use crate::protocol::RoomName;
-use crate::store::{RoomLog, StoreError};
+use crate::store::{RoomLog, Sequencing, StoreError};
 use room::{presence_frame, Handoff, Room};
 
 /// Most commands parked behind rooms being loaded, per shard; more are
@@ -80,6 +91,8 @@ pub struct Rooms {
     tally: Tally,
     /// The shard is stopping: nothing new is loaded.
     stopping: bool,
+    /// Log mode: rooms behind the log, with when their gap is filled.
+    gaps: BTreeMap<RoomName, Millis>,
 }
 
 impl Rooms {
@@ -94,7 +107,20 @@ impl Rooms {
             spread,
             tally: Tally::default(),
             stopping: false,
+            gaps: BTreeMap::new(),
         }
+    }
+
+    fn shared_log(&self) -> bool {
+        self.limits.sequencing == Sequencing::Log
+    }
+
+    fn loaded_names(&self) -> Vec<RoomName> {
+        self.rooms
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Loaded(_)))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn room_ref(&self, name: &RoomName) -> Option<&Room> {
@@ -128,6 +154,12 @@ impl Rooms {
     /// Nothing handed to the log is unsettled and no room is loading.
     pub fn is_settled(&self) -> bool {
         !self.commits.in_flight() && self.commits.accumulated() == 0 && self.parked == 0
+    }
+
+    /// Log mode: some room knows the log has messages it has not
+    /// delivered, and a fill is due (a timer, see `poll_timeout`).
+    pub fn behind_log(&self) -> bool {
+        !self.gaps.is_empty()
     }
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
@@ -196,7 +228,12 @@ impl Rooms {
     fn expire(&mut self, name: RoomName, now: Millis) {
         match self.rooms.get(&name) {
             None => {}
-            Some(Slot::Loaded(r)) if r.unloadable(now, 0) => self.tally.unloaded += 1,
+            Some(Slot::Loaded(r)) if r.unloadable(now, 0) => {
+                self.tally.unloaded += 1;
+                if self.shared_log() {
+                    self.effects.push_back(Effect::Unsubscribe(name.clone()));
+                }
+            }
             Some(_) => return,
         }
         self.rooms
@@ -238,8 +275,12 @@ impl Rooms {
         match result {
             Ok(log) => {
                 let room = Room::new(name.clone(), log, &self.limits, now);
-                self.rooms.insert(name, Slot::Loaded(Box::new(room)));
+                self.rooms
+                    .insert(name.clone(), Slot::Loaded(Box::new(room)));
                 self.tally.loaded += 1;
+                if self.shared_log() {
+                    self.effects.push_back(Effect::Subscribe(name));
+                }
                 for cmd in parked {
                     self.apply(cmd, now);
                 }
@@ -255,35 +296,17 @@ impl Rooms {
 
     /// A command for a loaded room.
     fn apply(&mut self, cmd: Command, now: Millis) {
-        let limits = catchup::Limits {
-            history_on_join: self.limits.history_on_join,
-            replay_limit: self.limits.replay_limit,
-        };
         match cmd {
-            Command::Join {
-                peer,
-                room,
-                since,
-                epoch,
-                join,
-                reply,
-            } => {
-                let r = self.room_mut(&room).expect("apply: loaded");
-                if r.members.contains(peer.client_id) {
-                    r.rejoin(peer.client_id);
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                let client_id = peer.client_id;
-                let read = r.join(peer, join, since, epoch.as_deref(), limits, now);
-                if reply.send(Ok(())).is_err() {
-                    // The session is gone already.
-                    self.remove_member(&room, client_id, now);
-                    return;
-                }
-                if let Some(read) = read {
-                    self.effects.push_back(Effect::Read(read));
-                }
+            Command::Join { .. } => {
+                let cmd = if self.shared_log() {
+                    match self.wait_for_since(cmd) {
+                        Some(cmd) => cmd,
+                        None => return,
+                    }
+                } else {
+                    cmd
+                };
+                self.apply_join(cmd, now);
             }
             Command::Leave {
                 room,
@@ -302,6 +325,45 @@ impl Rooms {
             Command::Stats { .. } | Command::Expire { .. } => {
                 unreachable!("handled before a room is looked up")
             }
+        }
+    }
+
+    /// A join of a loaded room.
+    fn apply_join(&mut self, cmd: Command, now: Millis) {
+        let limits = catchup::Limits {
+            history_on_join: self.limits.history_on_join,
+            replay_limit: self.limits.replay_limit,
+        };
+        let Command::Join {
+            peer,
+            room,
+            since,
+            epoch,
+            join,
+            reply,
+        } = cmd
+        else {
+            return;
+        };
+        let Some(r) = self.room_mut(&room) else {
+            // Its room left memory while it waited (a replaced log).
+            let _ = reply.send(Err(ErrorCode::Internal));
+            return;
+        };
+        if r.members.contains(peer.client_id) {
+            r.rejoin(peer.client_id);
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let client_id = peer.client_id;
+        let read = r.join(peer, join, since, epoch.as_deref(), limits, now);
+        if reply.send(Ok(())).is_err() {
+            // The session is gone already.
+            self.remove_member(&room, client_id, now);
+            return;
+        }
+        if let Some(read) = read {
+            self.effects.push_back(Effect::Read(read));
         }
     }
 
@@ -349,11 +411,15 @@ impl Rooms {
 
     /// When `handle_timeout` wants to run next (None: no room loaded).
     pub fn poll_timeout(&self) -> Option<Millis> {
-        (!self.rooms.is_empty()).then_some(self.next_tick)
+        let gap = self.gaps.values().min().copied();
+        (!self.rooms.is_empty()).then_some(self.next_tick.min(gap.unwrap_or(u64::MAX)))
     }
 
-    /// Presence windows and idle unloading.
+    /// Presence windows, idle unloading, and (log mode) gaps due a fill.
     pub fn handle_timeout(&mut self, now: Millis) {
+        if !self.gaps.is_empty() {
+            self.fill_due_gaps(now);
+        }
         if now < self.next_tick {
             return;
         }
@@ -370,13 +436,26 @@ impl Rooms {
         for (name, id) in gone {
             self.remove_member(&name, id, now);
         }
+        if self.shared_log() {
+            self.local_presence_changes();
+        }
         let idle = self.limits.idle_unload_ms;
-        let before = self.rooms.len();
-        self.rooms.retain(|_, slot| match slot {
-            Slot::Loaded(room) => !room.unloadable(now, idle),
-            Slot::Waiting(..) => true,
+        let shared = self.shared_log();
+        let mut unloaded = Vec::new();
+        self.rooms.retain(|name, slot| match slot {
+            Slot::Loaded(room) if room.unloadable(now, idle) => {
+                unloaded.push(name.clone());
+                false
+            }
+            Slot::Loaded(_) | Slot::Waiting(..) => true,
         });
-        self.tally.unloaded += (before - self.rooms.len()) as u64;
+        self.tally.unloaded += unloaded.len() as u64;
+        if shared {
+            for name in unloaded {
+                self.gaps.remove(&name);
+                self.effects.push_back(Effect::Unsubscribe(name));
+            }
+        }
     }
 
     pub fn stats(&self) -> Vec<RoomStats> {

@@ -7,16 +7,28 @@
 //! Users are kept ordered by name, so a snapshot is the first `MAX_LISTED`
 //! entries — O(listed), not a sort of every member — and user names, which
 //! clients choose, never meet a hash function here.
+//!
+//! In cluster mode a user is online while any node has a connection of
+//! theirs in the room: this node's own connections are counted here, other
+//! nodes' users come as each node's set, under that node's version (a
+//! change older than what is known is dropped). The changes of this node's
+//! own users (first / last local connection) are kept apart too, to tell
+//! the other nodes.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use crate::store::RemoteNode;
 
 /// Most users listed in a `presence` frame (PROTOCOL.md §3).
 pub const MAX_LISTED: usize = 1000;
 
 struct Online {
+    /// This node's connections of the user in the room.
     connections: u32,
+    /// Other nodes that list the user.
+    nodes: u32,
     last_seen: u64,
 }
 
@@ -33,6 +45,31 @@ pub struct Presence {
     changes: BTreeMap<Arc<str>, Change>,
     /// Bumped whenever a user comes online or goes offline.
     version: u64,
+    /// Cluster mode: changes of this node's own users not yet told to the
+    /// other nodes (None: one node, nobody to tell).
+    local: Option<BTreeMap<Arc<str>, Change>>,
+    /// Cluster mode: other nodes' users, by node.
+    remote: BTreeMap<Arc<str>, Remote>,
+}
+
+#[derive(Default)]
+struct Remote {
+    version: u64,
+    users: BTreeSet<Arc<str>>,
+}
+
+/// What another node said about its users in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteUpdate {
+    /// Its users changed.
+    Diff {
+        node: Arc<str>,
+        version: u64,
+        joins: Vec<Arc<str>>,
+        leaves: Vec<Arc<str>>,
+    },
+    /// Every node's users as the log has them (a load, a resubscription).
+    Snapshot(Vec<RemoteNode>),
 }
 
 pub struct Snapshot<'a> {
@@ -43,20 +80,36 @@ pub struct Snapshot<'a> {
 }
 
 impl Presence {
+    /// Presence of a room other nodes share: this node's own changes are
+    /// kept to be told to them.
+    pub fn shared() -> Presence {
+        Presence {
+            local: Some(BTreeMap::new()),
+            ..Presence::default()
+        }
+    }
+
     /// A connection of `user` joined; returns whether the user came online.
     pub fn add(&mut self, user: &Arc<str>, now_ms: u64) -> bool {
         let online = self.users.entry(user.clone()).or_insert(Online {
             connections: 0,
+            nodes: 0,
             last_seen: now_ms,
         });
         online.connections += 1;
         online.last_seen = now_ms;
-        let first = online.connections == 1;
-        if first {
-            self.version += 1;
-            self.change(user, Change::Join);
+        if online.connections > 1 {
+            return false;
         }
-        first
+        let came = online.nodes == 0;
+        if let Some(local) = &mut self.local {
+            record(local, user, Change::Join);
+        }
+        if came {
+            self.version += 1;
+            record(&mut self.changes, user, Change::Join);
+        }
+        came
     }
 
     /// A connection of `user` left; returns whether the user went offline.
@@ -64,27 +117,132 @@ impl Presence {
         let Some(online) = self.users.get_mut(user) else {
             return false;
         };
+        if online.connections == 0 {
+            return false;
+        }
         online.connections -= 1;
         if online.connections > 0 {
             return false;
         }
-        self.users.remove(user);
-        self.version += 1;
-        self.change(user, Change::Leave);
-        true
+        if let Some(local) = &mut self.local {
+            record(local, user, Change::Leave);
+        }
+        self.drop_if_gone(user)
     }
 
-    /// Records a change; the opposite change still unannounced cancels it.
-    fn change(&mut self, user: &Arc<str>, change: Change) {
-        match self.changes.entry(user.clone()) {
-            Entry::Occupied(e) if *e.get() != change => {
-                e.remove();
+    /// Removes a user nobody has any more; returns whether it went offline.
+    fn drop_if_gone(&mut self, user: &Arc<str>) -> bool {
+        match self.users.get(user) {
+            Some(o) if o.connections == 0 && o.nodes == 0 => {
+                self.users.remove(user);
+                self.version += 1;
+                record(&mut self.changes, user, Change::Leave);
+                true
             }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(e) => {
-                e.insert(change);
+            _ => false,
+        }
+    }
+
+    fn remote_add(&mut self, user: &Arc<str>, now_ms: u64) {
+        let online = self.users.entry(user.clone()).or_insert(Online {
+            connections: 0,
+            nodes: 0,
+            last_seen: now_ms,
+        });
+        online.nodes += 1;
+        if online.nodes == 1 && online.connections == 0 {
+            online.last_seen = now_ms;
+            self.version += 1;
+            record(&mut self.changes, user, Change::Join);
+        }
+    }
+
+    fn remote_remove(&mut self, user: &Arc<str>) {
+        if let Some(online) = self.users.get_mut(user) {
+            online.nodes = online.nodes.saturating_sub(1);
+            self.drop_if_gone(user);
+        }
+    }
+
+    /// Applies what another node said; changes older than what is known of
+    /// that node are dropped. A snapshot never removes a node it does not
+    /// list (a node's death comes through `node_gone`).
+    pub fn apply_remote(&mut self, update: RemoteUpdate, now_ms: u64) {
+        match update {
+            RemoteUpdate::Diff {
+                node,
+                version,
+                joins,
+                leaves,
+            } => {
+                let known = self.remote.entry(node.clone()).or_default();
+                if version <= known.version {
+                    return;
+                }
+                known.version = version;
+                for user in leaves {
+                    let known = self.remote.get_mut(&node).expect("just inserted");
+                    if known.users.remove(&user) {
+                        self.remote_remove(&user);
+                    }
+                }
+                for user in joins {
+                    let known = self.remote.get_mut(&node).expect("just inserted");
+                    if known.users.insert(user.clone()) {
+                        self.remote_add(&user, now_ms);
+                    }
+                }
+            }
+            RemoteUpdate::Snapshot(nodes) => {
+                for n in nodes {
+                    let known = self.remote.entry(n.node.clone()).or_default();
+                    if n.version <= known.version && n.version != 0 {
+                        continue;
+                    }
+                    known.version = n.version;
+                    let users: BTreeSet<Arc<str>> = n.users.into_iter().collect();
+                    let old = std::mem::replace(&mut known.users, users.clone());
+                    for user in old.difference(&users) {
+                        self.remote_remove(user);
+                    }
+                    for user in users.difference(&old) {
+                        self.remote_add(user, now_ms);
+                    }
+                }
             }
         }
+    }
+
+    /// Another node is dead: its users are gone.
+    pub fn node_gone(&mut self, node: &str) {
+        if let Some(known) = self.remote.remove(node) {
+            for user in known.users {
+                self.remote_remove(&user);
+            }
+        }
+    }
+
+    /// This node's own changes since the last call: (joins, leaves).
+    pub fn take_local(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        if let Some(local) = &mut self.local {
+            for (user, change) in std::mem::take(local) {
+                match change {
+                    Change::Join => joins.push(user),
+                    Change::Leave => leaves.push(user),
+                }
+            }
+        }
+        (joins, leaves)
+    }
+
+    /// Users with a connection on this node.
+    pub fn local_users(&self) -> Vec<Arc<str>> {
+        self.users
+            .iter()
+            .filter(|(_, o)| o.connections > 0)
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
     /// Changes whenever the set of online users does.
@@ -104,6 +262,11 @@ impl Presence {
 
     pub fn has_changes(&self) -> bool {
         !self.changes.is_empty()
+    }
+
+    /// Whether this node's own users changed since they were last told.
+    pub fn has_local_changes(&self) -> bool {
+        self.local.as_ref().is_some_and(|l| !l.is_empty())
     }
 
     /// The changes since the last call: (joins, leaves), each by name.
@@ -135,9 +298,75 @@ impl Presence {
     }
 }
 
+/// Records a change; the opposite change still unannounced cancels it.
+fn record(changes: &mut BTreeMap<Arc<str>, Change>, user: &Arc<str>, change: Change) {
+    match changes.entry(user.clone()) {
+        Entry::Occupied(e) if *e.get() != change => {
+            e.remove();
+        }
+        Entry::Occupied(_) => {}
+        Entry::Vacant(e) => {
+            e.insert(change);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn diff(node: &str, version: u64, joins: &[&str], leaves: &[&str]) -> RemoteUpdate {
+        RemoteUpdate::Diff {
+            node: node.into(),
+            version,
+            joins: joins.iter().map(|u| Arc::from(*u)).collect(),
+            leaves: leaves.iter().map(|u| Arc::from(*u)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_user_is_online_while_any_node_has_them() {
+        let ann: Arc<str> = "ann".into();
+        let mut p = Presence::shared();
+        p.apply_remote(diff("n2", 1, &["ann", "bob"], &[]), 0);
+        assert_eq!(p.count(), 2);
+        let (joins, _) = p.take_changes();
+        assert_eq!(joins.len(), 2);
+        // ann also connects here: no change for members, one for the nodes.
+        assert!(!p.add(&ann, 1));
+        assert_eq!(p.take_local(), (vec![ann.clone()], vec![]));
+        assert!(!p.has_changes());
+        // n2 loses ann: still online here.
+        p.apply_remote(diff("n2", 2, &[], &["ann"]), 2);
+        assert!(!p.has_changes());
+        // A stale change from n2 is dropped.
+        p.apply_remote(diff("n2", 1, &["carl"], &[]), 3);
+        assert_eq!(p.count(), 2);
+        // n2 dies: bob leaves; ann stays (connected here).
+        p.node_gone("n2");
+        assert_eq!(p.take_changes(), (vec![], vec!["bob".into()]));
+        assert!(p.remove(&ann));
+        assert_eq!(p.count(), 0);
+        assert_eq!(p.take_local(), (vec![], vec![ann]));
+    }
+
+    #[test]
+    fn a_snapshot_keeps_newer_changes() {
+        let mut p = Presence::shared();
+        p.apply_remote(diff("n2", 5, &["ann"], &[]), 0);
+        let older = RemoteNode {
+            node: "n2".into(),
+            version: 4,
+            users: vec![],
+        };
+        let other = RemoteNode {
+            node: "n3".into(),
+            version: 1,
+            users: vec!["cat".into()],
+        };
+        p.apply_remote(RemoteUpdate::Snapshot(vec![older, other]), 1);
+        assert_eq!(p.count(), 2, "ann (newer than the snapshot) and cat");
+    }
 
     #[test]
     fn only_first_and_last_connections_are_changes() {

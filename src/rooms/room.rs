@@ -10,12 +10,13 @@ use super::catchup::{self, Chunk, Plan, ReadRequest};
 use super::dedup::Dedup;
 use super::fanout::push_all;
 use super::member::{CatchUp, JoinId, Member, MemberState, Members, Peer, PendingJoined};
-use super::presence::{Presence, MAX_LISTED};
+use super::ordered::Ordered;
+use super::presence::{Presence, RemoteUpdate, MAX_LISTED};
 use super::sequencer::Sequencer;
-use super::{Limits, Millis};
+use super::{Command, Limits, Millis};
 use crate::protocol::server as msg;
 use crate::protocol::{Format, RoomName};
-use crate::store::RoomLog;
+use crate::store::{RoomLog, Sequencing};
 
 /// Most messages one catch-up read brings.
 const READ_CHUNK: usize = 1000;
@@ -52,6 +53,11 @@ pub struct Room {
     listed_max_members: usize,
     /// How long a cached snapshot serves.
     snapshot_ttl: Millis,
+    /// Log mode: messages numbered by the log, put in order (`ordered`).
+    pub ordered: Ordered,
+    /// Log mode: joins whose `since` is past this node's position, waiting
+    /// for a fill (bounded by the caller).
+    pub waiting_joins: Vec<Command>,
 }
 
 impl Room {
@@ -60,12 +66,23 @@ impl Room {
         for (user, id, seq) in log.recent_ids {
             dedup.insert(user, id, seq);
         }
+        let mut presence = match limits.sequencing {
+            Sequencing::Local => Presence::default(),
+            Sequencing::Log => Presence::shared(),
+        };
+        if !log.presence.is_empty() {
+            presence.apply_remote(RemoteUpdate::Snapshot(log.presence), now);
+            // Nobody has been told anything yet: no diffs for these.
+            presence.take_changes();
+        }
+        let mut ordered = Ordered::default();
+        ordered.saw(log.last);
         Room {
             name,
             epoch: log.epoch.into(),
             seq: Sequencer::resume(log.last),
             members: Members::default(),
-            presence: Presence::default(),
+            presence,
             dedup,
             persisted: log.exists,
             room_limit_reached: log.room_limit_reached,
@@ -73,6 +90,8 @@ impl Room {
             snapshots: SnapshotCache::default(),
             listed_max_members: limits.presence_diff_max_members,
             snapshot_ttl: limits.presence_window_ms,
+            ordered,
+            waiting_joins: Vec::new(),
         }
     }
 
@@ -81,6 +100,8 @@ impl Room {
     pub fn unloadable(&self, now: Millis, idle_ms: u64) -> bool {
         self.members.is_empty()
             && self.seq.is_settled()
+            && self.waiting_joins.is_empty()
+            && !self.ordered.filling
             && now.saturating_sub(self.last_active) >= idle_ms
     }
 
@@ -381,6 +402,7 @@ mod tests {
             presence_diff_max_members: 1000,
             idle_unload_ms: 1000,
             sequencing: Sequencing::Local,
+            fill_grace_ms: 50,
         }
     }
 

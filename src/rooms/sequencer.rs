@@ -57,6 +57,12 @@ impl Sequencer {
         self.committed = self.committed.max(upto);
     }
 
+    /// Log mode: the room has delivered everything up to `to` (numbered by
+    /// the log, whoever wrote it).
+    pub fn advance(&mut self, to: u64) {
+        self.committed = self.committed.max(to);
+    }
+
     /// `count` handed-out messages were not stored. With local sequencing
     /// the caller fails every pending message of the room at once (later
     /// numbers follow the failed ones), so the numbers are all given back.

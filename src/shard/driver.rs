@@ -23,8 +23,10 @@ use super::pool::Pool;
 use super::ShardEnv;
 use crate::protocol::{now_ms, RoomName};
 use crate::rooms::fanout::{Sequential, Spread};
-use crate::rooms::{Command, Effect, Limits, ReadDone, ReadRequest, Rooms, Tally};
-use crate::store::{RoomLog, StoreError};
+use crate::rooms::{
+    Command, Effect, Fill, Limits, ReadDone, ReadRequest, Rooms, Tally, FILL_CHUNK,
+};
+use crate::store::{ReadLimit, RoomLog, StoreError, Tail};
 
 /// Most commands handled in one round before the batch is handed on.
 const MAX_ROUND: usize = 1024;
@@ -34,6 +36,7 @@ enum Done {
     Loaded(RoomName, Result<RoomLog, Arc<StoreError>>),
     Committed(Committed),
     Read(ReadDone),
+    Filled(RoomName, Result<Tail, Arc<StoreError>>),
 }
 
 pub fn run(
@@ -131,6 +134,7 @@ impl Driver {
             Done::Loaded(room, result) => self.rooms.loaded(room, result, now),
             Done::Committed(c) => self.rooms.committed(c.batch, c.result, now),
             Done::Read(read) => self.rooms.read_done(read, now),
+            Done::Filled(room, result) => self.rooms.filled(&room, result, now),
         }
     }
 
@@ -142,6 +146,12 @@ impl Driver {
                 Effect::Load(room) => self.load(room),
                 Effect::Commit(batch) => self.log.send(Job::new(batch, self.commit_done.0.clone())),
                 Effect::Read(read) => self.read(read),
+                // Without a live channel (a numbering log of one node) the
+                // room hears of nothing but its own commits: listening is
+                // instant and there is nobody to tell about presence.
+                Effect::Subscribe(room) => self.rooms.subscribed(&room, now_ms()),
+                Effect::Unsubscribe(_) | Effect::Presence(_) => {}
+                Effect::Fill(fill) => self.fill(fill),
             }
         }
         let tally = self.rooms.take_tally();
@@ -189,6 +199,17 @@ impl Driver {
         });
     }
 
+    /// Reads a shared log's tail for a room behind it, off the shard thread.
+    fn fill(&self, fill: Fill) {
+        let store = self.env.store.clone();
+        let done = self.done.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let limit = ReadLimit::messages(FILL_CHUNK);
+            let result = guarded(|| store.read_tail(&fill.room, fill.after, fill.upto, limit));
+            let _ = done.send(Done::Filled(fill.room, result));
+        });
+    }
+
     fn record(&self, t: Tally) {
         let m = &self.env.metrics;
         m.deliveries.inc_by(t.deliveries);
@@ -196,6 +217,7 @@ impl Driver {
         m.replayed.inc_by(t.replayed);
         m.rooms.add(t.loaded as i64 - t.unloaded as i64);
         m.rooms_expired.inc_by(t.expired);
+        m.gap_fills.inc_by(t.fills);
     }
 }
 

@@ -4,7 +4,11 @@
 //!
 //! `MemoryStore::numbering()` makes a log that numbers messages itself and
 //! dedups client ids (`Sequencing::Log`), the way a log shared by several
-//! nodes must: the room core's other mode, kept honest by its tests.
+//! nodes must: the room core's other mode, kept honest by its tests. Like
+//! the Redis log, it claims an epoch for an empty room when the room is
+//! loaded (so every node announces the same one), creates a room missing
+//! at append time (deleted, or never loaded) with a fresh epoch, and writes
+//! the epoch it has back into the batch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +26,8 @@ pub struct MemoryStore {
     rooms: RwLock<BTreeMap<RoomName, Log>>,
     /// Numbers messages itself (`Sequencing::Log`).
     numbering: bool,
+    /// A numbering log's epochs claimed by loading rooms it does not have.
+    claims: parking_lot::Mutex<HashMap<RoomName, String>>,
 }
 
 struct Log {
@@ -90,6 +96,19 @@ impl Store for MemoryStore {
                 room_limit_reached: false,
                 presence: Vec::new(),
             },
+            None if self.numbering => RoomLog {
+                epoch: self
+                    .claims
+                    .lock()
+                    .entry(room.clone())
+                    .or_insert_with(super::new_epoch)
+                    .clone(),
+                last: 0,
+                recent_ids: Vec::new(),
+                exists: false,
+                room_limit_reached: false,
+                presence: Vec::new(),
+            },
             None => RoomLog {
                 epoch: super::new_epoch(),
                 last: 0,
@@ -119,6 +138,16 @@ impl Store for MemoryStore {
                         stored: log.epoch.clone(),
                         given: new.epoch.clone(),
                     });
+                }
+            }
+        }
+        if self.numbering {
+            // A room it does not have is created with its claimed epoch, or
+            // (deleted since) a fresh one: never the one the batch names.
+            let mut claims = self.claims.lock();
+            for new in &mut batch.new_rooms {
+                if !rooms.contains_key(&new.room) {
+                    new.epoch = claims.remove(&new.room).unwrap_or_else(super::new_epoch);
                 }
             }
         }
@@ -172,6 +201,7 @@ impl Store for MemoryStore {
         }
         for room in &batch.expired {
             rooms.remove(room);
+            self.claims.lock().remove(room);
         }
         Ok(())
     }

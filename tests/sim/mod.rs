@@ -4,6 +4,7 @@
 //! generator, so a failing seed replays exactly.
 
 mod client;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use client::{Client, Logs, Pace, Seen, Sent};
 use parlor::error::ErrorCode;
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::fanout::Sequential;
-use parlor::rooms::{Command, Effect, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms};
+use parlor::rooms::{
+    Command, Effect, Fill, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms, FILL_CHUNK,
+};
 use parlor::store::{Batch, MemoryStore, ReadLimit, Store, StoreError};
 use tokio::sync::oneshot;
 
@@ -46,6 +49,9 @@ enum Pending {
     Load(RoomName),
     Commit(Batch),
     Read(ReadRequest),
+    /// The live channel listens to the room (shared log).
+    Subscribed(RoomName),
+    Fill(Fill),
 }
 
 /// A publish through the HTTP API, waiting for its answer.
@@ -70,6 +76,13 @@ pub struct Coverage {
     pub crashes: u64,
     pub stale_reads: u64,
     pub expired: u64,
+    /// Shared-log seeds: gap fills, live deliveries, disconnections, the
+    /// other node's batches, commits whose answer was lost.
+    pub fills: u64,
+    pub live: u64,
+    pub disconnects: u64,
+    pub other_batches: u64,
+    pub lost_answers: u64,
 }
 
 impl Coverage {
@@ -84,6 +97,11 @@ impl Coverage {
         self.crashes += o.crashes;
         self.stale_reads += o.stale_reads;
         self.expired += o.expired;
+        self.fills += o.fills;
+        self.live += o.live;
+        self.disconnects += o.disconnects;
+        self.other_batches += o.other_batches;
+        self.lost_answers += o.lost_answers;
     }
 }
 
@@ -108,6 +126,9 @@ pub struct World {
     next_client: u64,
     next_content: u64,
     pub trace: Vec<String>,
+    /// The log is shared with another node (numbering seeds).
+    shared: bool,
+    channel: shared::Channel,
 }
 
 const ROOMS: [&str; 3] = ["lobby", "dev", "dm:ann:bob"];
@@ -130,6 +151,7 @@ impl World {
             presence_diff_max_members: [1, 1000][rng.below(2) as usize],
             idle_unload_ms: 1000,
             sequencing: log.sequencing(),
+            fill_grace_ms: [0, 50, 300][rng.below(3) as usize],
         };
         World {
             coverage: Coverage::default(),
@@ -148,6 +170,8 @@ impl World {
             next_client: 1,
             next_content: 1,
             trace: Vec::new(),
+            shared: numbering,
+            channel: shared::Channel::default(),
         }
     }
 
@@ -164,12 +188,25 @@ impl World {
         self.coverage.unloaded += t.unloaded;
         self.coverage.cut_slow += t.slow_consumer_cuts;
         self.coverage.stale_reads += t.stale_reads;
+        self.coverage.fills += t.fills;
         while let Some(effect) = self.core.poll_effect() {
             let at = self.now + self.rng.below(300);
             let p = match effect {
                 Effect::Load(room) => Pending::Load(room),
                 Effect::Commit(batch) => Pending::Commit(batch),
                 Effect::Read(read) => Pending::Read(read),
+                Effect::Subscribe(room) => {
+                    self.channel.wanted.insert(room.clone());
+                    Pending::Subscribed(room)
+                }
+                Effect::Unsubscribe(room) => {
+                    self.channel.wanted.remove(&room);
+                    self.channel.listening.remove(&room);
+                    continue;
+                }
+                Effect::Fill(fill) => Pending::Fill(fill),
+                // The other node's view of ours is not simulated.
+                Effect::Presence(_) => continue,
             };
             self.pending.push((at, p));
         }
@@ -182,6 +219,13 @@ impl World {
 
     /// One random step.
     pub fn step(&mut self) {
+        self.reconnect();
+        if self.shared && self.rng.chance(30) {
+            self.shared_step();
+            self.settle_http();
+            self.reap();
+            return;
+        }
         match self.rng.below(100) {
             0..=9 => self.connect(),
             10..=44 => self.client_acts(),
@@ -210,6 +254,81 @@ impl World {
         }
         self.settle_http();
         self.reap();
+    }
+
+    /// What the other node and the live channel do.
+    fn shared_step(&mut self) {
+        let room = self.rng.pick(&self.rooms).unwrap().clone();
+        match self.rng.below(100) {
+            0..=29 => {
+                let (epoch, fresh) = self.channel.other_node_publishes(
+                    &mut self.rng,
+                    self.now,
+                    &self.log,
+                    &room,
+                    &mut self.next_content,
+                );
+                self.note(format!("other node appends {} to {room}", fresh.len()));
+                self.coverage.other_batches += 1;
+                self.channel
+                    .publish(&mut self.rng, self.now, &room, &epoch, fresh);
+            }
+            30..=84 => self.deliver_live(),
+            85..=88 if self.channel.down_until.is_none() => {
+                self.note("the live channel disconnects".into());
+                self.coverage.disconnects += 1;
+                self.channel.disconnect(&mut self.rng, self.now);
+            }
+            89 => {
+                self.note("the other node dies".into());
+                self.core.node_gone("other");
+                self.take_effects();
+            }
+            _ => self
+                .channel
+                .other_node_presence(&mut self.rng, self.now, &room),
+        }
+    }
+
+    /// One message batch (or presence change) on the live channel whose
+    /// time has come, in any order.
+    fn deliver_live(&mut self) {
+        let ready: Vec<usize> = (0..self.channel.in_flight.len())
+            .filter(|&i| self.channel.in_flight[i].0 <= self.now)
+            .collect();
+        if let Some(&i) = self.rng.pick(&ready) {
+            let (_, room, epoch, messages) = self.channel.in_flight.swap_remove(i);
+            self.note(format!(
+                "live {room} {:?}",
+                messages.iter().map(|m| m.sequence).collect::<Vec<_>>()
+            ));
+            self.coverage.live += 1;
+            self.core.live(&room, &epoch, messages, self.now);
+            self.take_effects();
+            return;
+        }
+        let ready: Vec<usize> = (0..self.channel.presence.len())
+            .filter(|&i| self.channel.presence[i].0 <= self.now)
+            .collect();
+        if let Some(&i) = self.rng.pick(&ready) {
+            let (_, room, update) = self.channel.presence.swap_remove(i);
+            self.core.remote_presence(&room, update, self.now);
+            self.take_effects();
+        }
+    }
+
+    /// The live channel is back: every room listens again, and the core
+    /// hears of it a little later (after the subscription took effect).
+    fn reconnect(&mut self) {
+        if self.channel.down_until.is_some_and(|t| t <= self.now) {
+            self.channel.down_until = None;
+            self.note("the live channel is back".into());
+            for room in self.channel.wanted.clone() {
+                self.channel.listening.insert(room.clone());
+                let at = self.now + self.rng.below(100);
+                self.pending.push((at, Pending::Subscribed(room)));
+            }
+        }
     }
 
     fn connect(&mut self) {
@@ -480,7 +599,20 @@ impl World {
                     if let Err(e) = self.log.append(&mut batch) {
                         panic!("the log refused a batch of the core: {e}");
                     }
-                    Ok(())
+                    if self.shared {
+                        self.publish_batch(&batch);
+                    }
+                    if self.shared && self.rng.chance(5) {
+                        // Stored, but the answer was lost for some rooms.
+                        self.coverage.lost_answers += 1;
+                        let lost = self.rng.pick(&self.rooms).unwrap().clone();
+                        for a in batch.appends.iter_mut().filter(|a| a.room == lost) {
+                            a.message.sequence = 0;
+                        }
+                        Err(injected())
+                    } else {
+                        Ok(())
+                    }
                 };
                 self.note(format!(
                     "committed {} ok={}",
@@ -495,6 +627,31 @@ impl World {
                     }
                 }
                 self.core.committed(batch, result, self.now);
+            }
+            Pending::Subscribed(room) => {
+                if self.channel.down_until.is_none() && self.channel.wanted.contains(&room) {
+                    self.channel.listening.insert(room.clone());
+                    self.note(format!("subscribed {room}"));
+                    self.core.subscribed(&room, self.now);
+                }
+            }
+            Pending::Fill(fill) => {
+                let result = if self.rng.chance(3) {
+                    Err(injected())
+                } else {
+                    let limit = ReadLimit::messages(FILL_CHUNK);
+                    self.log
+                        .read_tail(&fill.room, fill.after, fill.upto, limit)
+                        .map_err(Arc::new)
+                };
+                self.note(format!(
+                    "filled {} after {} upto {} ok={}",
+                    fill.room,
+                    fill.after,
+                    fill.upto,
+                    result.is_ok()
+                ));
+                self.core.filled(&fill.room, result, self.now);
             }
             Pending::Read(read) => {
                 let (frames, bytes) = read.wait_for();
@@ -526,6 +683,20 @@ impl World {
             }
         }
         self.take_effects();
+    }
+
+    /// The live channel carries what a batch stored, per room.
+    fn publish_batch(&mut self, batch: &Batch) {
+        for new in &batch.new_rooms {
+            let fresh: Vec<_> = batch
+                .appends
+                .iter()
+                .filter(|a| a.room == new.room && !a.duplicate && a.message.sequence > 0)
+                .map(|a| a.message.clone())
+                .collect();
+            self.channel
+                .publish(&mut self.rng, self.now, &new.room, &new.epoch, fresh);
+        }
     }
 
     /// A room's log was deleted: what was acked in it is gone with it, and
@@ -647,6 +818,10 @@ impl World {
                 }
             }
         }
+        self.channel.wanted.clear();
+        self.channel.listening.clear();
+        self.channel.in_flight.clear();
+        self.channel.presence.clear();
         for c in &mut self.clients {
             if c.alive {
                 c.alive = false;
@@ -681,7 +856,19 @@ impl World {
             for i in stuck {
                 self.end_session(i);
             }
-            if self.pending.is_empty() && self.core.is_settled() {
+            self.reconnect();
+            while !self.channel.in_flight.is_empty() || !self.channel.presence.is_empty() {
+                let before = (self.channel.in_flight.len(), self.channel.presence.len());
+                self.deliver_live();
+                if before == (self.channel.in_flight.len(), self.channel.presence.len()) {
+                    break;
+                }
+            }
+            let quiet = !self.core.behind_log()
+                && self.channel.in_flight.is_empty()
+                && self.channel.presence.is_empty()
+                && self.channel.down_until.is_none();
+            if self.pending.is_empty() && self.core.is_settled() && quiet {
                 break;
             }
             let ready = self

@@ -403,16 +403,10 @@ impl Store for RedisLog {
                 None => rooms.push((a.room.clone(), vec![i])),
             }
         }
-        let epochs: Vec<String> = rooms
-            .iter()
-            .map(|(room, _)| {
-                batch
-                    .new_rooms
-                    .iter()
-                    .find(|n| n.room == *room)
-                    .map_or_else(super::new_epoch, |n| n.epoch.clone())
-            })
-            .collect();
+        // A room the log does not have at this point was deleted (or its
+        // claim lapsed): it starts afresh under a new epoch, never under the
+        // one the batch names, and the core learns of it from the write-back.
+        let epochs: Vec<String> = rooms.iter().map(|_| super::new_epoch()).collect();
         let results = self.block(async {
             let calls = rooms.iter().zip(&epochs).map(|((room, idx), epoch)| {
                 let messages: Vec<&StoredMessage> =

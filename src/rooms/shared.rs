@@ -1,0 +1,323 @@
+//! The room core when the log is shared by several nodes
+//! (`Sequencing::Log`, cluster mode): messages numbered by the log reach a
+//! room from this node's commits, from the room's live channel and from
+//! fills, and go out through one ordered path (`ordered`); the live
+//! channel's lifecycle, gap fills, joins whose `since` is ahead of this
+//! node, other nodes' presence, and a log replaced under a loaded room.
+//!
+//! Why each step is safe:
+//! - Subscribing comes after loading, so messages stored in between are
+//!   missed by the channel: `subscribed` fills from the room's position to
+//!   the log's newest. The same happens after every resubscription (a
+//!   Redis reconnect), so nothing published while unsubscribed is lost.
+//! - The live channel is at most once: a gap (a message numbered past the
+//!   next one) waits `fill_grace_ms` for the late one, then is read from
+//!   the log. Fills repeat until the room has what the log had.
+//! - A join whose `since` is past this node's position (the client saw a
+//!   message from another node that this one has not delivered yet) waits
+//!   for a fill instead of being told its position is foreign.
+
+use std::sync::Arc;
+
+use super::interface::{Fill, PresenceChange};
+use super::member::MemberState;
+use super::presence::RemoteUpdate;
+use super::{refuse, Command, Effect, Millis, Rooms, Slot};
+use crate::error::close;
+use crate::message::StoredMessage;
+use crate::protocol::RoomName;
+use crate::store::{StoreError, Tail};
+
+/// Most messages one fill brings (then it reads on).
+pub const FILL_CHUNK: usize = 1000;
+/// How long a failed fill waits before it is tried again.
+const FILL_RETRY_MS: u64 = 500;
+/// Most joins waiting for a fill per room; more are refused.
+const MAX_WAITING_JOINS: usize = 1024;
+
+impl Rooms {
+    /// The room's live channel is listening (first time or again): read
+    /// what the log got meanwhile.
+    pub fn subscribed(&mut self, name: &RoomName, now: Millis) {
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        if room.ordered.filling {
+            room.ordered.refill = true;
+        } else {
+            self.start_fill(name, u64::MAX);
+        }
+        let _ = now;
+    }
+
+    /// Every loaded room fills to the log's newest: live messages of this
+    /// shard were lost (the feed fell behind).
+    pub fn resync(&mut self, now: Millis) {
+        let names: Vec<RoomName> = self.loaded_names();
+        for name in names {
+            self.subscribed(&name, now);
+        }
+    }
+
+    /// Messages that came on a room's live channel, numbered by the log
+    /// whose epoch is `epoch`.
+    pub fn live(
+        &mut self,
+        name: &RoomName,
+        epoch: &str,
+        messages: Vec<StoredMessage>,
+        now: Millis,
+    ) {
+        let Some(room) = self.room_ref(name) else {
+            return;
+        };
+        if *room.epoch != *epoch {
+            return self.log_replaced(name, now);
+        }
+        self.deliver_numbered(name, messages, now);
+    }
+
+    /// What a fill read from the log.
+    pub fn filled(&mut self, name: &RoomName, result: Result<Tail, Arc<StoreError>>, now: Millis) {
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        room.ordered.filling = false;
+        let tail = match result {
+            Ok(tail) => tail,
+            Err(e) => {
+                tracing::warn!(room = %name, cause = %e, "filling a gap from the log failed; retrying");
+                let waiting = std::mem::take(&mut room.waiting_joins);
+                for cmd in waiting {
+                    refuse(cmd, "the room's history is unavailable");
+                }
+                self.gaps.insert(name.clone(), now + FILL_RETRY_MS);
+                return;
+            }
+        };
+        if tail.epoch.as_deref() != Some(&*room.epoch) {
+            return self.log_replaced(name, now);
+        }
+        let committed = room.seq.committed();
+        room.ordered.saw(tail.last);
+        let complete = tail.messages.len() < FILL_CHUNK;
+        // What the log did not return below what it did is past retention.
+        let first = tail.messages.first().map(|m| m.sequence);
+        let skip_to = match first {
+            Some(first) if first > committed + 1 => Some(first - 1),
+            None if complete => Some(tail.last.min(room.ordered.gap_end(committed))),
+            _ => None,
+        };
+        if let Some(to) = skip_to.filter(|&to| to > committed) {
+            tracing::warn!(room = %name, from = committed + 1, to, "messages past retention skipped");
+            room.seq.advance(to);
+        }
+        self.deliver_numbered(name, tail.messages, now);
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        let committed = room.seq.committed();
+        let refill = std::mem::take(&mut room.ordered.refill);
+        if refill || (!complete && room.ordered.behind(committed)) {
+            self.start_fill(name, u64::MAX);
+        }
+        self.release_joins(name, now);
+    }
+
+    /// Another node's users in a room changed.
+    pub fn remote_presence(&mut self, name: &RoomName, update: RemoteUpdate, now: Millis) {
+        if let Some(room) = self.room_mut(name) {
+            room.presence.apply_remote(update, now);
+        }
+    }
+
+    /// Another node is dead: its users leave every room.
+    pub fn node_gone(&mut self, node: &str) {
+        for slot in self.rooms.values_mut() {
+            if let Slot::Loaded(room) = slot {
+                room.presence.node_gone(node);
+            }
+        }
+    }
+
+    /// Messages numbered by the log, from any source: delivered in order,
+    /// once; a gap is scheduled for filling.
+    pub(super) fn deliver_numbered(
+        &mut self,
+        name: &RoomName,
+        messages: Vec<StoredMessage>,
+        now: Millis,
+    ) {
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        let run = room.ordered.offer(room.seq.committed(), messages);
+        if let Some(last) = run.last() {
+            room.seq.advance(last.sequence);
+            room.last_active = now;
+            for m in &run {
+                if let Some(id) = &m.client_msg_id {
+                    room.dedup.insert(m.user.clone(), id.clone(), m.sequence);
+                }
+            }
+            self.deliver(name, &run, now);
+        }
+        self.check_gap(name, now);
+    }
+
+    /// A room behind the log gets a fill scheduled (after the grace, for
+    /// the live channel to catch up), unless one is under way.
+    fn check_gap(&mut self, name: &RoomName, now: Millis) {
+        let grace = self.limits.fill_grace_ms;
+        let Some(room) = self.room_ref(name) else {
+            self.gaps.remove(name);
+            return;
+        };
+        if room.ordered.behind(room.seq.committed()) && !room.ordered.filling {
+            self.gaps.entry(name.clone()).or_insert(now + grace);
+        } else {
+            self.gaps.remove(name);
+        }
+    }
+
+    /// Fills the gaps whose grace has passed.
+    pub(super) fn fill_due_gaps(&mut self, now: Millis) {
+        let due: Vec<RoomName> = self
+            .gaps
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.gaps.remove(&name);
+            let upto = match self.room_ref(&name) {
+                Some(room) if room.ordered.behind(room.seq.committed()) => {
+                    room.ordered.gap_end(room.seq.committed())
+                }
+                // A failed fill retried: to the newest.
+                Some(_) => u64::MAX,
+                None => continue,
+            };
+            self.start_fill(&name, upto);
+        }
+    }
+
+    fn start_fill(&mut self, name: &RoomName, upto: u64) {
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        if room.ordered.filling {
+            return;
+        }
+        room.ordered.filling = true;
+        let after = room.seq.committed();
+        self.gaps.remove(name);
+        self.tally.fills += 1;
+        self.effects.push_back(Effect::Fill(Fill {
+            room: name.clone(),
+            after,
+            upto,
+        }));
+    }
+
+    /// A join whose `since` is past this node's position waits for a fill
+    /// to the log's newest. Returns it back when it need not wait.
+    pub(super) fn wait_for_since(&mut self, cmd: Command) -> Option<Command> {
+        let Command::Join {
+            room: name, since, ..
+        } = &cmd
+        else {
+            return Some(cmd);
+        };
+        let name = name.clone();
+        let room = self.room_mut(&name)?;
+        let ahead = since.is_some_and(|s| s > room.seq.committed());
+        if !ahead || room.members.contains(join_client(&cmd)) {
+            return Some(cmd);
+        }
+        if room.waiting_joins.len() >= MAX_WAITING_JOINS {
+            refuse(cmd, "the room is busy; try again");
+            return None;
+        }
+        room.waiting_joins.push(cmd);
+        if room.ordered.filling {
+            room.ordered.refill = true;
+        } else {
+            self.start_fill(&name, u64::MAX);
+        }
+        None
+    }
+
+    /// Joins that waited for a fill go on once the room is at their
+    /// `since` or has all the log had (then a `since` past it is foreign).
+    fn release_joins(&mut self, name: &RoomName, now: Millis) {
+        let Some(room) = self.room_mut(name) else {
+            return;
+        };
+        let committed = room.seq.committed();
+        let caught_up = !room.ordered.filling && !room.ordered.behind(committed);
+        let (go, wait): (Vec<Command>, Vec<Command>) = std::mem::take(&mut room.waiting_joins)
+            .into_iter()
+            .partition(|cmd| match cmd {
+                Command::Join { since, .. } => caught_up || since.is_none_or(|s| s <= committed),
+                _ => true,
+            });
+        room.waiting_joins = wait;
+        for cmd in go {
+            self.apply_join(cmd, now);
+        }
+    }
+
+    /// The room's log is not the one this node loaded (deleted and created
+    /// again, or Redis lost it): its members are closed with 1012 so they
+    /// rejoin (and learn the new epoch), and the room leaves memory.
+    pub(super) fn log_replaced(&mut self, name: &RoomName, now: Millis) {
+        let Some(Slot::Loaded(mut room)) = self.rooms.remove(name) else {
+            return;
+        };
+        tracing::warn!(room = %name, "the room's log was replaced; its members are asked to rejoin");
+        self.gaps.remove(name);
+        for m in room.members.as_mut_slice() {
+            if matches!(m.state, MemberState::Live | MemberState::CatchingUp(_)) {
+                m.peer.outbox.cut(close::SERVICE_RESTART);
+            }
+        }
+        for cmd in std::mem::take(&mut room.waiting_joins) {
+            refuse(cmd, "the room's log changed; try again");
+        }
+        let leaves = room.presence.local_users();
+        if !leaves.is_empty() {
+            self.effects.push_back(Effect::Presence(PresenceChange {
+                room: name.clone(),
+                joins: Vec::new(),
+                leaves,
+            }));
+        }
+        self.effects.push_back(Effect::Unsubscribe(name.clone()));
+        self.tally.unloaded += 1;
+        let _ = now;
+    }
+
+    /// This node's users that changed in each room, for the other nodes.
+    pub(super) fn local_presence_changes(&mut self) {
+        for slot in self.rooms.values_mut() {
+            if let Slot::Loaded(room) = slot {
+                if room.presence.has_local_changes() {
+                    let (joins, leaves) = room.presence.take_local();
+                    self.effects.push_back(Effect::Presence(PresenceChange {
+                        room: room.name.clone(),
+                        joins,
+                        leaves,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn join_client(cmd: &Command) -> u64 {
+    match cmd {
+        Command::Join { peer, .. } => peer.client_id,
+        _ => 0,
+    }
+}
