@@ -12,7 +12,10 @@
 //! - `shard`: one driver thread per worker running a room core and doing its
 //!   I/O (loads and reads off the thread, commits on the shared log writer),
 //!   the fan-out pool.
-//! - `store`: the log seam (`Store`) and its implementations (redb, memory).
+//! - `store`: the log seam (`Store`) and its implementations (redb, memory,
+//!   and Redis for cluster mode).
+//! - `cluster`: cluster mode's live feed (pub/sub), presence across nodes
+//!   and heartbeat, between the shards and Redis.
 //! - `session`: one WebSocket connection: reader, request dispatch, writer.
 //! - `outbox`: a session's bounded outbound queue, shared by the rooms and
 //!   the session.
@@ -34,6 +37,7 @@
 //! ```
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod message;

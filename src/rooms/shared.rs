@@ -298,6 +298,23 @@ impl Rooms {
         let _ = now;
     }
 
+    /// Every room tells the other nodes all of this node's users again (the
+    /// others may have missed changes, or taken this node for dead).
+    pub fn republish_presence(&mut self) {
+        for slot in self.rooms.values_mut() {
+            if let Slot::Loaded(room) = slot {
+                let joins = room.presence.local_users();
+                if !joins.is_empty() {
+                    self.effects.push_back(Effect::Presence(PresenceChange {
+                        room: room.name.clone(),
+                        joins,
+                        leaves: Vec::new(),
+                    }));
+                }
+            }
+        }
+    }
+
     /// This node's users that changed in each room, for the other nodes.
     pub(super) fn local_presence_changes(&mut self) {
         for slot in self.rooms.values_mut() {

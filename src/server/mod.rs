@@ -28,11 +28,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::auth;
-use crate::config::{Config, StoreKind};
+use crate::cluster::Cluster;
+use crate::config::{redact_url, Config, StoreKind};
 use crate::metrics::Metrics;
 use crate::session;
 use crate::shard::{ShardEnv, Shards};
-use crate::store::{GuardedStore, MemoryStore, Store};
+use crate::store::{GuardedStore, MemoryStore, RedisLog, Store};
 
 /// How long a client may take to send its request headers (and how long a
 /// keep-alive connection may sit idle).
@@ -130,6 +131,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub ctx: Arc<Ctx>,
     tasks: TaskTracker,
+    /// Cluster mode: the feed, presence and heartbeat tasks.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Running {
@@ -154,8 +157,13 @@ impl Running {
                 "connections still open after the shutdown timeout; stopping anyway"
             );
         }
+        let cluster = self.cluster.clone();
         let landed = tokio::task::spawn_blocking(move || {
             env.shards.stop();
+            // The others see this node's users leave at once.
+            if let Some(cluster) = cluster {
+                cluster.stop();
+            }
             env.store.flush()
         })
         .await;
@@ -187,6 +195,37 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Binds `config.addr` and serves until `Running::shutdown`.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
+    start_with(config, store, None, Arc::new(Metrics::new())).await
+}
+
+/// Cluster mode: connects to Redis (`--cluster`), which holds the log and
+/// carries the live channels, and serves like `start`.
+pub async fn start_cluster(config: Config) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let settings = crate::store::redis::Settings {
+        urls: config.cluster.clone(),
+        mode: config.cluster_mode(),
+        timeout: config.cluster_timeout(),
+        dedup_window: config.dedup_window,
+        retain_messages: config.retain_messages,
+        retain_age: config.retain_age,
+        node: crate::cluster::new_node_id(),
+    };
+    let shown: Vec<String> = config.cluster.iter().map(|u| redact_url(u)).collect();
+    let log = RedisLog::connect(settings, metrics.clone())
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", shown.join(",")))?;
+    let cluster = Cluster::new(log.clone(), config.workers(), config.cluster_heartbeat());
+    tracing::info!(node = %cluster.node, redis = %shown.join(","), "cluster mode");
+    start_with(config, log, Some(cluster), metrics).await
+}
+
+async fn start_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    cluster: Option<Arc<Cluster>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Running> {
     let auth = auth::Auth::from_config(&config)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
@@ -199,7 +238,6 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     let config_max_connections = config.max_connections.max(1);
     let admin_reserve = config.admin_reserve;
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
     // Every store call from here on is guarded: panics contained and
     // counted, damage and failing writes tracked for /healthz.
     let store: Arc<dyn Store> = Arc::new(GuardedStore::new(store, metrics.clone()));
@@ -219,8 +257,12 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         store: store.clone(),
         metrics: metrics.clone(),
         pool,
+        cluster: cluster.clone(),
     })
     .context("cannot start the shard threads")?;
+    if let Some(cluster) = &cluster {
+        cluster.start();
+    }
     let ctx = Arc::new(Ctx {
         env: Arc::new(session::Env::new(config, store, shards, metrics)),
         auth,
@@ -233,18 +275,27 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
     tasks.spawn(retention_loop(ctx.clone()));
     tasks.spawn(probe_loop(ctx.clone()));
-    Ok(Running { addr, ctx, tasks })
+    Ok(Running {
+        addr,
+        ctx,
+        tasks,
+        cluster,
+    })
 }
 
 /// What the binary runs: open the store, serve until `stop` resolves (the
 /// binary passes its first SIGINT/SIGTERM), then shut down cleanly.
 pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
-    if config.store == StoreKind::Memory {
-        tracing::warn!("--store memory: history is lost when parlor stops");
-    }
     let timeout = Duration::from_secs(config.shutdown_timeout);
-    let running = start(config, store).await?;
+    let running = if config.clustered() {
+        start_cluster(config).await?
+    } else {
+        let store = open_store(&config)?;
+        if config.store == StoreKind::Memory {
+            tracing::warn!("--store memory: history is lost when parlor stops");
+        }
+        start(config, store).await?
+    };
     if !running.ctx.auth.tokens_required() {
         tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
     }

@@ -5,13 +5,17 @@
 //! - a room load runs on the blocking pool and parks only that room;
 //! - a catch-up read waits (as a task) for room in the member's outbox, then
 //!   reads and encodes on the blocking pool;
-//! - a batch goes to the log writer thread.
+//! - a batch goes to the log writer thread;
+//! - cluster mode: subscriptions and presence changes go to the cluster's
+//!   tasks (`cluster`), fills read the shared log on the blocking pool,
+//!   and the cluster's live events come in like completions.
 //!
 //! Panics in store code fail the operation (`StoreError::Panicked`) instead
 //! of the shard: the server's store is a `GuardedStore`, which catches,
 //! counts and reports them; `guarded` keeps the shard alive over any store.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::log_writer::{Committed, Job, LogWriter};
 use super::pool::Pool;
 use super::ShardEnv;
+use crate::cluster::{Event, FeedRequest, ShardLink};
 use crate::protocol::{now_ms, RoomName};
 use crate::rooms::fanout::{Sequential, Spread};
 use crate::rooms::{
@@ -55,12 +60,33 @@ pub fn run(
         None => Box::new(Sequential),
     };
     let limits = Limits::from_config(&env.config, env.store.sequencing());
+    let (cluster, live, control) = match env.cluster.as_ref().and_then(|c| c.link(id)) {
+        Some(link) => {
+            let ShardLink {
+                live,
+                control,
+                overflow,
+                feed,
+                presence,
+            } = link;
+            let ends = ClusterEnds {
+                overflow,
+                feed,
+                presence,
+            };
+            (Some(ends), Some(live), Some(control))
+        }
+        None => (None, None, None),
+    };
     let mut driver = Driver {
         rooms: Rooms::new(limits, spread),
         env,
         log,
         done: mpsc::unbounded_channel(),
         commit_done: mpsc::unbounded_channel(),
+        cluster,
+        live,
+        control,
     };
     rt.block_on(driver.run(rx, stop));
     tracing::debug!(shard = id, "shard stopped");
@@ -77,6 +103,18 @@ struct Driver {
         mpsc::UnboundedSender<Committed>,
         mpsc::UnboundedReceiver<Committed>,
     ),
+    /// Cluster mode: where subscriptions and presence changes go.
+    cluster: Option<ClusterEnds>,
+    /// Cluster mode: live events (bounded), and control events.
+    live: Option<mpsc::Receiver<Event>>,
+    control: Option<mpsc::UnboundedReceiver<Event>>,
+}
+
+struct ClusterEnds {
+    /// Set when a live event for this shard was dropped.
+    overflow: Arc<std::sync::atomic::AtomicBool>,
+    feed: mpsc::UnboundedSender<FeedRequest>,
+    presence: mpsc::UnboundedSender<crate::rooms::PresenceChange>,
 }
 
 impl Driver {
@@ -96,6 +134,16 @@ impl Driver {
                     self.apply(Done::Committed(done));
                 }
                 Some(done) = self.done.1.recv() => self.apply(done),
+                Some(event) = recv(&mut self.control) => self.cluster_event(event),
+                Some(event) = recv_bounded(&mut self.live) => {
+                    self.cluster_event(event);
+                    for _ in 1..MAX_ROUND {
+                        match self.live.as_mut().map(|rx| rx.try_recv()) {
+                            Some(Ok(event)) => self.cluster_event(event),
+                            _ => break,
+                        }
+                    }
+                }
                 cmd = rx.recv(), if !self.rooms.backpressured() => {
                     let Some(cmd) = cmd else { break };
                     let now = now_ms();
@@ -138,6 +186,30 @@ impl Driver {
         }
     }
 
+    fn cluster_event(&mut self, event: Event) {
+        let now = now_ms();
+        match event {
+            Event::Live {
+                room,
+                epoch,
+                messages,
+            } => self.rooms.live(&room, &epoch, messages, now),
+            Event::Presence { room, update } => self.rooms.remote_presence(&room, update, now),
+            Event::Subscribed(room) => self.rooms.subscribed(&room, now),
+            Event::NodeGone(node) => self.rooms.node_gone(&node),
+            Event::Republish => self.rooms.republish_presence(),
+            Event::Wake => {}
+        }
+        let overflowed = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.overflow.swap(false, Ordering::AcqRel));
+        if overflowed {
+            tracing::warn!("live messages for this shard were dropped; catching up from the log");
+            self.rooms.resync(now);
+        }
+    }
+
     /// Hands the batch on and performs the effects of this round.
     fn end_round(&mut self) {
         self.rooms.end_round();
@@ -146,12 +218,25 @@ impl Driver {
                 Effect::Load(room) => self.load(room),
                 Effect::Commit(batch) => self.log.send(Job::new(batch, self.commit_done.0.clone())),
                 Effect::Read(read) => self.read(read),
-                // Without a live channel (a numbering log of one node) the
-                // room hears of nothing but its own commits: listening is
-                // instant and there is nobody to tell about presence.
-                Effect::Subscribe(room) => self.rooms.subscribed(&room, now_ms()),
-                Effect::Unsubscribe(_) | Effect::Presence(_) => {}
                 Effect::Fill(fill) => self.fill(fill),
+                Effect::Subscribe(room) => match &self.cluster {
+                    Some(c) => {
+                        let _ = c.feed.send(FeedRequest::Subscribe(room));
+                    }
+                    // Without a live channel (a numbering log of one node)
+                    // a room hears of nothing but its own commits.
+                    None => self.rooms.subscribed(&room, now_ms()),
+                },
+                Effect::Unsubscribe(room) => {
+                    if let Some(c) = &self.cluster {
+                        let _ = c.feed.send(FeedRequest::Unsubscribe(room));
+                    }
+                }
+                Effect::Presence(change) => {
+                    if let Some(c) = &self.cluster {
+                        let _ = c.presence.send(change);
+                    }
+                }
             }
         }
         let tally = self.rooms.take_tally();
@@ -218,6 +303,20 @@ impl Driver {
         m.rooms.add(t.loaded as i64 - t.unloaded as i64);
         m.rooms_expired.inc_by(t.expired);
         m.gap_fills.inc_by(t.fills);
+    }
+}
+
+async fn recv_bounded(rx: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Event>>) -> Option<Event> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

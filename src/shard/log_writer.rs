@@ -11,6 +11,9 @@
 //! the writer is gone (a dropped job answers for itself); and one shard's
 //! bad batch does not fail another's — when a merged commit fails, each job
 //! is retried alone, so only the jobs that fail on their own are failed.
+//! A log that numbers messages (a shared log) is not retried: part of the
+//! merged batch may be stored (its appends carry their sequences), and a
+//! second append would store those again.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -125,9 +128,11 @@ fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
             expired: expired.by_ref().take(e).collect(),
         });
     }
+    let numbering = store.sequencing() == crate::store::Sequencing::Log;
     for (job, mut batch) in jobs.into_iter().zip(parts) {
         let result = match &result {
             Ok(()) => Ok(()),
+            Err(e) if numbering => Err(e.clone()),
             // Alone, a job fails only for what is wrong with it.
             Err(_) => commit(store, metrics, &mut batch),
         };

@@ -43,6 +43,15 @@ pub struct ShardEnv {
     pub metrics: Arc<Metrics>,
     /// Threads that fan out large rooms; `None` with one worker.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Cluster mode: the live channels, presence and heartbeat shared with
+    /// the other nodes through Redis.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// The shard (of `n`) that owns a room.
+pub fn shard_of(room: &RoomName, n: usize) -> usize {
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
+    (h % n.max(1) as u64) as usize
 }
 
 /// Handles to every shard.
@@ -81,8 +90,7 @@ impl Shards {
     }
 
     pub fn index_of(&self, room: &RoomName) -> usize {
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
-        (h % self.senders.len() as u64) as usize
+        shard_of(room, self.senders.len())
     }
 
     pub async fn send(&self, room: &RoomName, cmd: Command) -> Result<(), ShardGone> {
