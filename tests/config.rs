@@ -100,3 +100,73 @@ fn help_documents_every_flag_with_its_env_var() {
     assert!(help.contains("PARLOR_MAX_FRAME_BYTES"));
     assert!(help.contains("[default: 65536]"));
 }
+
+#[test]
+fn the_cluster_url_comes_from_flag_env_or_file_with_its_password_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parlor.toml");
+    std::fs::write(
+        &file,
+        "cluster = [\"redis://:filepw@a:7000\", \"redis://:filepw@b:7001\"]\ncluster-mode = \"cluster\"\n",
+    )
+    .unwrap();
+    let print = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_file = print(parlor().args(["config", "print", "--config"]).arg(&file));
+    assert_eq!(
+        value(&from_file, "cluster"),
+        r#"["redis://:<redacted>@a:7000", "redis://:<redacted>@b:7001"]"#
+    );
+    assert_eq!(value(&from_file, "cluster-mode"), "\"cluster\"");
+    let from_env = print(
+        parlor()
+            .args(["config", "print"])
+            .env("PARLOR_CLUSTER", "rediss://user:envpw@redis.example:6380/0"),
+    );
+    assert_eq!(
+        value(&from_env, "cluster"),
+        r#"["rediss://user:<redacted>@redis.example:6380/0"]"#
+    );
+    for toml in [&from_file, &from_env] {
+        assert!(
+            !toml.contains("filepw") && !toml.contains("envpw"),
+            "{toml}"
+        );
+    }
+    let from_flag = print(parlor().args(["config", "print", "--cluster", "redis://h:6379"]));
+    assert_eq!(value(&from_flag, "cluster"), r#"["redis://h:6379"]"#);
+}
+
+#[test]
+fn a_cluster_that_cannot_be_reached_stops_parlor_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = parlor()
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--cluster-timeout-ms",
+            "500",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--cluster", &format!("redis://:pw@127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach Redis"), "{err}");
+    assert!(!err.contains("pw@"), "the password leaked: {err}");
+}

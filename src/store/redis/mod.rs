@@ -112,8 +112,16 @@ impl RedisLog {
             })
         };
         let sharded = match init.await {
-            Ok(r) => r?,
-            Err(e) => return Err(StoreError::Panicked(e.to_string())),
+            Ok(Ok(sharded)) => sharded,
+            failed => {
+                // Dropping a runtime would block; this may run on one.
+                runtime.shutdown_background();
+                return Err(match failed {
+                    Ok(Err(e)) => e,
+                    Err(e) => StoreError::Panicked(e.to_string()),
+                    Ok(Ok(_)) => unreachable!(),
+                });
+            }
         };
         let fast = connect::fail_fast(settings.timeout);
         {
