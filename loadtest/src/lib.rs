@@ -31,9 +31,16 @@ pub use run::run;
     about = "Load generator and checker for parlor (and the teaching chat servers)"
 )]
 pub struct Args {
-    /// Server WebSocket URL (ws:// only).
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// Server WebSocket URL (ws:// only). Repeat it (or separate URLs with
+    /// commas) to spread the members over several nodes of a cluster,
+    /// round-robin by connection.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    pub url: Vec<String>,
 
     /// What the server is: parlor (acks, `joined`) or a teaching seed server
     /// (no ack: a sender's own echo stands in for it; join answered by
@@ -47,9 +54,11 @@ pub struct Args {
     #[arg(long, global = true, value_enum, default_value_t = Format::Json)]
     pub format: Format,
 
-    /// PID of the server, to report its CPU seconds and RSS from /proc.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// PID of the server, to report its CPU seconds and RSS from /proc;
+    /// several (repeated or comma-separated) are summed, e.g. every node
+    /// of a cluster and its Redis.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
 
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long, global = true)]
@@ -61,9 +70,11 @@ pub struct Args {
 
     /// Prometheus endpoint of the server (e.g. http://127.0.0.1:8080/metrics),
     /// scraped just before the senders start and after the deliveries: the
-    /// report gives the deltas, and messages per store commit.
-    #[arg(long, global = true)]
-    pub metrics_url: Option<String>,
+    /// report gives the deltas, and messages per store commit (and in
+    /// cluster mode Redis calls per message). Several (one per node) are
+    /// summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
 
     /// Hard limit on the whole run, in seconds; every phase stops by then.
     #[arg(long, global = true, default_value_t = 120.0)]

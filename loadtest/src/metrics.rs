@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Unlabelled samples of one scrape: name → value (`_bucket` lines and
-/// labelled series are left out).
+/// Samples of one scrape: name → value, labelled series under their full
+/// name (`name{labels}`) and summed under the bare name when it has no
+/// unlabelled sample of its own (`_bucket` lines are left out).
 pub type Samples = BTreeMap<String, f64>;
 
 /// What changed between two scrapes.
@@ -24,28 +25,54 @@ pub struct MetricsDelta {
     pub commit_ms_mean: Option<f64>,
     /// Δ`parlor_store_commit_seconds_count`.
     pub commits: Option<f64>,
+    /// Cluster mode: Redis calls (every operation), and per stored message.
+    pub redis_calls: Option<f64>,
+    pub redis_calls_per_message: Option<f64>,
+    /// Appends (one script call per room per batch) per stored message.
+    pub redis_appends_per_message: Option<f64>,
+    /// Mean Redis call time, in ms.
+    pub redis_ms_mean: Option<f64>,
+    /// Δ`parlor_gap_fills_total`.
+    pub gap_fills: Option<f64>,
     /// Set when a scrape failed.
     pub error: Option<String>,
 }
 
-/// Parses the Prometheus text format (the subset needed: `name value`).
+/// Parses the Prometheus text format (the subset needed: `name value`,
+/// `name{labels} value`).
 pub fn parse(text: &str) -> Samples {
     let mut out = Samples::new();
+    let mut labelled: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.contains('{') {
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut it = line.split_whitespace();
-        let (Some(name), Some(value)) = (it.next(), it.next()) else {
-            continue;
+        let (name, labels, value) = match line.find('{') {
+            Some(i) => {
+                let Some(end) = line.rfind('}') else { continue };
+                (&line[..i], &line[i..=end], line[end + 1..].trim())
+            }
+            None => match line.split_once(char::is_whitespace) {
+                Some((n, v)) => (n, "", v.trim()),
+                None => continue,
+            },
         };
         if name.ends_with("_bucket") {
             continue;
         }
-        if let Ok(v) = value.parse::<f64>() {
+        let Ok(v) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else {
+            continue;
+        };
+        if labels.is_empty() {
             out.insert(name.to_string(), v);
+        } else {
+            out.insert(format!("{name}{labels}"), v);
+            *labelled.entry(name.to_string()).or_default() += v;
         }
+    }
+    for (name, v) in labelled {
+        out.entry(name).or_insert(v);
     }
     out
 }
@@ -72,6 +99,18 @@ pub fn delta(url: &str, before: &Samples, after: &Samples) -> MetricsDelta {
         )
         .map(|s| s * 1000.0),
         commits: deltas.get("parlor_store_commit_seconds_count").copied(),
+        redis_calls: deltas.get("parlor_redis_calls_total").copied(),
+        redis_calls_per_message: ratio("parlor_redis_calls_total", "parlor_messages_stored_total"),
+        redis_appends_per_message: ratio(
+            "parlor_redis_calls_total{op=\"append\"}",
+            "parlor_messages_stored_total",
+        ),
+        redis_ms_mean: ratio(
+            "parlor_redis_roundtrip_seconds_sum",
+            "parlor_redis_roundtrip_seconds_count",
+        )
+        .map(|s| s * 1000.0),
+        gap_fills: deltas.get("parlor_gap_fills_total").copied(),
         deltas,
         error: None,
     }
@@ -146,7 +185,9 @@ mod tests {
              parlor_store_commit_seconds_sum 0.01\nparlor_store_commit_seconds_count 5\n\
              parlor_errors_total{code=\"x\"} 1\nparlor_acks_total 10\n",
         );
-        assert_eq!(before.len(), 5);
+        assert_eq!(before.len(), 7, "{before:?}");
+        assert_eq!(before["parlor_errors_total{code=\"x\"}"], 1.0);
+        assert_eq!(before["parlor_errors_total"], 1.0, "labelled series summed");
         let after = parse(
             "parlor_store_batch_messages_sum 110\nparlor_store_batch_messages_count 9\n\
              parlor_store_commit_seconds_sum 0.018\nparlor_store_commit_seconds_count 9\n\

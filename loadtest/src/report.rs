@@ -278,7 +278,7 @@ pub fn build(i: Inputs<'_>) -> Report {
     let (cores, cpu) = crate::sys::machine();
     Report {
         label: ctx.args.label.clone(),
-        url: ctx.args.url.clone(),
+        url: ctx.args.url.join(","),
         target_kind: ctx.args.target_kind,
         format: ctx.args.format,
         plan: ctx.plan.clone(),
@@ -595,6 +595,19 @@ impl Report {
                     ),
                 },
             );
+            if m.redis_calls.is_some_and(|c| c > 0.0) {
+                row(
+                    &mut s,
+                    "redis",
+                    format!(
+                        "{} calls per message ({} appends per message), {} ms per call, {} gap fills",
+                        f(m.redis_calls_per_message, 3),
+                        f(m.redis_appends_per_message, 3),
+                        f(m.redis_ms_mean, 3),
+                        f(m.gap_fills, 0)
+                    ),
+                );
+            }
         }
         if !self.errors.is_empty() {
             row(&mut s, "error frames", format!("{:?}", self.errors));

@@ -68,7 +68,8 @@ pub struct RoomState {
 pub struct Ctx {
     pub args: Args,
     pub plan: Plan,
-    pub target: ws::Target,
+    /// The servers; connection n goes to `targets[n % len]`.
+    pub targets: Vec<ws::Target>,
     pub rooms: Vec<RoomState>,
     pub c: Counters,
     pub hist: Mutex<Histogram<u64>>,
@@ -287,30 +288,23 @@ async fn connect_join(
     since: Option<u64>,
 ) -> Result<(Reader, Writer, u64), String> {
     let n = ctx.next_conn.fetch_add(1, Relaxed);
-    let src = ws::source_addr(&ctx.target, n, ctx.args.source_addrs);
+    let target = &ctx.targets[n % ctx.targets.len()];
+    let src = ws::source_addr(target, n, ctx.args.source_addrs);
     let timeout = Duration::from_secs_f64(ctx.args.connect_timeout);
     let _permit = ctx.connect_sem.acquire().await.map_err(|e| e.to_string())?;
     let initial_buf = if ctx.plan.is_idle() { 1024 } else { 8192 };
-    let (mut rd, mut wr) = match ws::connect(
-        &ctx.target,
-        user,
-        src,
-        ctx.subprotocol(),
-        initial_buf,
-        timeout,
-    )
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            Ctx::bump(&ctx.connect_errors, e.kind().to_string());
-            let mut first = ctx.first_connect_error.lock();
-            if first.is_none() {
-                *first = Some(e.to_string());
+    let (mut rd, mut wr) =
+        match ws::connect(target, user, src, ctx.subprotocol(), initial_buf, timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                Ctx::bump(&ctx.connect_errors, e.kind().to_string());
+                let mut first = ctx.first_connect_error.lock();
+                if first.is_none() {
+                    *first = Some(e.to_string());
+                }
+                return Err(format!("connect: {e}"));
             }
-            return Err(format!("connect: {e}"));
-        }
-    };
+        };
     ctx.c.opened.fetch_add(1, Relaxed);
     let room_name = &ctx.rooms[room].name;
     wr.send(ctx.opcode(), &ctx.encode_join(room_name, since))
@@ -723,7 +717,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if args.format == Format::Msgpack && args.target_kind == TargetKind::Seed {
         anyhow::bail!("the teaching servers speak JSON only");
     }
-    let target = ws::Target::parse(&args.url)?;
+    let targets = args
+        .url
+        .iter()
+        .map(|u| ws::Target::parse(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if targets.is_empty() {
+        anyhow::bail!("no --url");
+    }
     let fd = sys::raise_nofile(plan.connections as u64 + 256);
     if let Some(w) = &fd.warning {
         eprintln!("warning: {w}");
@@ -742,7 +743,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let ctx = Arc::new(Ctx {
         connect_sem: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
         plan: plan.clone(),
-        target,
+        targets,
         rooms,
         c: Counters {
             first_delivery_ns: AtomicU64::new(u64::MAX),
@@ -765,8 +766,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         next_conn: AtomicUsize::new(0),
         args: args.clone(),
     });
-    let pid = args.server_pid.map(|p| p.to_string());
-    let server_sample = || pid.as_deref().and_then(sys::sample);
+    let pids: Vec<String> = args.server_pid.iter().map(|p| p.to_string()).collect();
+    let server_sample = || sys::sample_all(&pids);
     let server_before = server_sample();
     let self_before = sys::sample("self");
 
@@ -913,12 +914,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         pb.finish_and_clear();
         let s2 = server_sample();
         let h2 = sys::sample("self");
-        if let Some(url) = &args.metrics_url {
+        if !args.metrics_url.is_empty() {
+            let url = args.metrics_url.join(",");
             let after = scrape_metrics(&args).await;
             metrics = Some(match (metrics_before, after) {
-                (Some(Ok(b)), Some(Ok(a))) => crate::metrics::delta(url, &b, &a),
+                (Some(Ok(b)), Some(Ok(a))) => crate::metrics::delta(&url, &b, &a),
                 (b, a) => crate::metrics::MetricsDelta {
-                    url: url.clone(),
+                    url,
                     error: [b, a]
                         .into_iter()
                         .find_map(|r| r.and_then(|r| r.err()))
@@ -999,8 +1001,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }))
 }
 
-/// One scrape of `--metrics-url`, if given.
+/// One scrape of every `--metrics-url`, summed, if any is given.
 async fn scrape_metrics(args: &Args) -> Option<anyhow::Result<crate::metrics::Samples>> {
-    let url = args.metrics_url.as_deref()?;
-    Some(crate::metrics::scrape(url, Duration::from_secs(5)).await)
+    if args.metrics_url.is_empty() {
+        return None;
+    }
+    let mut total = crate::metrics::Samples::new();
+    for url in &args.metrics_url {
+        match crate::metrics::scrape(url, Duration::from_secs(5)).await {
+            Ok(samples) => {
+                for (k, v) in samples {
+                    *total.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(total))
 }

@@ -94,6 +94,23 @@ pub fn sample(pid: &str) -> Option<ProcSample> {
     })
 }
 
+/// The processes `pids` together: CPU seconds and RSS summed (None if any
+/// cannot be read, or none is given).
+pub fn sample_all(pids: &[String]) -> Option<ProcSample> {
+    let mut total: Option<ProcSample> = None;
+    for pid in pids {
+        let s = sample(pid)?;
+        total = Some(match total {
+            None => s,
+            Some(t) => ProcSample {
+                cpu_s: t.cpu_s + s.cpu_s,
+                rss_kib: t.rss_kib + s.rss_kib,
+            },
+        });
+    }
+    total
+}
+
 /// The machine, for the report.
 pub fn machine() -> (usize, String) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -255,3 +255,104 @@ async fn durable_run_scrapes_store_metrics_and_charts() {
     assert!(svg.contains("parlor-memory") && svg.contains("1.00× limit"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A `redis-server` of this test's own (AOF off: nothing here needs it),
+/// killed when dropped; None (a note) when Redis is not installed, unless
+/// `PARLOR_REQUIRE_REDIS` is set.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                std::env::var("PARLOR_REQUIRE_REDIS").is_err(),
+                "redis-server is not installed"
+            );
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis(child, port));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_spread_members_over_cluster_nodes() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut cfg = parlor::Config::for_tests();
+        cfg.rate_per_sec = 1_000_000.0;
+        cfg.rate_burst = 1_000_000.0;
+        cfg.cluster = vec![format!("redis://127.0.0.1:{}", redis.1)];
+        nodes.push(
+            parlor::server::start_cluster(cfg)
+                .await
+                .expect("node starts"),
+        );
+    }
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("ws://{}/ws", n.addr))
+        .collect();
+    let metrics: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}/metrics", n.addr))
+        .collect();
+    let argv = vec![
+        "parlor-loadtest".to_string(),
+        "--url".into(),
+        urls.join(","),
+        "--metrics-url".into(),
+        metrics.join(","),
+        "--no-progress".into(),
+        "--deadline".into(),
+        "30".into(),
+        "--drain-timeout".into(),
+        "3".into(),
+        "fanout".into(),
+        "--rooms".into(),
+        "2".into(),
+        "--members".into(),
+        "10".into(),
+        "--senders".into(),
+        "4".into(),
+        "--messages".into(),
+        "25".into(),
+    ];
+    let r = run(Args::parse_from(argv)).await.expect("run");
+    assert_clean(&r);
+    assert_eq!(r.deliveries.expected, 2 * 100 * 10);
+    assert_eq!(r.url, urls.join(","));
+    let m = r.metrics.as_ref().expect("metrics scraped");
+    assert!(
+        m.redis_calls_per_message.is_some_and(|c| c > 0.0),
+        "{}",
+        r.table()
+    );
+    assert!(r.table().contains("calls per message"), "{}", r.table());
+}
