@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark, in one run: the machine's ceiling (`limit`,
 # ../shared/limit: a featureless fan-out server), parlor (memory store;
-# redb store with each durability), optionally the previous parlor build
-# (PARLOR_BASELINE), and the two teaching servers (../shared/peers: seed-ts,
-# seed-py). The same scenarios against each; writes BENCHMARKS.md and one
-# chart per scenario (docs/bench/*.svg).
+# redb store with each durability; cluster mode: one and three nodes on one
+# Redis), optionally the previous parlor build (PARLOR_BASELINE), and the
+# two teaching servers (../shared/peers: seed-ts, seed-py). The same
+# scenarios against each; writes BENCHMARKS.md and one chart per scenario
+# (docs/bench/*.svg).
+#
+# Cluster mode (`parlor-cluster1`, `parlor-cluster3`): a redis-server of its
+# own (AOF appendfsync always, a temp dir, a free port) and 1 or 3 parlor
+# nodes with --cluster; the harness spreads members over the nodes, the
+# server CPU is every node's plus Redis's, and Redis calls per message
+# come from the nodes' /metrics. They run fanout-3k, paced-3k and
+# rooms-100x10, beside parlor-memory and parlor-redb-immediate. On 2 shared
+# cores this shows the cost per message, not scaling.
 #
 #   scripts/bench.sh                 # everything (~20-25 min on 2 cores)
 #   SERVERS="limit parlor-memory" scripts/bench.sh       # a subset
@@ -18,7 +27,7 @@
 # /work/shared; holds peers/ and limit/), PEERS (default $SHARED/peers),
 # OUT (results dir, default target/bench), SERVERS, SCENARIOS (a subset
 # of: fanout-1k rooms-100x10 fanout-19k durable-64 paced-10 paced-1
-# reconnect rooms-1kx10 join-storm idle-19k), REPEAT (runs of each short
+# reconnect rooms-1kx10 join-storm idle-19k fanout-3k paced-3k), REPEAT (runs of each short
 # burst scenario per server, the page gives medians; default 3, QUICK 1;
 # the seeds run REPEAT_SEEDS times, default 1),
 # LIMIT_WORKERS (limit's threads, default 2), MD (the page to write),
@@ -50,7 +59,9 @@ OUT=${OUT:-$ROOT/target/bench}
 PARLOR_BASELINE=${PARLOR_BASELINE:-}
 BEFORE=""
 [ -n "$PARLOR_BASELINE" ] && BEFORE="parlor-before-memory parlor-before-redb-immediate"
-SERVERS=${SERVERS:-"limit parlor-memory parlor-redb-immediate $BEFORE parlor-redb-batched parlor-redb-none seed-ts seed-py"}
+CLUSTER=""
+command -v redis-server >/dev/null && CLUSTER="parlor-cluster1 parlor-cluster3"
+SERVERS=${SERVERS:-"limit parlor-memory parlor-redb-immediate $BEFORE parlor-redb-batched parlor-redb-none $CLUSTER seed-ts seed-py"}
 # `parlor-before` alone means both baseline variants.
 SERVERS=$(echo "$SERVERS" | sed "s/\bparlor-before\b\( \|$\)/parlor-before-memory parlor-before-redb-immediate\1/")
 SERVERS=$(echo $SERVERS)
@@ -60,7 +71,7 @@ esac
 REPEAT=${REPEAT:-3}
 [ "$QUICK" = 1 ] && REPEAT=${REPEAT_QUICK:-1}
 REPEAT_SEEDS=${REPEAT_SEEDS:-1}
-ALL_SCENARIOS="fanout-1k rooms-100x10 fanout-19k durable-64 paced-10 paced-1 reconnect rooms-1kx10 join-storm idle-19k"
+ALL_SCENARIOS="fanout-1k rooms-100x10 fanout-19k durable-64 paced-10 paced-1 reconnect rooms-1kx10 join-storm idle-19k fanout-3k paced-3k"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 if [ "$QUICK" = 1 ]; then
   MD=${MD:-$OUT/BENCHMARKS.md}; CHARTS=${CHARTS:-$OUT/charts}
@@ -83,10 +94,10 @@ if [ "$FDLIM" -lt $((BIG + 500)) ]; then BIG=$(( (FDLIM - 1000) / 100 * 100 )); 
 # Sizes. The seeds' join is O(room size) (a `system` announcement to every
 # member: M(M+1)/2 frames to fill a room), so their big room is capped and
 # they sit out the join storm; the table says so.
-FAN=1000; PACED_S=5; IDLE_HOLD=16; RC_MEMBERS=1000; RC_DROP=500; RC_SECS=6; DUR_MSGS=300
+FAN=1000; PACED_S=5; IDLE_HOLD=16; RC_MEMBERS=1000; RC_DROP=500; RC_SECS=6; DUR_MSGS=300; FAN3=3000
 SEED_TS_BIG=2000; SEED_PY_BIG=1000
 if [ "$QUICK" = 1 ]; then
-  BIG=1900; FAN=200; PACED_S=2; IDLE_HOLD=2; RC_MEMBERS=200; RC_DROP=100; RC_SECS=3; DUR_MSGS=50
+  BIG=1900; FAN=200; PACED_S=2; IDLE_HOLD=2; RC_MEMBERS=200; RC_DROP=100; RC_SECS=3; DUR_MSGS=50; FAN3=600
   SEED_TS_BIG=200; SEED_PY_BIG=100
 fi
 
@@ -128,12 +139,51 @@ PY
 SERVER_PID=""
 PORT=""
 DATA=""
+# Cluster mode: every process of the server (nodes, then Redis), the
+# nodes' WebSocket and metrics URLs.
+CLUSTER_PIDS=""
+CLUSTER_URLS=""
+CLUSTER_METRICS=""
+wait_port() { # port
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+start_cluster() { # nodes log-prefix
+  local n=$1 log=$2 rport i port
+  rport=$(free_port)
+  mkdir -p "$DATA/redis"
+  redis-server --port "$rport" --bind 127.0.0.1 --dir "$DATA/redis" --appendonly yes \
+    --appendfsync always --save "" --logfile "$log.redis" >/dev/null 2>&1 &
+  local rpid=$!
+  wait_port "$rport" || { echo "redis-server did not start" >&2; return 1; }
+  CLUSTER_PIDS="" CLUSTER_URLS="" CLUSTER_METRICS=""
+  for i in $(seq 1 "$n"); do
+    port=$(free_port)
+    RUST_LOG=warn "$PARLOR" serve --addr "127.0.0.1:$port" --rate-per-sec 1000000 --rate-burst 1000000 \
+      --log-format text --cluster "redis://127.0.0.1:$rport" >"$log.node$i" 2>&1 &
+    CLUSTER_PIDS="$CLUSTER_PIDS,$!"
+    wait_port "$port" || { echo "node $i did not start" >&2; return 1; }
+    CLUSTER_URLS="$CLUSTER_URLS,ws://127.0.0.1:$port/ws"
+    CLUSTER_METRICS="$CLUSTER_METRICS,http://127.0.0.1:$port/metrics"
+    [ "$i" = 1 ] && PORT=$port
+  done
+  CLUSTER_PIDS="${CLUSTER_PIDS#,},$rpid" CLUSTER_URLS=${CLUSTER_URLS#,} CLUSTER_METRICS=${CLUSTER_METRICS#,}
+  SERVER_PID=${CLUSTER_PIDS%%,*}
+}
 start_server() { # name
   local name=$1
   PORT=$(free_port)
   DATA=$(mktemp -d /tmp/parlor-bench.XXXXXX)
   local log="$OUT/logs/$name.$PORT.log"
   mkdir -p "$OUT/logs"
+  CLUSTER_PIDS=""
+  case $name in
+    parlor-cluster1) start_cluster 1 "$log"; return ;;
+    parlor-cluster3) start_cluster 3 "$log"; return ;;
+  esac
   local common=(serve --addr "127.0.0.1:$PORT" --rate-per-sec 1000000 --rate-burst 1000000 --log-format text)
   local bin=$PARLOR kind=${name#parlor-}
   case $name in parlor-before-*) bin="$BIN/parlor-before"; kind=${name#parlor-before-} ;; esac
@@ -160,11 +210,16 @@ start_server() { # name
 }
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
-  kill "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  local pids=$SERVER_PID p
+  [ -n "$CLUSTER_PIDS" ] && pids=$(echo "$CLUSTER_PIDS" | tr , ' ')
+  for p in $pids; do
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   SERVER_PID=""
+  CLUSTER_PIDS=""
   rm -rf "$DATA"
 }
 trap stop_server EXIT
@@ -183,17 +238,24 @@ run_one() { # server scenario-name run-number loadtest-args...
   case $scen in fanout-19k|join-storm) deadline=150 ;; esac
   start_server "$server" || { echo "$server $scen: did not start" >>"$OUT/notes.txt"; stop_server; return 0; }
   url="ws://127.0.0.1:$PORT$path"
+  local pids=$SERVER_PID
   # Store commits per message from parlor's /metrics, before and after.
   case $server:$scen in parlor-*:durable-64) extra=(--metrics-url "http://127.0.0.1:$PORT/metrics") ;; esac
-  local cmd=("$LT" --url "$url" --target-kind "$kind" --server-pid "$SERVER_PID" --json --no-progress
+  # Cluster mode: members spread over the nodes; CPU of every node and of
+  # Redis; Redis calls per message from every node's /metrics.
+  if [ -n "$CLUSTER_PIDS" ]; then
+    url=$CLUSTER_URLS pids=$CLUSTER_PIDS
+    extra=(--metrics-url "$CLUSTER_METRICS")
+  fi
+  local cmd=("$LT" --url "$url" --target-kind "$kind" --server-pid "$pids" --json --no-progress
              --deadline "$deadline" --label "$server" "${extra[@]}" "$@")
   if [ "$rep" = 1 ]; then
-    echo "$server $scen: parlor-loadtest ${cmd[*]:1}" | sed "s#ws://127.0.0.1:[0-9]*#ws://127.0.0.1:PORT#; s#http://127.0.0.1:[0-9]*#http://127.0.0.1:PORT#; s#--server-pid [0-9]*#--server-pid PID#" >>"$COMMANDS"
+    echo "$server $scen: parlor-loadtest ${cmd[*]:1}" | sed "s#ws://127.0.0.1:[0-9]*#ws://127.0.0.1:PORT#g; s#http://127.0.0.1:[0-9]*#http://127.0.0.1:PORT#g; s#--server-pid [0-9,]*#--server-pid PID#" >>"$COMMANDS"
   fi
   echo "== $server / $scen #$rep" >&2
   local t0=$SECONDS f="$OUT/$server.$scen.$rep"
   if "${cmd[@]}" >"$f.json" 2>"$f.txt"; then
-    grep -E "deliveries |throughput|latency|steady|joins|server |idle memory|store|stopped|conn errors" "$f.txt" >&2 || true
+    grep -E "deliveries |throughput|latency|steady|joins|server |idle memory|store|redis|stopped|conn errors" "$f.txt" >&2 || true
   else
     echo "   loadtest failed (see $f.txt)" >&2
     rm -f "$f.json"
@@ -234,6 +296,13 @@ admit() { # scenario server
   case $2:$1 in
     parlor-redb-batched:*|parlor-redb-none:*)
       case $1 in fanout-19k|join-storm|idle-19k|reconnect) return 1 ;; esac ;;
+    # Cluster mode runs its three scenarios only; its two scenarios run
+    # beside the two single-node parlors.
+    parlor-cluster*:fanout-3k|parlor-cluster*:paced-3k|parlor-cluster*:rooms-100x10) return 0 ;;
+    parlor-cluster*:*) return 1 ;;
+    parlor-memory:fanout-3k|parlor-memory:paced-3k) return 0 ;;
+    parlor-redb-immediate:fanout-3k|parlor-redb-immediate:paced-3k) return 0 ;;
+    *:fanout-3k|*:paced-3k) return 1 ;;
   esac
   case $1 in
     durable-64) [ "$2" != limit ] ;;
@@ -251,6 +320,8 @@ args_for() { # scenario server
     paced-1) echo "fanout --rooms 1 --members $FAN --senders 10 --messages $PACED_S --rate 1 --payload 64" ;;
     paced-10) echo "fanout --rooms 1 --members $FAN --senders 10 --messages $((PACED_S * 10)) --rate 10 --payload 64" ;;
     fanout-1k) echo "fanout --rooms 1 --members $FAN --senders 10 --messages 100 --payload 64" ;;
+    fanout-3k) echo "fanout --rooms 1 --members $FAN3 --senders 10 --messages 100 --payload 64" ;;
+    paced-3k) echo "fanout --rooms 1 --members $FAN3 --senders 10 --messages $((PACED_S * 10)) --rate 10 --payload 64" ;;
     fanout-19k) echo "fanout --rooms 1 --members $(big_for "$2") --senders 10 --messages 10 --payload 64" ;;
     durable-64) echo "fanout --rooms 64 --members 1 --senders 1 --messages $DUR_MSGS --window 1 --payload 64" ;;
     # Mass reconnect: half the room drops at once every 2 s and rejoins
@@ -260,8 +331,8 @@ args_for() { # scenario server
   esac
 }
 # Order: the short, repeated bursts first; the ones that take long last.
-for scen in fanout-1k rooms-100x10 durable-64; do scenario $scen "$REPEAT"; done
-for scen in fanout-19k paced-10 paced-1 reconnect rooms-1kx10 join-storm idle-19k; do scenario $scen 1; done
+for scen in fanout-1k rooms-100x10 durable-64 fanout-3k; do scenario $scen "$REPEAT"; done
+for scen in fanout-19k paced-10 paced-1 paced-3k reconnect rooms-1kx10 join-storm idle-19k; do scenario $scen 1; done
 ELAPSED=$((SECONDS - T0))
 echo "$BENCH_START $ELAPSED $REPEAT $BIG" >"$OUT/meta"
 fi
@@ -288,6 +359,8 @@ chart rooms-100x10 "100 rooms × 10 members, 2 senders × 100 msgs each, burst" 
 chart rooms-1kx10 "1 000 rooms × 10 members, 1 sender × 10 msgs each, burst" deliveries-per-sec cpu-us-per-delivery
 chart paced-10 "paced: 10 senders × 10 msg/s into 1 room × $FAN" p99-ms deliveries-per-sec cpu-us-per-delivery
 chart paced-1 "paced: 10 senders × 1 msg/s into 1 room × $FAN" p99-ms deliveries-per-sec cpu-us-per-delivery
+chart fanout-3k "fan-out burst: 1 room × $FAN3 members, 10 senders × 100 msgs (cluster: spread over the nodes)" deliveries-per-sec cpu-us-per-delivery
+chart paced-3k "paced: 10 senders × 10 msg/s into 1 room × $FAN3 (cluster: spread over the nodes)" p99-ms cpu-us-per-delivery
 chart durable-64 "durable appends: 64 publishers, each awaits its ack" acks-per-sec messages-per-commit cpu-us-per-delivery
 chart reconnect "mass reconnect: $RC_DROP of 1 room × $RC_MEMBERS rejoin with since every 2 s, 10 × 10 msg/s" steady-p99-ms p99-ms cpu-us-per-delivery
 chart join-storm "join storm: $BIG connections connect and join ONE room" join-secs kib-per-connection
@@ -377,9 +450,11 @@ scen_desc = {
  "fanout-1k": f"fan-out burst: 1 room × {fan} members, 10 senders × 100 msgs, 64 B, window 10",
  "fanout-19k": f"fan-out burst: 1 room × {big} members, 10 senders × 10 msgs (seed-ts: {seed_caps['seed-ts']} members, seed-py: {seed_caps['seed-py']})",
  "durable-64": "durable appends: 64 rooms × 1 member, each publisher awaits its ack (window 1); store figures from parlor's `/metrics` before and after",
+ "fanout-3k": f"fan-out burst: 1 room × {600 if quick else 3000} members, 10 senders × 100 msgs, 64 B; cluster servers spread the members over their nodes",
+ "paced-3k": f"paced: 10 senders × 10 msg/s into 1 room × {600 if quick else 3000} members, {2 if quick else 5} s; cluster servers spread the members over their nodes",
  "reconnect": f"mass reconnect: 1 room × {200 if quick else 1000} members, 10 senders × 10 msg/s; every 2 s {100 if quick else 500} members drop their TCP connection at once and rejoin with `since`; *steady p99* is the p99 of the members that never drop",
 }
-offered = {"paced-1": fan * 10, "paced-10": fan * 100}
+offered = {"paced-1": fan * 10, "paced-10": fan * 100, "paced-3k": (600 if quick else 3000) * 100}
 # The summary: the issue's scenarios with the ceiling, parlor/limit.
 summary = [
  ("idle-19k", "RSS KiB/connection"),
@@ -462,7 +537,7 @@ def median_run(runs, key):
     rs = sorted(rs, key=lambda r: key(r) or 0)
     return rs[(len(rs) - 1) // 2], len(runs)
 
-for scen in ["fanout-1k", "fanout-19k", "rooms-100x10", "rooms-1kx10", "paced-10", "paced-1", "durable-64", "reconnect"]:
+for scen in ["fanout-1k", "fanout-19k", "fanout-3k", "rooms-100x10", "rooms-1kx10", "paced-10", "paced-1", "paced-3k", "durable-64", "reconnect"]:
     rows = [(s, R.get((s, scen))) for s in servers]
     if not any(r for _, r in rows): continue
     L.append(f"\n## {scen}\n\n{scen_desc[scen]}\n")
@@ -540,6 +615,28 @@ for scen in ["join-storm", "idle-19k"]:
                  f"{'–' if per is None else f'{per/1024:.1f} KiB'} | {f_num(g(r, 'server', 'cpu_secs'))} | "
                  f"{f_bytes(g(r, 'deliveries', 'bytes_read'))} | {g(r, 'deliveries', 'heartbeats') or 0} |")
 
+# Cluster mode beside one node: the cost per message.
+cl = [s for s in ("parlor-memory", "parlor-redb-immediate", "parlor-cluster1", "parlor-cluster3") if s in present]
+if any(s.startswith("parlor-cluster") for s in cl):
+    L.append("\n## Cluster mode: cost per message\n")
+    L.append("`parlor-clusterN` = N parlor nodes (`--cluster redis://…`) on one `redis-server` with AOF `appendfsync always`, "
+             "members spread round-robin over the nodes. *server CPU* is every node's plus Redis's. Redis calls are what the "
+             "nodes sent (every command or script call, from `parlor_redis_calls_total`), per stored message; an *append* is one "
+             "script call per room per batch (one round trip, the rooms of a batch in parallel). Medians of the runs; this "
+             "2-core machine shares its cores between the nodes, Redis and the harness, so the figures show cost, not scaling.\n")
+    L.append("| scenario | server | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms | Redis calls / message | appends / message | ms per Redis call | gap fills | lost / gaps / dups |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for scen in ("fanout-3k", "paced-3k", "rooms-100x10"):
+        for s in cl:
+            runs = R.get((s, scen))
+            if not runs: continue
+            r, n = median_run(runs, lambda r: g(r, "server", "cpu_us_per_delivery"))
+            d = r["deliveries"]; lat = r.get("latency") or {}; mt = r.get("metrics") or {}
+            L.append(f"| {scen} | {s} | {human(d['per_sec'])} | {f_num(g(r, 'server', 'cpu_us_per_delivery'), 3)} | "
+                     f"{f_ms(lat.get('p50_us'))} | {f_ms(lat.get('p99_us'))} | {f_num(mt.get('redis_calls_per_message'), 3)} | "
+                     f"{f_num(mt.get('redis_appends_per_message'), 3)} | {f_num(mt.get('redis_ms_mean'), 3)} | "
+                     f"{f_num(mt.get('gap_fills'), 0)} | {d['lost']} / {d['gaps']} / {d['duplicates']} |")
+
 # parlor vs the teaching servers, as before.
 peers = [p for p in ("seed-ts", "seed-py") if p in present]
 if peers:
@@ -590,6 +687,8 @@ L.append("```")
 L.append("LIMIT_WORKERS=2 target/limit/release/limit 127.0.0.1:P")
 L.append("parlor serve --addr 127.0.0.1:P --rate-per-sec 1000000 --rate-burst 1000000 --log-format text --store memory")
 L.append("parlor serve --addr 127.0.0.1:P --rate-per-sec 1000000 --rate-burst 1000000 --log-format text --store redb --data-dir D --durability immediate|batched|none")
+L.append("redis-server --port R --bind 127.0.0.1 --dir D/redis --appendonly yes --appendfsync always --save ''   # parlor-clusterN")
+L.append("parlor serve --addr 127.0.0.1:P --rate-per-sec 1000000 --rate-burst 1000000 --log-format text --cluster redis://127.0.0.1:R   # × N nodes")
 L.append("$PARLOR_BASELINE serve …   # parlor-before-memory / parlor-before-redb-immediate: the same flags")
 L.append("SEED_DATA_DIR=D ../shared/peers/run-seed-ts.sh P")
 L.append("SEED_DATA_DIR=D ../shared/peers/run-seed-py.sh P")

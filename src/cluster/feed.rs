@@ -49,28 +49,24 @@ pub async fn run(cluster: Arc<Cluster>, mut requests: mpsc::UnboundedReceiver<Fe
         }
     }
     let wanted: Arc<Mutex<BTreeSet<RoomName>>> = Arc::default();
+    let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+    tokio::spawn(sync(
+        cluster.clone(),
+        client.clone(),
+        wanted.clone(),
+        sync_rx,
+    ));
     loop {
         tokio::select! {
             _ = cluster.stop.cancelled() => break,
             req = requests.recv() => match req {
                 Some(FeedRequest::Subscribe(room)) => {
-                    if wanted.lock().insert(room.clone()) {
-                        tokio::spawn(subscribe(cluster.clone(), client.clone(), wanted.clone(), room));
-                    }
+                    wanted.lock().insert(room.clone());
+                    let _ = sync_tx.send(room);
                 }
                 Some(FeedRequest::Unsubscribe(room)) => {
-                    if wanted.lock().remove(&room) {
-                        let c = client.clone();
-                        let sharded = log.sharded();
-                        tokio::spawn(async move {
-                            let channel = keys::channel(&room);
-                            let _ = if sharded {
-                                c.sunsubscribe(channel).await
-                            } else {
-                                c.unsubscribe(channel).await
-                            };
-                        });
-                    }
+                    wanted.lock().remove(&room);
+                    let _ = sync_tx.send(room);
                 }
                 None => break,
             },
@@ -78,14 +74,18 @@ pub async fn run(cluster: Arc<Cluster>, mut requests: mpsc::UnboundedReceiver<Fe
                 Ok(m) => route(&cluster, m),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(lost = n, "the live feed fell behind; catching every room up from the log");
-                    resubscribe_all(&cluster, &client, &wanted);
+                    for room in wanted.lock().iter() {
+                        let _ = sync_tx.send(room.clone());
+                    }
                 }
                 Err(RecvError::Closed) => break,
             },
             r = reconnects.recv() => {
                 if r.is_ok() {
                     tracing::info!("the live feed reconnected to Redis; subscribing again");
-                    resubscribe_all(&cluster, &client, &wanted);
+                    for room in wanted.lock().iter() {
+                        let _ = sync_tx.send(room.clone());
+                    }
                 }
             }
         }
@@ -93,50 +93,73 @@ pub async fn run(cluster: Arc<Cluster>, mut requests: mpsc::UnboundedReceiver<Fe
     let _ = client.quit().await;
 }
 
-/// Subscribes every wanted room again (each reported once confirmed).
-fn resubscribe_all(
-    cluster: &Arc<Cluster>,
-    client: &Client,
-    wanted: &Arc<Mutex<BTreeSet<RoomName>>>,
-) {
-    let rooms: Vec<RoomName> = wanted.lock().iter().cloned().collect();
-    for room in rooms {
-        tokio::spawn(subscribe(
-            cluster.clone(),
-            client.clone(),
-            wanted.clone(),
-            room,
-        ));
-    }
-}
-
-/// Subscribes to a room's live channel until it works (or the room is no
-/// longer wanted), then reads its presence and tells its shard.
-async fn subscribe(
+/// Brings rooms' subscriptions in line with `wanted`, one round at a time:
+/// a room is in a round at most once, so its subscribe and unsubscribe
+/// calls happen in the order they were asked for, and the last one wins.
+/// A subscription that fails is tried again in a later round.
+async fn sync(
     cluster: Arc<Cluster>,
     client: Client,
     wanted: Arc<Mutex<BTreeSet<RoomName>>>,
-    room: RoomName,
+    mut rooms: mpsc::UnboundedReceiver<RoomName>,
 ) {
-    let log = &cluster.log;
-    let channel = keys::channel(&room);
+    let mut retry: BTreeSet<RoomName> = BTreeSet::new();
     loop {
-        if !wanted.lock().contains(&room) || cluster.stop.is_cancelled() {
-            return;
-        }
-        let done = if log.sharded() {
-            log.call("subscribe", client.ssubscribe(channel.as_str()))
-                .await
+        let mut round: BTreeSet<RoomName> = std::mem::take(&mut retry);
+        if round.is_empty() {
+            tokio::select! {
+                _ = cluster.stop.cancelled() => return,
+                room = rooms.recv() => match room {
+                    Some(room) => {
+                        round.insert(room);
+                    }
+                    None => return,
+                },
+            }
         } else {
-            log.call("subscribe", client.subscribe(channel.as_str()))
-                .await
-        };
-        if done.is_ok() {
-            break;
+            tokio::time::sleep(RETRY).await;
         }
-        tokio::time::sleep(RETRY).await;
+        while let Ok(room) = rooms.try_recv() {
+            round.insert(room);
+        }
+        let calls = round.into_iter().map(|room| {
+            let want = wanted.lock().contains(&room);
+            let cluster = &cluster;
+            let client = &client;
+            async move {
+                let ok = if want {
+                    subscribe(cluster, client, &room).await
+                } else {
+                    unsubscribe(cluster, client, &room).await;
+                    true
+                };
+                (room, ok)
+            }
+        });
+        for (room, ok) in futures_util::future::join_all(calls).await {
+            if !ok && wanted.lock().contains(&room) {
+                retry.insert(room);
+            }
+        }
     }
-    let presence = keys::RoomKeys::new(&room).presence;
+}
+
+/// Subscribes to a room's live channel; once Redis confirmed it, reads the
+/// room's presence and tells its shard.
+async fn subscribe(cluster: &Cluster, client: &Client, room: &RoomName) -> bool {
+    let log = &cluster.log;
+    let channel = keys::channel(room);
+    let done = if log.sharded() {
+        log.call("subscribe", client.ssubscribe(channel.as_str()))
+            .await
+    } else {
+        log.call("subscribe", client.subscribe(channel.as_str()))
+            .await
+    };
+    if done.is_err() {
+        return false;
+    }
+    let presence = keys::RoomKeys::new(room).presence;
     let fields: Result<Vec<(String, String)>, _> = log
         .call(
             "presence",
@@ -146,14 +169,27 @@ async fn subscribe(
     if let Ok(fields) = fields {
         let update = RemoteUpdate::Snapshot(log.remote_presence(fields));
         cluster.send_control(
-            &room,
+            room,
             Event::Presence {
                 room: room.clone(),
                 update,
             },
         );
     }
-    cluster.send_control(&room, Event::Subscribed(room.clone()));
+    cluster.send_control(room, Event::Subscribed(room.clone()));
+    true
+}
+
+async fn unsubscribe(cluster: &Cluster, client: &Client, room: &RoomName) {
+    let log = &cluster.log;
+    let channel = keys::channel(room);
+    let _ = if log.sharded() {
+        log.call("unsubscribe", client.sunsubscribe(channel.as_str()))
+            .await
+    } else {
+        log.call("unsubscribe", client.unsubscribe(channel.as_str()))
+            .await
+    };
 }
 
 /// One message from a live channel, to the shard that owns its room.

@@ -109,7 +109,11 @@ pub async fn heartbeat(cluster: Arc<Cluster>) {
     let lifetime = cluster.heartbeat * HEARTBEATS_TO_DEATH;
     let mut tick = tokio::time::interval(cluster.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The live nodes at the last heartbeat that worked (None: none yet).
     let mut alive: Option<HashSet<Arc<str>>> = None;
+    // The last heartbeat failed (Redis away): the others could not renew
+    // theirs either, so nobody is taken for dead on the way back.
+    let mut failed = false;
     loop {
         tokio::select! {
             _ = cluster.stop.cancelled() => return,
@@ -120,7 +124,7 @@ pub async fn heartbeat(cluster: Arc<Cluster>) {
             (lifetime.as_millis() as i64).into(),
             "0".into(),
         ];
-        let reply: Result<(Vec<String>, Vec<String>), _> = log
+        let reply: Result<(Vec<String>, Vec<String>, i64), _> = log
             .call(
                 "heartbeat",
                 log.scripts().heartbeat.call(
@@ -131,31 +135,42 @@ pub async fn heartbeat(cluster: Arc<Cluster>) {
                 ),
             )
             .await;
-        let Ok((dead, live)) = reply else {
+        let Ok((dead, live, added)) = reply else {
+            failed = true;
             continue;
         };
         let now: HashSet<Arc<str>> = live.iter().map(|n| Arc::from(n.as_str())).collect();
         log.metrics().cluster_nodes.set(now.len() as i64);
         log.set_live_nodes(now.clone());
-        if let Some(before) = &alive {
-            let gone: Vec<Arc<str>> = before
-                .difference(&now)
-                .filter(|n| **n != cluster.node)
-                .cloned()
-                .collect();
-            for node in gone {
-                tracing::warn!(node = %node, "a parlor node stopped answering; its users leave");
-                cluster.broadcast(|| Event::NodeGone(node.clone()));
+        let recovering = std::mem::take(&mut failed);
+        match &alive {
+            Some(before) if !recovering => {
+                let gone: Vec<Arc<str>> = before
+                    .difference(&now)
+                    .filter(|n| **n != cluster.node)
+                    .cloned()
+                    .collect();
+                for node in gone {
+                    tracing::warn!(node = %node, "a parlor node stopped answering; its users leave");
+                    cluster.broadcast(|| Event::NodeGone(node.clone()));
+                }
             }
-            if !before.contains(&*cluster.node) {
-                // The others took this node for dead (it was too slow).
-                cluster.broadcast(|| Event::Republish);
-            }
+            _ => {}
+        }
+        if added == 1 && alive.is_some() {
+            // This node's place had lapsed (it was too slow, or Redis was
+            // away): the others may have dropped its users; tell them again.
+            cluster.broadcast(|| Event::Republish);
         }
         if !dead.is_empty() {
             tracing::debug!(?dead, "removed dead nodes from the node set");
         }
-        alive = Some(now);
+        alive = Some(match alive {
+            // Back from an outage: the nodes known before get one more
+            // heartbeat to show up; those that do not are gone then.
+            Some(before) if recovering => before.union(&now).cloned().collect(),
+            _ => now,
+        });
     }
 }
 

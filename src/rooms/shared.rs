@@ -155,6 +155,7 @@ impl Rooms {
         if let Some(last) = run.last() {
             room.seq.advance(last.sequence);
             room.last_active = now;
+            room.persisted = true;
             for m in &run {
                 if let Some(id) = &m.client_msg_id {
                     room.dedup.insert(m.user.clone(), id.clone(), m.sequence);
@@ -336,5 +337,183 @@ fn join_client(cmd: &Command) -> u64 {
     match cmd {
         Command::Join { peer, .. } => peer.client_id,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxReceiver};
+    use crate::protocol::Format;
+    use crate::rooms::fanout::Sequential;
+    use crate::rooms::{Limits, Peer};
+    use crate::store::{RoomLog, Sequencing};
+    use tokio::sync::oneshot;
+
+    fn limits() -> Limits {
+        Limits {
+            dedup_window: 10,
+            history_on_join: 0,
+            replay_limit: 100,
+            presence_window_ms: 100,
+            presence_diff_max_members: 1000,
+            idle_unload_ms: 1000,
+            sequencing: Sequencing::Log,
+            fill_grace_ms: 50,
+        }
+    }
+
+    fn msg(seq: u64) -> StoredMessage {
+        StoredMessage {
+            sequence: seq,
+            timestamp: 0,
+            user: "zed".into(),
+            content: format!("m{seq}"),
+            client_msg_id: None,
+        }
+    }
+
+    fn peer(id: u64) -> (Arc<Peer>, OutboxReceiver) {
+        let (outbox, rx) = Outbox::new(64, 1 << 20);
+        (
+            Arc::new(Peer::new(id, "ann".into(), Format::Json, outbox)),
+            rx,
+        )
+    }
+
+    /// The sequences of the message frames queued for a peer.
+    fn seen(peer: &Peer, rx: &mut OutboxReceiver) -> Vec<u64> {
+        peer.outbox
+            .drain_frames(rx)
+            .into_iter()
+            .filter_map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&f[2..]).ok()?;
+                (v["type"] == "message").then(|| v["data"]["sequence"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    /// A room loaded at `last`, subscribed, with its first fill answered.
+    fn loaded(last: u64) -> (Rooms, RoomName) {
+        let mut rooms = Rooms::new(limits(), Box::new(Sequential));
+        let name = RoomName::parse("r").unwrap();
+        let (p, _rx) = peer(99);
+        let (reply, _) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p,
+                room: name.clone(),
+                since: None,
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        let log = RoomLog {
+            epoch: "e".into(),
+            last,
+            recent_ids: Vec::new(),
+            exists: true,
+            room_limit_reached: false,
+            presence: Vec::new(),
+        };
+        rooms.loaded(name.clone(), Ok(log), 0);
+        while rooms.poll_effect().is_some() {}
+        (rooms, name)
+    }
+
+    fn tail(messages: Vec<StoredMessage>, last: u64) -> Result<Tail, Arc<StoreError>> {
+        Ok(Tail {
+            epoch: Some("e".into()),
+            last,
+            messages,
+        })
+    }
+
+    #[test]
+    fn a_gap_waits_for_the_channel_then_is_filled_from_the_log() {
+        let (mut rooms, name) = loaded(2);
+        let (p, mut rx) = peer(1);
+        let (reply, _r) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p.clone(),
+                room: name.clone(),
+                since: Some(2),
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        // 3 is late on the channel: 4 and 5 are held.
+        rooms.live(&name, "e", vec![msg(4), msg(5)], 10);
+        assert!(seen(&p, &mut rx).is_empty());
+        assert_eq!(rooms.poll_timeout(), Some(60), "the grace");
+        rooms.live(&name, "e", vec![msg(3)], 20);
+        assert_eq!(seen(&p, &mut rx), [3, 4, 5]);
+        assert!(!rooms.behind_log());
+        // 6 is lost: after the grace the log is read, up to the held 7.
+        rooms.live(&name, "e", vec![msg(7)], 30);
+        rooms.handle_timeout(80);
+        let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
+            panic!("no fill");
+        };
+        assert_eq!((fill.after, fill.upto), (5, 6));
+        rooms.filled(&name, tail(vec![msg(6)], 7), 90);
+        assert_eq!(seen(&p, &mut rx), [6, 7]);
+    }
+
+    #[test]
+    fn a_join_ahead_of_the_node_waits_for_a_fill() {
+        let (mut rooms, name) = loaded(5);
+        let (p, mut rx) = peer(1);
+        let (reply, mut answered) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p.clone(),
+                room: name.clone(),
+                since: Some(7),
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        assert!(answered.try_recv().is_err(), "it waits");
+        let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
+            panic!("no fill");
+        };
+        assert_eq!((fill.after, fill.upto), (5, u64::MAX));
+        rooms.filled(&name, tail(vec![msg(6), msg(7), msg(8)], 8), 10);
+        assert!(answered.try_recv().unwrap().is_ok());
+        // It replays from its `since` (a foreign log would start at 0).
+        let Some(Effect::Read(read)) = rooms.poll_effect() else {
+            panic!("no catch-up read");
+        };
+        assert_eq!((read.after, read.upto), (7, 8));
+        assert!(seen(&p, &mut rx).is_empty(), "nothing before its replay");
+    }
+
+    #[test]
+    fn another_epoch_on_the_channel_closes_the_rooms_sessions() {
+        let (mut rooms, name) = loaded(2);
+        let (p, _rx) = peer(1);
+        let (reply, _r) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p.clone(),
+                room: name.clone(),
+                since: None,
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        rooms.live(&name, "other", vec![msg(1)], 10);
+        assert_eq!(p.outbox.cut_code(), close::SERVICE_RESTART);
+        assert_eq!(rooms.loaded_rooms(), 0);
     }
 }

@@ -145,16 +145,21 @@ return n
 "#;
 
 /// This node is alive until ARGV[2] ms from now (Redis's clock, so nodes'
-/// clocks do not matter); returns the nodes whose time is up, which are
-/// removed (ARGV[3] = `1`: this node is leaving, remove it instead).
+/// clocks do not matter); the nodes whose time is up are removed.
+/// ARGV[3] = `1`: this node is leaving, remove it instead.
 ///
 /// KEYS: the node set. ARGV: node, lifetime (ms), leaving.
+/// Returns `{dead, live, added}`: the nodes removed now, the nodes alive,
+/// and 1 if this node was not in the set (new, or taken for dead).
 pub const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local added = 0
 if ARGV[3] == '1' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
+  local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if not was or tonumber(was) <= now then added = 1 end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -162,7 +167,7 @@ if #dead > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-return {dead, live}
+return {dead, live, added}
 "#;
 
 /// Deletes a room whose newest message is older than ARGV[1] (ms); a later
