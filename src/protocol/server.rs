@@ -166,6 +166,13 @@ pub fn bare(format: Format, ty: &str) -> Bytes {
     encode::<()>(format, ty, None, None)
 }
 
+/// The `heartbeat` frame, encoded once per process and shared by every
+/// session (cloning it copies no bytes).
+pub fn heartbeat(format: Format) -> Bytes {
+    static FRAMES: std::sync::OnceLock<[Bytes; 2]> = std::sync::OnceLock::new();
+    FRAMES.get_or_init(|| Format::ALL.map(|f| bare(f, "heartbeat")))[format.index()].clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,7 +143,7 @@ impl Running {
     pub async fn shutdown(self, timeout: Duration) {
         let env = self.ctx.env.clone();
         self.ctx.draining.store(true, Ordering::Release);
-        env.shutdown.cancel();
+        env.close_sessions();
         self.tasks.close();
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
