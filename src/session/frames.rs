@@ -151,7 +151,7 @@ impl<S: ByteSource> FrameReader<S> {
     }
 
     /// The next frame. Cancel-safe: what was read stays in the buffer.
-    pub fn next(&mut self) -> impl Future<Output = Result<Frame, ReadError>> + Send + '_ {
+    pub fn next_frame(&mut self) -> impl Future<Output = Result<Frame, ReadError>> + Send + '_ {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
@@ -309,7 +309,7 @@ mod tests {
             let mut r = FrameReader::new(bytes, &[], max);
             let mut frames = Vec::new();
             loop {
-                match r.next().await {
+                match r.next_frame().await {
                     Ok(f) => frames.push(f),
                     Err(ReadError::Closed) => return (frames, None),
                     Err(e) => return (frames, Some(e)),
@@ -367,7 +367,7 @@ mod tests {
             .unwrap();
         let stream = masked(true, 1, b"hello");
         let mut r = FrameReader::new(&stream[..], &[], 100);
-        let f = rt.block_on(r.next()).unwrap();
+        let f = rt.block_on(r.next_frame()).unwrap();
         assert_eq!(&f.payload[..], b"hello");
         assert_eq!(r.buf.capacity(), 0);
     }

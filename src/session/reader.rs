@@ -35,6 +35,7 @@ pub enum ReadEnd {
 /// The reader: reads until the session ends, then leaves its rooms and
 /// drains. A plain fn returning the future, so each value lives in it once
 /// (an `async fn` keeps its arguments beside their moved copies).
+#[allow(clippy::manual_async_fn)]
 pub fn run<S: ByteSource>(
     mut frames: FrameReader<S>,
     session: Arc<Session>,
@@ -95,7 +96,7 @@ async fn read_loop<S: ByteSource>(
                 peer.outbox.cut(close::BAD_CREDENTIALS);
                 return ReadEnd::TokenExpired;
             }
-            read = frames.next() => read,
+            read = frames.next_frame() => read,
         };
         let frame = match read {
             Ok(frame) => frame,

@@ -72,6 +72,7 @@ pub enum WriterEnd {
 
 /// The writer. A plain fn returning the future, so each value lives in it
 /// once; one timer serves the heartbeat and the silence deadline.
+#[allow(clippy::manual_async_fn)]
 pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
     mut io: W,
     mut rx: OutboxReceiver,
