@@ -151,16 +151,16 @@ impl Rooms {
         self.commits.origins.push(p.origin);
     }
 
-    /// Hands the accumulated batch to the log unless one is already there.
-    /// With nothing pending anywhere, every number handed out is committed,
-    /// so waiting retries are answered at once.
-    pub fn end_round(&mut self) {
+    /// Hands the accumulated batch to the log unless one is already there;
+    /// returns whether it did. With nothing pending anywhere, every number
+    /// handed out is committed, so waiting retries are answered at once.
+    pub fn end_round(&mut self) -> bool {
         if self.commits.in_flight.is_some() {
-            return;
+            return false;
         }
         if !self.commits.has_work() {
             settle_retries(std::mem::take(&mut self.commits.retries), true);
-            return;
+            return false;
         }
         let appends = std::mem::take(&mut self.commits.appends);
         let mut new_rooms: Vec<NewRoom> = Vec::new();
@@ -185,6 +185,7 @@ impl Rooms {
             appends,
             expired,
         }));
+        true
     }
 
     /// The outcome of the batch with the log (handed back with it).

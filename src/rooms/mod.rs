@@ -125,6 +125,11 @@ impl Rooms {
         self.commits.accumulated() >= MAX_BATCH || self.parked >= MAX_PARKED
     }
 
+    /// Messages waiting for the next batch to be handed to the log.
+    pub fn accumulated(&self) -> usize {
+        self.commits.accumulated()
+    }
+
     /// Nothing handed to the log is unsettled and no room is loading.
     pub fn is_settled(&self) -> bool {
         !self.commits.in_flight() && self.commits.accumulated() == 0 && self.parked == 0

@@ -14,7 +14,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -87,12 +87,30 @@ impl LogWriter {
 }
 
 fn run(rx: std::sync::mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
+    // Shards in the last commit, and how long it took: the next commit
+    // waits a little for as many shards, so one sync covers them all
+    // instead of each shard's batch taking a sync of its own.
+    let (mut shards, mut took) = (0, Duration::ZERO);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
+        let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
+        while jobs.len() < shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        shards = jobs.len();
+        let started = Instant::now();
         commit_jobs(store, metrics, jobs);
+        took = started.elapsed();
     }
 }
+
+/// The longest a commit waits for the other shards' batches.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// Commits every job queued at once in one transaction, and answers each.
 fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
