@@ -52,7 +52,7 @@ pub struct Ctx {
     /// What sessions see of the server (config, shards, store, metrics,
     /// the shutdown signal).
     pub env: Arc<session::Env>,
-    pub auth: auth::Auth,
+    pub auth: Arc<auth::Auth>,
     /// Set when shutting down: `/healthz` answers 503.
     pub draining: AtomicBool,
     /// One permit per open TCP connection (`--max-connections`).
@@ -187,7 +187,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Binds `config.addr` and serves until `Running::shutdown`.
 pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let auth = auth::Auth::from_config(&config)?;
+    let auth = Arc::new(auth::Auth::from_config(&config)?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -222,7 +222,13 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
     })
     .context("cannot start the shard threads")?;
     let ctx = Arc::new(Ctx {
-        env: Arc::new(session::Env::new(config, store, shards, metrics)),
+        env: Arc::new(session::Env::new(
+            config,
+            store,
+            shards,
+            metrics,
+            auth.clone(),
+        )),
         auth,
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),

@@ -6,6 +6,7 @@
 //! A session knows the server only through `Env`: the config, the shards,
 //! the store (for `history` pages), the metrics and the shutdown signal.
 
+mod accounts;
 pub mod assemble;
 mod dispatch;
 pub mod frames;
@@ -22,7 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::Grant;
+use crate::auth::{Auth, Grant};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -31,6 +32,7 @@ use crate::rooms::{Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
+pub use accounts::Accounts;
 pub use frames::{ByteSource, FrameReader};
 pub use history::history_page;
 
@@ -42,6 +44,10 @@ pub struct Env {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down: sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// Checks tokens (a `refresh` frame's too).
+    pub auth: Arc<Auth>,
+    /// Each user's shared state (status, rooms), across their sessions.
+    pub accounts: Accounts,
     next_client_id: AtomicU64,
 }
 
@@ -51,12 +57,15 @@ impl Env {
         store: Arc<dyn Store>,
         shards: Shards,
         metrics: Arc<Metrics>,
+        auth: Arc<Auth>,
     ) -> Env {
         Env {
             config,
             store,
             shards,
             metrics,
+            auth,
+            accounts: Accounts::default(),
             shutdown: CancellationToken::new(),
             next_client_id: AtomicU64::new(1),
         }
@@ -102,6 +111,7 @@ where
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
     let mut peer = Peer::new(client_id, params.user.clone(), params.format, outbox);
     peer.new_rooms = Budget::per_minute(cfg.room_creations_per_min, cfg.room_creations_per_min);
+    peer.account = env.accounts.get(&params.user);
     let peer = Arc::new(peer);
     let session = Arc::new(Session {
         peer,

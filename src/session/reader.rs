@@ -144,7 +144,7 @@ async fn read_loop<S: ByteSource>(
                     continue;
                 }
                 let expected = match peer.format {
-                    Format::Json => OpCode::Text,
+                    Format::Json | Format::Sse => OpCode::Text,
                     Format::Msgpack => OpCode::Binary,
                 };
                 let decoded = if opcode == expected {
@@ -162,6 +162,10 @@ async fn read_loop<S: ByteSource>(
                         // otherwise sit in every idle session's reader future.
                         if let Err(end) = Box::pin(state.dispatch(request)).await {
                             return end;
+                        }
+                        if state.take_refreshed() {
+                            let at = state.grant().and_then(|g| g.expires_at);
+                            expiry.set(token_expiry(at));
                         }
                     }
                     Err(e) => state.error(e.code, &e.message, e.id.as_deref()),
