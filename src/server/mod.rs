@@ -8,6 +8,7 @@ mod api;
 mod http;
 mod io;
 mod page;
+mod sse;
 mod tls;
 mod upgrade;
 mod web;
@@ -62,6 +63,9 @@ pub struct Ctx {
     reserve: Arc<Semaphore>,
     /// Open WebSocket sessions per user, for `--max-conns-per-user`.
     per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
+    /// `POST /api/.../messages` as a user (a user's token, or the open
+    /// API): the WebSocket's `message` rate, per user.
+    pub posts: api::PostLimits,
 }
 
 impl Ctx {
@@ -234,6 +238,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Runn
         connections: Arc::new(Semaphore::new(config_max_connections)),
         reserve: Arc::new(Semaphore::new(admin_reserve)),
         per_user: Default::default(),
+        posts: Default::default(),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));

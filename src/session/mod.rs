@@ -8,7 +8,7 @@
 
 mod accounts;
 pub mod assemble;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod frames;
 mod history;
 pub mod rate;
