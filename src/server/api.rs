@@ -211,10 +211,13 @@ async fn long_poll(ctx: &Arc<Ctx>, room: &RoomName, since: u64, wait: Duration) 
     if ctx.env.shards.send(room, cmd).await.is_err() {
         return;
     }
+    let waiting = &ctx.env.metrics.long_polls;
+    waiting.inc();
     tokio::select! {
         _ = tokio::time::timeout(wait, rx) => {}
         _ = ctx.env.shutdown.cancelled() => {}
     }
+    waiting.dec();
 }
 
 #[derive(Deserialize)]

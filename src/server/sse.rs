@@ -135,6 +135,7 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
     let slot = conn.slot.clone();
     conn.tasks.spawn(async move {
         let _slots = (user_slot, slot);
+        env.metrics.sse_streams.inc();
         let outbox = &peer.outbox;
         // Browsers reconnect this long after a stream ends.
         let _ = tx.send(Bytes::from_static(b"retry: 2000\n\n")).await;
@@ -162,9 +163,13 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
                     let bytes = piece.len();
                     // Waits while hyper has not written the last piece: the
                     // outbox fills meanwhile, and a full one is cut.
-                    let sent = tx.send(piece.freeze()).await;
+                    let sent = tokio::select! {
+                        sent = tx.send(piece.freeze()) => sent.is_ok(),
+                        _ = outbox.cut_signalled() => false,
+                        _ = env.shutdown.cancelled() => false,
+                    };
                     rx.written(outbox, frames, bytes);
-                    if sent.is_err() {
+                    if !sent {
                         break;
                     }
                 }
@@ -175,6 +180,7 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
                 }
             }
         }
+        env.metrics.sse_streams.dec();
         if outbox.cut_code() == close::SLOW_CONSUMER {
             env.metrics.slow_consumer_cuts.inc();
         }
