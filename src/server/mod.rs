@@ -257,7 +257,10 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> anyhow::Re
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let running = start(config, store).await?;
     if !running.ctx.auth.tokens_required() {
-        tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
+        tracing::warn!(
+            "no --jwt-secret: anonymous users, names taken from ?user=; direct-message rooms \
+             (dm:a:b) are then only a convention, not private"
+        );
     }
     let scheme = if running.ctx.config().tls_cert.is_some() {
         "https"
