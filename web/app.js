@@ -161,7 +161,11 @@
     if (S.tokenUrl && !S.token) {
       try { await fetchToken(); scheduleRefresh(); } catch (e) { console.warn("parlor: no token", e); scheduleReconnect(); return; }
     }
-    if (S.transport === "sse") { connectSse(); return; }
+    if (S.transport === "sse") {
+      if (S.ws) { const ws = S.ws; S.ws = null; detach(ws); try { ws.close(); } catch { /* ignore */ } }
+      connectSse();
+      return;
+    }
     S.gotConnected = false;
     if (S.ws) { detach(S.ws); try { S.ws.close(); } catch { /* ignore */ } }
     const proto = S.format === "msgpack" ? "parlor.v1.msgpack" : "parlor.v1.json";
@@ -202,12 +206,17 @@
     ws.onclose = (ev) => {
       if (S.ws !== ws) return;
       S.ws = null;
-      if (!S.gotConnected && ++S.wsFailures >= WS_FAILURES_FOR_SSE) {
-        // WebSockets do not get through here: chat over SSE + POST.
-        S.transport = "sse";
-        S.attempt = 0;
-        connect();
-        return;
+      if (!S.gotConnected) {
+        // Only when HTTP gets through and WebSockets do not (a proxy that
+        // blocks them): chat over SSE + POST. A server that is down is not that.
+        fetch("/healthz", { cache: "no-store" }).then((res) => res.ok, () => false).then((httpUp) => {
+          if (!httpUp) { S.wsFailures = 0; return; }
+          if (++S.wsFailures >= WS_FAILURES_FOR_SSE && S.transport === "ws") {
+            S.transport = "sse";
+            S.attempt = 0;
+            connect();
+          }
+        });
       }
       for (const r of S.rooms.values()) r.joined = false;
       renderRoomList();

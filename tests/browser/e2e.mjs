@@ -78,7 +78,11 @@ function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function startServer(port) {
-  server = spawn(BIN, ["serve", "--store", STORE, "--data-dir", dataDir, "--addr", `127.0.0.1:${port}`], {
+  // The history bot posts 250 messages through the open API as one user, as
+  // fast as it can: above the per-user message rate a real user gets.
+  const args = ["serve", "--store", STORE, "--data-dir", dataDir, "--addr", `127.0.0.1:${port}`,
+    "--rate-per-sec", "2000", "--rate-burst", "2000"];
+  server = spawn(BIN, args, {
     stdio: ["ignore", serverLog, serverLog],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
