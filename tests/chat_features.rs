@@ -467,19 +467,16 @@ async fn a_post_with_a_users_token_publishes_as_that_user() {
         ("Authorization", bearer.as_str()),
         ("Content-Type", "application/json"),
     ];
-    let post = |room: &'static str, body: Value| {
-        let auth = auth;
-        async move {
-            let b = body.to_string();
-            http(
-                addr,
-                "POST",
-                &format!("/api/rooms/{room}/messages"),
-                &auth,
-                Some(b.as_bytes()),
-            )
-            .await
-        }
+    let post = |room: &'static str, body: Value| async move {
+        let b = body.to_string();
+        http(
+            addr,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            &auth,
+            Some(b.as_bytes()),
+        )
+        .await
     };
     let r = post("open-1", json!({"content": "as me", "id": "p1"})).await;
     assert_eq!(r.status, 201, "{}", r.text());

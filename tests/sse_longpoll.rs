@@ -145,7 +145,7 @@ async fn sse_sends_keep_alives_joined_and_optional_presence() {
     let e = quiet.event().await.unwrap();
     assert_eq!((e.event.as_str(), e.id), ("message", Some(1)), "{e:?}");
     // Bad input.
-    let mut bad = Sse::open(
+    let bad = Sse::open(
         server.addr,
         &format!("/api/rooms/{room}/events"),
         &[("Last-Event-ID", "x")],

@@ -9,10 +9,13 @@ use parking_lot::Mutex;
 
 use crate::rooms::Account;
 
+/// User → their account, and the size at which to prune next.
+type Map = (HashMap<Arc<str>, Weak<Account>>, usize);
+
 #[derive(Default)]
 pub struct Accounts {
     /// One short lock per session start.
-    map: Mutex<(HashMap<Arc<str>, Weak<Account>>, usize)>,
+    map: Mutex<Map>,
 }
 
 /// Prune dead entries once the map is this large (then at twice its size).
