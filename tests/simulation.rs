@@ -48,4 +48,5 @@ fn seeded_interleavings_keep_every_property() {
     assert!(total.replayed > 0 && total.unloaded > 0 && total.cut_slow > 0);
     assert!(total.stale_reads > 0, "no replay outlived its join");
     assert!(total.expired > 0, "no room expired");
+    assert!(total.long_polls > 0, "no long poll was answered");
 }

@@ -10,7 +10,7 @@ use super::catchup::{Chunk, ReadRequest};
 use super::commit::Publish;
 use super::member::{JoinId, Peer};
 use crate::error::ErrorCode;
-use crate::protocol::RoomName;
+use crate::protocol::{RoomName, Status};
 use crate::store::{Batch, Sequencing, StoreError};
 
 /// Milliseconds since the Unix epoch: the core's only notion of time.
@@ -74,6 +74,30 @@ pub enum Command {
     Expire {
         room: RoomName,
     },
+    /// The user of `peer` is typing (relayed, never stored).
+    Typing {
+        room: RoomName,
+        peer: Arc<Peer>,
+    },
+    /// The user of `peer` has read up to `sequence`.
+    Read {
+        room: RoomName,
+        peer: Arc<Peer>,
+        sequence: u64,
+    },
+    /// `user`'s status changed (they are in `room`).
+    Status {
+        room: RoomName,
+        user: Arc<str>,
+        status: Status,
+    },
+    /// A long poll: answered with the room's newest sequence once it is
+    /// past `after`. Dropping the receiver gives up.
+    Wait {
+        room: RoomName,
+        after: u64,
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 impl Command {
@@ -82,6 +106,10 @@ impl Command {
             Command::Join { room, .. }
             | Command::Leave { room, .. }
             | Command::Presence { room, .. }
+            | Command::Typing { room, .. }
+            | Command::Read { room, .. }
+            | Command::Status { room, .. }
+            | Command::Wait { room, .. }
             | Command::Expire { room } => Some(room),
             Command::Publish(p) => Some(&p.room),
             Command::Stats { .. } => None,

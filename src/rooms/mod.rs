@@ -19,9 +19,11 @@
 //! to the log and not settled is never unloaded; a room being loaded parks
 //! its commands, so other rooms never wait for it.
 
+mod account;
 mod catchup;
 mod commit;
 mod dedup;
+mod ephemeral;
 pub mod fanout;
 mod interface;
 mod member;
@@ -32,8 +34,10 @@ mod sequencer;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+pub use account::Account;
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
+pub use ephemeral::TYPING_EVERY_MS;
 pub use interface::{Command, Effect, Limits, Millis, ReadDone, RoomStats, Tally};
 pub use member::{Budget, JoinId, Member, MemberState, Members, Peer};
 pub use presence::MAX_LISTED;
@@ -176,7 +180,10 @@ impl Rooms {
             }
             None => match cmd {
                 // Nothing to do for a room nobody is in.
-                Command::Leave { .. } => {}
+                Command::Leave { .. }
+                | Command::Typing { .. }
+                | Command::Read { .. }
+                | Command::Status { .. } => {}
                 Command::Presence { room, peer } => {
                     let f = presence_frame(&room, None, peer.format, 0);
                     fanout::push_all(&peer, &[f]);
@@ -304,6 +311,14 @@ impl Rooms {
                 let r = self.room_mut(&room).expect("apply: loaded");
                 fanout::push_all(&peer, &[r.presence_frame(peer.format, now)]);
             }
+            Command::Typing { room, peer } => self.typing(&room, &peer, now),
+            Command::Read {
+                room,
+                peer,
+                sequence,
+            } => self.mark_read(&room, &peer, sequence, now),
+            Command::Status { room, user, status } => self.status(&room, &user, &status),
+            Command::Wait { room, after, reply } => self.wait(&room, after, reply),
             Command::Stats { .. } | Command::Expire { .. } => {
                 unreachable!("handled before a room is looked up")
             }
@@ -367,6 +382,7 @@ impl Rooms {
         let mut gone = Vec::new();
         for slot in self.rooms.values_mut() {
             if let Slot::Loaded(room) = slot {
+                room.prune_waiters();
                 for id in room.flush_presence(max) {
                     gone.push((room.name.clone(), id));
                 }
@@ -404,6 +420,8 @@ impl Rooms {
     /// as usual).
     pub fn stop(&mut self) {
         self.stopping = true;
+        // Read markers that waited for a batch go with the last one.
+        self.commits.flush_markers();
         for slot in self.rooms.values_mut() {
             if let Slot::Waiting(_, parked) = slot {
                 self.parked -= parked.len();
@@ -431,6 +449,13 @@ fn refuse(cmd: Command, why: &str) {
             let f = crate::protocol::server::error(peer.format, ErrorCode::Internal, why, None);
             fanout::push_all(&peer, &[f]);
         }
-        Command::Leave { .. } | Command::Stats { .. } | Command::Expire { .. } => {}
+        Command::Leave { .. }
+        | Command::Stats { .. }
+        | Command::Expire { .. }
+        | Command::Typing { .. }
+        | Command::Read { .. }
+        | Command::Status { .. } => {}
+        // Dropped: the long poll answers with what it has.
+        Command::Wait { .. } => {}
     }
 }

@@ -6,8 +6,9 @@
 //! A session knows the server only through `Env`: the config, the shards,
 //! the store (for `history` pages), the metrics and the shutdown signal.
 
+mod accounts;
 pub mod assemble;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod frames;
 mod history;
 pub mod rate;
@@ -24,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::Grant;
+use crate::auth::{Auth, Grant};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -33,6 +34,7 @@ use crate::rooms::{Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
+pub use accounts::Accounts;
 pub use frames::{ByteSource, FrameReader};
 pub use history::history_page;
 
@@ -48,6 +50,10 @@ pub struct Env {
     /// Every open session, to close them all with 1001 at shutdown: one map
     /// entry each instead of a shutdown future in every idle session.
     live: parking_lot::Mutex<HashMap<u64, Weak<Peer>>>,
+    /// Checks tokens (a `refresh` frame's too).
+    pub auth: Arc<Auth>,
+    /// Each user's shared state (status, rooms), across their sessions.
+    pub accounts: Accounts,
     next_client_id: AtomicU64,
 }
 
@@ -57,12 +63,15 @@ impl Env {
         store: Arc<dyn Store>,
         shards: Shards,
         metrics: Arc<Metrics>,
+        auth: Arc<Auth>,
     ) -> Env {
         Env {
             config,
             store,
             shards,
             metrics,
+            auth,
+            accounts: Accounts::default(),
             shutdown: CancellationToken::new(),
             live: parking_lot::Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
@@ -153,6 +162,7 @@ where
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
     let mut peer = Peer::new(client_id, params.user.clone(), params.format, outbox);
     peer.new_rooms = Budget::per_minute(cfg.room_creations_per_min, cfg.room_creations_per_min);
+    peer.account = env.accounts.get(&params.user);
     let session = Arc::new(Session {
         peer: Arc::new(peer),
         writer_done: Notify::new(),

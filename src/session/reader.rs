@@ -80,12 +80,7 @@ async fn read_loop<S: ByteSource>(
     let mut assembler = Assembler::new(env.config.max_frame_bytes);
     // Boxed, and only with a token that expires: a timer in every idle
     // session's future would cost each one its size.
-    let mut expiry = state.grant().and_then(|g| g.expires_at).map(|at| {
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        Box::pin(tokio::time::sleep(left))
-    });
+    let mut expiry = timer(state.grant().and_then(|g| g.expires_at));
     loop {
         let read = tokio::select! {
             biased;
@@ -157,7 +152,7 @@ async fn read_loop<S: ByteSource>(
                     continue;
                 }
                 let expected = match peer.format {
-                    Format::Json => OpCode::Text,
+                    Format::Json | Format::Sse => OpCode::Text,
                     Format::Msgpack => OpCode::Binary,
                 };
                 let decoded = if opcode == expected {
@@ -176,12 +171,25 @@ async fn read_loop<S: ByteSource>(
                         if let Err(end) = Box::pin(state.dispatch(request)).await {
                             return end;
                         }
+                        if state.take_refreshed() {
+                            expiry = timer(state.grant().and_then(|g| g.expires_at));
+                        }
                     }
                     Err(e) => state.error(e.code, &e.message, e.id.as_deref()),
                 }
             }
         }
     }
+}
+
+/// A timer for a token's expiry, if it has one.
+fn timer(at: Option<std::time::SystemTime>) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
+    at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    })
 }
 
 /// Resolves when the session's token expires; never without one.

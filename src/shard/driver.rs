@@ -216,6 +216,9 @@ impl Driver {
             let result = guarded(|| {
                 let mut log = store.load_room(&room, window)?;
                 log.room_limit_reached = !log.exists && store.room_count() >= max_rooms;
+                if log.exists {
+                    log.read_markers = store.read_markers(&room)?;
+                }
                 Ok(log)
             });
             let _ = done.send(Done::Loaded(room, result));

@@ -126,21 +126,29 @@ fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
     let mut sizes = Vec::with_capacity(jobs.len());
     for job in &mut jobs {
         let b = job.batch.take().expect("unanswered job");
-        sizes.push((b.new_rooms.len(), b.appends.len(), b.expired.len()));
+        sizes.push((
+            b.new_rooms.len(),
+            b.appends.len(),
+            b.expired.len(),
+            b.read_markers.len(),
+        ));
         merged.new_rooms.extend(b.new_rooms);
         merged.appends.extend(b.appends);
         merged.expired.extend(b.expired);
+        merged.read_markers.extend(b.read_markers);
     }
     let result = commit(store, metrics, &mut merged);
     let mut rooms = merged.new_rooms.into_iter();
     let mut appends = merged.appends.into_iter();
     let mut expired = merged.expired.into_iter();
+    let mut markers = merged.read_markers.into_iter();
     let mut parts = Vec::with_capacity(jobs.len());
-    for (r, a, e) in sizes {
+    for (r, a, e, m) in sizes {
         parts.push(Batch {
             new_rooms: rooms.by_ref().take(r).collect(),
             appends: appends.by_ref().take(a).collect(),
             expired: expired.by_ref().take(e).collect(),
+            read_markers: markers.by_ref().take(m).collect(),
         });
     }
     for (job, mut batch) in jobs.into_iter().zip(parts) {
@@ -202,6 +210,7 @@ mod tests {
             }],
             appends,
             expired: Vec::new(),
+            read_markers: Vec::new(),
         }
     }
 

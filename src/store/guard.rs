@@ -230,6 +230,12 @@ impl Store for GuardedStore {
         })
     }
 
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        self.call(Call::read("read_markers", Some(room)), || {
+            self.inner.read_markers(room)
+        })
+    }
+
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.call(Call::read("first_retained", Some(room)), || {
             self.inner.first_retained(room)

@@ -20,6 +20,9 @@ use crate::protocol::RoomName;
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: RwLock<BTreeMap<RoomName, Log>>,
+    /// (room, user) → highest sequence read; guarded by `rooms`' lock order
+    /// (taken after it) so a batch is all or nothing for readers.
+    markers: RwLock<BTreeMap<(RoomName, Arc<str>), u64>>,
     /// Numbers messages itself (`Sequencing::Log`).
     numbering: bool,
 }
@@ -88,6 +91,7 @@ impl Store for MemoryStore {
                 recent_ids: recent_ids(log, dedup_window),
                 exists: true,
                 room_limit_reached: false,
+                read_markers: Vec::new(),
             },
             None => RoomLog {
                 epoch: super::new_epoch(),
@@ -95,6 +99,7 @@ impl Store for MemoryStore {
                 recent_ids: Vec::new(),
                 exists: false,
                 room_limit_reached: false,
+                read_markers: Vec::new(),
             },
         })
     }
@@ -165,10 +170,26 @@ impl Store for MemoryStore {
             }
             log.messages.push_back(a.message.clone());
         }
+        let mut markers = self.markers.write();
+        for m in &batch.read_markers {
+            let at = markers.entry((m.room.clone(), m.user.clone())).or_insert(0);
+            *at = (*at).max(m.sequence);
+        }
         for room in &batch.expired {
             rooms.remove(room);
+            markers.retain(|(r, _), _| r != room);
         }
         Ok(())
+    }
+
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        Ok(self
+            .markers
+            .read()
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|((_, user), seq)| (user.clone(), *seq))
+            .collect())
     }
 
     fn room_count(&self) -> usize {
@@ -281,6 +302,7 @@ mod tests {
                 .map(|i| super::super::Append::new(room.clone(), msg(i)))
                 .collect(),
             expired: Vec::new(),
+            read_markers: Vec::new(),
         }
     }
 
@@ -362,5 +384,25 @@ mod tests {
             .map(|a| (a.message.sequence, a.duplicate))
             .collect();
         assert_eq!(seqs, [(1, false), (2, false), (1, true)]);
+    }
+
+    #[test]
+    fn read_markers_only_go_forward() {
+        let s = MemoryStore::new();
+        let room = RoomName::parse("r").unwrap();
+        let marker = |sequence| super::super::ReadMarker {
+            room: room.clone(),
+            user: "ann".into(),
+            sequence,
+        };
+        let mut b = batch(&room, 1..=3);
+        b.read_markers = vec![marker(3), marker(2)];
+        s.append(&mut b).unwrap();
+        let mut back = Batch {
+            read_markers: vec![marker(1)],
+            ..Batch::default()
+        };
+        s.append(&mut back).unwrap();
+        assert_eq!(s.read_markers(&room).unwrap(), vec![("ann".into(), 3)]);
     }
 }

@@ -55,20 +55,34 @@ pub struct NewRoom {
     pub epoch: String,
 }
 
-/// One group commit: rooms to create, then messages in order, then rooms
-/// whose whole log is past retention to delete (a later use of the name
-/// starts a new log, with a new epoch).
+/// One group commit: rooms to create, then messages in order, then read
+/// markers, then rooms whose whole log is past retention to delete (a later
+/// use of the name starts a new log, with a new epoch, and no markers).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub new_rooms: Vec<NewRoom>,
     pub appends: Vec<Append>,
     pub expired: Vec<RoomName>,
+    /// Highest sequences users have read; a store keeps the larger of what
+    /// it has and what comes (a marker never goes back).
+    pub read_markers: Vec<ReadMarker>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.new_rooms.is_empty() && self.appends.is_empty() && self.expired.is_empty()
+        self.new_rooms.is_empty()
+            && self.appends.is_empty()
+            && self.expired.is_empty()
+            && self.read_markers.is_empty()
     }
+}
+
+/// How far a user has read a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMarker {
+    pub room: RoomName,
+    pub user: Arc<str>,
+    pub sequence: u64,
 }
 
 /// Who numbers a room's messages.
@@ -96,6 +110,9 @@ pub struct RoomLog {
     /// The log holds as many rooms as the operator allows: a new room may be
     /// joined but not written to (set by the driver, not by stores).
     pub room_limit_reached: bool,
+    /// The room's read markers (user, sequence), filled in by the driver
+    /// from `Store::read_markers`.
+    pub read_markers: Vec<(Arc<str>, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +279,12 @@ pub trait Store: Send + Sync + 'static {
         upto: u64,
         limit: ReadLimit,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Every read marker of a room: (user, highest sequence read). A store
+    /// that keeps none has none.
+    fn read_markers(&self, _room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// The oldest sequence still retained (`last + 1` when the log is empty).
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError>;

@@ -9,6 +9,7 @@
 
 pub mod binary;
 pub mod faulty;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -17,7 +17,7 @@ use ::redb::{
 };
 use parking_lot::RwLockReadGuard;
 
-use super::schema::{decode, MESSAGES, ROOMS};
+use super::schema::{decode, marker_range, MESSAGES, READ_MARKERS, ROOMS};
 use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
@@ -156,6 +156,7 @@ impl Inner {
                 recent_ids: Vec::new(),
                 exists: false,
                 room_limit_reached: false,
+                read_markers: Vec::new(),
             });
         };
         self.room_ids.write().insert(room.clone(), id);
@@ -183,7 +184,34 @@ impl Inner {
             recent_ids,
             exists: true,
             room_limit_reached: false,
+            read_markers: Vec::new(),
         })
+    }
+
+    /// A room's read markers, by user name.
+    pub(super) fn read_markers(
+        &self,
+        room: &RoomName,
+    ) -> Result<Vec<(std::sync::Arc<str>, u64)>, StoreError> {
+        let snap = self.read_txn()?;
+        let markers = match snap.txn.open_table(READ_MARKERS) {
+            Ok(t) => t,
+            // No marker was ever written.
+            Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::storage("open the markers table", e)),
+        };
+        let (from, to) = marker_range(room.as_str());
+        let mut out = Vec::new();
+        for entry in markers
+            .range(from.as_str()..to.as_str())
+            .op("read read markers")?
+        {
+            let (k, v) = entry.op("read read markers")?;
+            if let Some((_, user)) = k.value().split_once('\0') {
+                out.push((std::sync::Arc::from(user), v.value()));
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
