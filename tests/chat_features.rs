@@ -390,7 +390,11 @@ async fn a_dm_room_is_for_its_two_users_at_every_door() {
     assert_eq!(r.status, 403, "{}", r.text());
     let listed = http(addr, "GET", "/api/rooms", &auth, None).await.json();
     assert!(
-        listed.as_array().unwrap().iter().all(|r| r["room"] != dm),
+        listed["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["room"] != dm),
         "{listed}"
     );
 

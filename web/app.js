@@ -963,6 +963,7 @@
     $("no-rooms").hidden = S.allRooms.length > 0;
   }
 
+  const ROOM_PAGES = 5;
   let roomsTimer = 0;
   let roomsSoon = 0;
   function refreshRoomsSoon() {
@@ -973,10 +974,21 @@
     clearTimeout(roomsTimer);
     roomsTimer = setTimeout(refreshRooms, 15000);
     try {
-      const res = await fetch("/api/rooms?user=" + encodeURIComponent(S.me || S.name), { cache: "no-store" });
-      if (!res.ok) return;
-      const list = await res.json();
-      if (!Array.isArray(list)) return;
+      // The list comes in pages (in name order); a sidebar needs no more
+      // than the first few.
+      const list = [];
+      let after = "";
+      for (let page = 0; page < ROOM_PAGES; page++) {
+        const q = "?limit=200&user=" + encodeURIComponent(S.me || S.name) +
+          (after ? "&after=" + encodeURIComponent(after) : "");
+        const res = await fetch("/api/rooms" + q, { cache: "no-store" });
+        if (!res.ok) return;
+        const body = await res.json();
+        if (!body || !Array.isArray(body.rooms)) return;
+        list.push(...body.rooms);
+        if (!body.next) break;
+        after = body.next;
+      }
       list.sort((a, b) => b.members - a.members || (a.room < b.room ? -1 : 1));
       S.allRooms = list;
       renderAllRooms();

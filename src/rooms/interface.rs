@@ -67,7 +67,10 @@ pub enum Command {
         room: RoomName,
         peer: Arc<Peer>,
     },
+    /// Up to `limit` loaded rooms named after `after`, in name order.
     Stats {
+        after: Option<RoomName>,
+        limit: usize,
         reply: oneshot::Sender<Vec<RoomStats>>,
     },
     /// Retention found the room's whole log past its age.

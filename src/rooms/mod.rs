@@ -161,8 +161,13 @@ impl Rooms {
             self.next_tick = now + self.limits.presence_window_ms;
         }
         let Some(name) = cmd.room().cloned() else {
-            if let Command::Stats { reply } = cmd {
-                let _ = reply.send(self.stats());
+            if let Command::Stats {
+                after,
+                limit,
+                reply,
+            } = cmd
+            {
+                let _ = reply.send(self.stats(after.as_ref(), limit));
             }
             return;
         };
@@ -400,9 +405,12 @@ impl Rooms {
         self.tally.unloaded += (before - self.rooms.len()) as u64;
     }
 
-    pub fn stats(&self) -> Vec<RoomStats> {
+    pub fn stats(&self, after: Option<&RoomName>, limit: usize) -> Vec<RoomStats> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.rooms
-            .values()
+            .range((from, Bound::Unbounded))
+            .map(|(_, slot)| slot)
             .filter_map(|s| match s {
                 Slot::Loaded(r) => Some(RoomStats {
                     room: r.name.clone(),
@@ -412,6 +420,7 @@ impl Rooms {
                 }),
                 Slot::Waiting(..) => None,
             })
+            .take(limit)
             .collect()
     }
 

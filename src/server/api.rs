@@ -28,42 +28,87 @@ struct RoomEntry {
     connections: usize,
 }
 
-/// `GET /api/rooms`: every stored room (that the caller may see: a DM room
-/// only to its two users), with who is in it now.
-pub async fn rooms(ctx: &Arc<Ctx>, access: &ApiAccess, user: Option<&str>) -> Response<Body> {
+/// One page of `GET /api/rooms`: `next` names the last room of the page
+/// when more may follow (`?after=<next>` asks for them), else is null.
+#[derive(Serialize)]
+struct RoomsPage {
+    rooms: Vec<RoomEntry>,
+    next: Option<String>,
+}
+
+/// Rooms per page of `GET /api/rooms` when `limit` is not given, and at most.
+pub const ROOMS_DEFAULT_LIMIT: usize = 100;
+pub const ROOMS_MAX_LIMIT: usize = 1000;
+
+/// `GET /api/rooms?after=&limit=`: one page of the rooms, in name order,
+/// stored or loaded, with who is in each now. A room the caller may not
+/// read (a DM room of others, one outside a token's grants) is left out of
+/// the page; `next` still moves past it, so a page may hold fewer than
+/// `limit` rooms while more follow.
+pub async fn rooms(ctx: &Arc<Ctx>, access: &ApiAccess, query: Option<&str>) -> Response<Body> {
+    let q = Query::parse(query);
+    let user = q.get("user");
+    let after = match q.get("after").filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => match RoomName::parse(a) {
+            Ok(room) => Some(room),
+            Err(e) => {
+                let m = format!("after: {e}");
+                return json_error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &m);
+            }
+        },
+    };
+    let limit = match q.get("limit").map(str::parse::<usize>).transpose() {
+        Ok(l) => l.map_or(ROOMS_DEFAULT_LIMIT, |l| l.clamp(1, ROOMS_MAX_LIMIT)),
+        Err(_) => {
+            let m = "limit must be a non-negative integer";
+            return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, m);
+        }
+    };
+    // One more than the page, to know whether another follows. The first
+    // `limit + 1` rooms of the union of stored and loaded rooms are among
+    // the first `limit + 1` of each.
     let store = ctx.env.store.clone();
-    let stored = match tokio::task::spawn_blocking(move || store.rooms()).await {
+    let from = after.clone();
+    let stored = tokio::task::spawn_blocking(move || store.rooms(from.as_ref(), limit + 1));
+    let stored = match stored.await {
         Ok(Ok(rooms)) => rooms,
         _ => return internal(),
     };
-    let mut all: BTreeMap<String, RoomEntry> = stored
+    let mut all: BTreeMap<RoomName, RoomEntry> = stored
         .into_iter()
-        .map(|r| {
-            let entry = RoomEntry {
-                room: r.room.to_string(),
-                last: r.last,
-                members: 0,
-                connections: 0,
-            };
-            (r.room.to_string(), entry)
-        })
+        .map(|r| (r.room.clone(), RoomEntry::new(&r.room, r.last)))
         .collect();
-    for s in ctx.env.shards.stats().await {
-        let e = all.entry(s.room.to_string()).or_insert_with(|| RoomEntry {
-            room: s.room.to_string(),
-            last: 0,
-            members: 0,
-            connections: 0,
-        });
+    for s in ctx.env.shards.stats(after.as_ref(), limit + 1).await {
+        let e = all
+            .entry(s.room.clone())
+            .or_insert_with(|| RoomEntry::new(&s.room, 0));
         e.last = e.last.max(s.last);
         e.members = s.members;
         e.connections = s.connections;
     }
-    let visible: Vec<RoomEntry> = all
-        .into_values()
-        .filter(|e| RoomName::parse(&e.room).is_ok_and(|r| may_read(&r, access, user).is_ok()))
+    let more = all.len() > limit;
+    let page: Vec<(RoomName, RoomEntry)> = all.into_iter().take(limit).collect();
+    let next = more
+        .then(|| page.last().map(|(room, _)| room.to_string()))
+        .flatten();
+    let rooms = page
+        .into_iter()
+        .filter(|(room, _)| may_read(room, access, user).is_ok())
+        .map(|(_, entry)| entry)
         .collect();
-    json(StatusCode::OK, &visible)
+    json(StatusCode::OK, &RoomsPage { rooms, next })
+}
+
+impl RoomEntry {
+    fn new(room: &RoomName, last: u64) -> Self {
+        RoomEntry {
+            room: room.to_string(),
+            last,
+            members: 0,
+            connections: 0,
+        }
+    }
 }
 
 /// An API failure, turned into `{"error": {code, message}}` once.

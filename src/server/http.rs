@@ -92,10 +92,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         }
         (&Method::GET, "/api/rooms") => {
             let access = ctx.auth.api_access(req.headers(), false);
-            let user = Query::parse(req.uri().query())
-                .get("user")
-                .map(str::to_owned);
-            api::rooms(&ctx, &access, user.as_deref()).await
+            api::rooms(&ctx, &access, req.uri().query()).await
         }
         (_, p) if p.starts_with("/api/rooms/") => {
             let access = ctx.auth.api_access(req.headers(), method != Method::GET);

@@ -242,8 +242,12 @@ impl Store for GuardedStore {
         })
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.call(Call::read("rooms", None), || self.inner.rooms())
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        self.call(Call::read("rooms", None), || self.inner.rooms(after, limit))
     }
 
     fn room_count(&self) -> usize {
@@ -345,8 +349,8 @@ mod tests {
         fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
             self.memory.first_retained(room)
         }
-        fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-            self.memory.rooms()
+        fn rooms(&self, a: Option<&RoomName>, n: usize) -> Result<Vec<RoomSummary>, StoreError> {
+            self.memory.rooms(a, n)
         }
         fn room_count(&self) -> usize {
             self.memory.room_count()

@@ -241,11 +241,18 @@ impl Store for MemoryStore {
         Ok(self.rooms.read().get(room).map_or(1, |l| l.first))
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
             .rooms
             .read()
-            .iter()
+            .range((from, Bound::Unbounded))
+            .take(limit)
             .map(|(room, log)| RoomSummary {
                 room: room.clone(),
                 last: log.last(),

@@ -289,8 +289,11 @@ pub trait Store: Send + Sync + 'static {
     /// The oldest sequence still retained (`last + 1` when the log is empty).
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError>;
 
-    /// Every room with its newest sequence, in name order.
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+    /// Up to `limit` rooms named after `after` (from the first when
+    /// `None`), with their newest sequence, in name order: one page of the
+    /// room list, so that no caller reads every room at once.
+    fn rooms(&self, after: Option<&RoomName>, limit: usize)
+        -> Result<Vec<RoomSummary>, StoreError>;
 
     /// How many rooms the log has. Never blocks on the writer.
     fn room_count(&self) -> usize;

@@ -630,7 +630,11 @@ impl World {
 
     fn stats(&mut self) {
         let (tx, mut rx) = oneshot::channel();
-        self.handle(Command::Stats { reply: tx });
+        self.handle(Command::Stats {
+            after: None,
+            limit: usize::MAX,
+            reply: tx,
+        });
         for s in rx.try_recv().expect("stats answer at once") {
             let log_last = self.log.load_room(&s.room, 0).unwrap().last;
             assert!(

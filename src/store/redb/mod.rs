@@ -230,8 +230,12 @@ impl Store for RedbStore {
         self.inner.reading(|| self.inner.first_retained(room))
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.inner.reading(|| self.inner.rooms())
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        self.inner.reading(|| self.inner.rooms(after, limit))
     }
 
     fn room_count(&self) -> usize {

@@ -9,6 +9,7 @@
 //! checks that the sequences it returns follow each other and that it did
 //! not stop short of the room's newest, and reports a gap as `Corrupt`.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use ::redb::{
@@ -276,12 +277,22 @@ impl Inner {
         }
     }
 
-    pub(super) fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+    pub(super) fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
         let snap = self.read_txn()?;
         let (rooms, messages) = self.tables(&snap.txn)?;
         let mut out = Vec::new();
-        let iter = rooms.iter().op("read the rooms table")?;
+        let from = after.map_or(Bound::Unbounded, |r| Bound::Excluded(r.as_str()));
+        let iter = rooms
+            .range::<&str>((from, Bound::Unbounded))
+            .op("read the rooms table")?;
         for entry in iter {
+            if out.len() >= limit {
+                break;
+            }
             let (name, v) = entry.op("read the rooms table")?;
             let Ok(room) = RoomName::parse(name.value()) else {
                 tracing::warn!(
