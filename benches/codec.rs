@@ -31,6 +31,7 @@ fn client_frames(format: Format, content: &str) -> Vec<(&'static str, Vec<u8>)> 
             let bytes = match format {
                 Format::Json => serde_json::to_vec(&v).unwrap(),
                 Format::Msgpack => rmp_serde::to_vec_named(&v).unwrap(),
+                Format::Sse => unreachable!("clients send no SSE"),
             };
             (name, bytes)
         })
@@ -41,7 +42,7 @@ fn decode_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     for size in [64usize, 4096] {
         let content = "x".repeat(size);
-        for format in Format::ALL {
+        for format in [Format::Json, Format::Msgpack] {
             for (name, bytes) in client_frames(format, &content) {
                 if name != "message" && size != 64 {
                     continue;

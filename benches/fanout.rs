@@ -49,7 +49,7 @@ fn fanout(c: &mut Criterion) {
             .unwrap(),
     ));
     let frame = parlor::protocol::frame::frame(fastwebsockets::OpCode::Text, &[b'x'; 64]);
-    let frames: FramesByFormat = [vec![frame], Vec::<Bytes>::new()];
+    let frames: FramesByFormat = [vec![frame], Vec::<Bytes>::new(), Vec::<Bytes>::new()];
     let mut g = c.benchmark_group("fanout");
     g.sample_size(10);
     for members in [1_000usize, 10_000, 100_000] {

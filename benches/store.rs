@@ -39,6 +39,7 @@ fn messages(room: &RoomName, seqs: std::ops::Range<u64>, user: &Arc<str>) -> Bat
             .map(|s| Append::new(room.clone(), message(s, user)))
             .collect(),
         expired: Vec::new(),
+        read_markers: Vec::new(),
     }
 }
 

@@ -135,8 +135,9 @@ impl Auth {
     }
 
     /// Who a request to the HTTP API is (`write`: POST). A user's token is
-    /// held to its room grants like a WebSocket's; the API key opens every
-    /// room; without either, the API is open as configured.
+    /// held to its room grants like a WebSocket's (and publishes as its
+    /// `sub`); the API key opens every room; without either, the API is
+    /// open as configured.
     pub fn api_access(&self, headers: &HeaderMap, write: bool) -> ApiAccess {
         let given = bearer(headers);
         if let (Some(key), Some(given)) = (&self.api_key, given) {
@@ -146,9 +147,11 @@ impl Auth {
         }
         let open = self.api_key.is_none() || (!write && self.api_read_open);
         match (&self.jwt, given) {
+            // A user's token reads and writes as that user (its grants, its
+            // rate), whatever the API key guards: it is not the key.
             (Some(_), Some(token)) => match self.check_token(headers, Some(token)) {
-                Ok(Some(grant)) if open || !write => ApiAccess::User(grant),
-                Ok(_) => ApiAccess::Denied,
+                Ok(Some(grant)) => ApiAccess::User(grant),
+                Ok(None) => ApiAccess::Denied,
                 // A bad credential is refused even where none is needed.
                 Err(_) => ApiAccess::Denied,
             },

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     pub rooms: IntGauge,
     pub joins: IntCounter,
+    /// Long polls waiting now; SSE streams open now.
+    pub long_polls: IntGauge,
+    pub sse_streams: IntGauge,
     pub messages_in: IntCounter,
     pub messages_stored: IntCounter,
     pub deliveries: IntCounter,
@@ -80,6 +83,14 @@ impl Metrics {
             )),
             rooms: reg!(IntGauge::new("parlor_rooms", "Rooms loaded in shards")),
             joins: reg!(IntCounter::new("parlor_joins_total", "Successful joins")),
+            long_polls: reg!(IntGauge::new(
+                "parlor_long_polls",
+                "Long polls (GET messages with wait) waiting for a message"
+            )),
+            sse_streams: reg!(IntGauge::new(
+                "parlor_sse_streams",
+                "Server-Sent Events streams open"
+            )),
             messages_in: reg!(IntCounter::new(
                 "parlor_messages_in_total",
                 "Chat messages received from clients"

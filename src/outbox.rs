@@ -122,6 +122,19 @@ impl OutboxReceiver {
         outbox.space.notify_waiters();
     }
 
+    /// Gives back the queue's memory while nothing is queued: a connection
+    /// that went quiet keeps no buffer.
+    pub(crate) fn release(&mut self, outbox: &Outbox) {
+        let mut q = outbox.queue.lock();
+        if q.items.is_empty() && q.items.capacity() > 0 {
+            q.items = VecDeque::new();
+        }
+        drop(q);
+        if self.taken.is_empty() {
+            self.taken = VecDeque::new();
+        }
+    }
+
     /// Takes and drops whatever is queued, as a writer that wrote it would
     /// (benchmarks stand in for a writer with it).
     pub fn drain(&mut self, outbox: &Outbox) {

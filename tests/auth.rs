@@ -282,7 +282,7 @@ async fn room_grants_hold_for_every_request_that_names_a_room() {
     let r = http(addr, "GET", "/api/rooms/team-a/messages", &auth, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let listed = http(addr, "GET", "/api/rooms", &auth, None).await.json();
-    let names: Vec<&str> = listed
+    let names: Vec<&str> = listed["rooms"]
         .as_array()
         .unwrap()
         .iter()

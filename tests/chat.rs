@@ -85,7 +85,7 @@ async fn join_answers_joined_then_presence_then_history() {
         .to_string();
     assert_eq!(
         joined["data"],
-        json!({"room": "lobby", "last": 0, "epoch": epoch, "recovered": true})
+        json!({"room": "lobby", "last": 0, "epoch": epoch, "recovered": true, "read": 0})
     );
     assert_eq!(presence["data"]["room"], "lobby");
     assert_eq!(presence["data"]["count"], 1);
@@ -109,7 +109,7 @@ async fn join_answers_joined_then_presence_then_history() {
     let (joined, presence, history) = b.join("lobby").await;
     assert_eq!(
         joined["data"],
-        json!({"room": "lobby", "last": 3, "epoch": epoch, "recovered": true})
+        json!({"room": "lobby", "last": 3, "epoch": epoch, "recovered": true, "read": 0})
     );
     assert_eq!(presence["data"]["count"], 2);
     let mut names: Vec<&str> = presence["data"]["users"]

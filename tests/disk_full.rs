@@ -275,6 +275,7 @@ fn batch(room: &RoomName, seqs: std::ops::RangeInclusive<u64>, new: bool) -> Bat
         new_rooms,
         appends,
         expired: Vec::new(),
+        read_markers: Vec::new(),
     }
 }
 

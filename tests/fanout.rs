@@ -96,7 +96,7 @@ async fn eight_publishers_fifty_members_see_every_sequence_once_in_order() {
         r.await.expect("member saw every sequence once, in order");
     }
     let rooms = get(server.addr, "/api/rooms").await.json();
-    let entry = rooms
+    let entry = rooms["rooms"]
         .as_array()
         .unwrap()
         .iter()

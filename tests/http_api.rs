@@ -81,7 +81,7 @@ async fn rooms_lists_last_members_connections() {
     let server = start(config()).await;
     let r = get(server.addr, "/api/rooms").await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json!([]));
+    assert_eq!(r.json(), json!({"rooms": [], "next": null}));
 
     let mut a1 = connect(server.addr, "ann").await;
     let mut a2 = connect(server.addr, "ann").await;
@@ -102,7 +102,7 @@ async fn rooms_lists_last_members_connections() {
 
     let rooms = get(server.addr, "/api/rooms").await.json();
     let find = |name: &str| -> Value {
-        rooms
+        rooms["rooms"]
             .as_array()
             .unwrap()
             .iter()
@@ -122,12 +122,12 @@ async fn rooms_lists_last_members_connections() {
         find("posted"),
         json!({"room": "posted", "last": 1, "members": 0, "connections": 0})
     );
-    assert_eq!(rooms.as_array().unwrap().len(), 3, "{rooms}");
+    assert_eq!(rooms["rooms"].as_array().unwrap().len(), 3, "{rooms}");
 
     b.send(&leave("joined-only")).await;
     b.rx.recv_until("left").await;
     let rooms = get(server.addr, "/api/rooms").await.json();
-    let jo = rooms
+    let jo = rooms["rooms"]
         .as_array()
         .unwrap()
         .iter()
@@ -366,4 +366,51 @@ async fn api_errors_are_json_with_fitting_status() {
     // Nothing was stored by the refused requests.
     let v = get(server.addr, path).await.json();
     assert_eq!(v["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn rooms_come_in_pages_that_walk_every_room_once() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    for room in ["r1", "r2", "r3", "r4", "r5"] {
+        let body = json!({"user": "ann", "content": "hi"});
+        let path = format!("/api/rooms/{room}/messages");
+        assert_eq!(post_json(addr, &path, &body).await.status, 201);
+    }
+    // Loaded but never written to: listed among the stored ones, in order.
+    let mut b = connect(addr, "bob").await;
+    b.join("r3x").await;
+
+    let mut seen = Vec::new();
+    let mut path = "/api/rooms?limit=2".to_string();
+    let mut pages = 0;
+    loop {
+        let page = get(addr, &path).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        let rooms = page["rooms"].as_array().unwrap();
+        assert!(rooms.len() <= 2, "{page}");
+        seen.extend(rooms.iter().map(|r| r["room"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/rooms?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["r1", "r2", "r3", "r3x", "r4", "r5"]);
+    assert_eq!(pages, 3);
+
+    // Without `limit`, a page holds up to 100; past the last room, none.
+    let all = get(addr, "/api/rooms").await.json();
+    assert_eq!(all["rooms"].as_array().unwrap().len(), 6);
+    assert_eq!(all["next"], Value::Null);
+    let past = get(addr, "/api/rooms?after=zz").await.json();
+    assert_eq!(past, json!({"rooms": [], "next": null}));
+
+    let bad = get(addr, "/api/rooms?after=../etc").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], "invalid_room");
+    let bad = get(addr, "/api/rooms?limit=-1").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["code"], "bad_request");
 }

@@ -102,7 +102,7 @@ async fn diffs_go_to_others_on_first_join_and_last_leave() {
     let d = diff_of(&mut a, "r").await;
     assert_eq!(
         d["data"],
-        json!({"room": "r", "joins": ["bob"], "leaves": []})
+        json!({"room": "r", "joins": ["bob"], "leaves": [], "changes": []})
     );
     // Barrier for bob: ann's message comes after the diffs of that tick.
     // bob may be told about ann (her join may share bob's window), never
@@ -135,7 +135,7 @@ async fn diffs_go_to_others_on_first_join_and_last_leave() {
     let d = diff_of(&mut a, "r").await;
     assert_eq!(
         d["data"],
-        json!({"room": "r", "joins": [], "leaves": ["bob"]})
+        json!({"room": "r", "joins": [], "leaves": ["bob"], "changes": []})
     );
 
     // A member that disconnects leaves too.
@@ -147,7 +147,7 @@ async fn diffs_go_to_others_on_first_join_and_last_leave() {
     let d = diff_of(&mut a, "r").await;
     assert_eq!(
         d["data"],
-        json!({"room": "r", "joins": [], "leaves": ["cat"]})
+        json!({"room": "r", "joins": [], "leaves": ["cat"], "changes": []})
     );
     a.send(&json!({"type": "presence", "room": "r"})).await;
     let p = a.recv_until("presence").await;

@@ -104,7 +104,7 @@ async fn a_room_past_retention_with_nobody_in_it_is_deleted() {
     })
     .await;
     let listed = get(addr, "/api/rooms").await.json();
-    let names: Vec<&str> = listed
+    let names: Vec<&str> = listed["rooms"]
         .as_array()
         .unwrap()
         .iter()

@@ -51,4 +51,5 @@ fn seeded_interleavings_keep_every_property() {
     // The shared-log seeds reach the live channel's paths.
     assert!(total.other_batches > 0 && total.live > 0 && total.fills > 0);
     assert!(total.disconnects > 0 && total.lost_answers > 0);
+    assert!(total.long_polls > 0, "no long poll was answered");
 }

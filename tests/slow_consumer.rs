@@ -207,7 +207,7 @@ async fn flood_until_cut(mut cfg: Config) {
     );
 
     let rooms = get(server.addr, "/api/rooms").await.json();
-    let r = rooms
+    let r = rooms["rooms"]
         .as_array()
         .unwrap()
         .iter()

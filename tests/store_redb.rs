@@ -113,12 +113,22 @@ fn appends_and_reads_ranges() {
     put(&s, vec![Append::new(b.clone(), msg(6, None))]).unwrap();
     assert_eq!(s.read(&b, 5, 6, lim(10)).unwrap(), vec![msg(6, None)]);
 
-    let rooms = s.rooms().unwrap();
-    let summary: Vec<_> = rooms
-        .iter()
-        .map(|r| (r.room.as_str().to_owned(), r.last))
-        .collect();
-    assert_eq!(summary, vec![("a".to_owned(), 10), ("b".to_owned(), 6)]);
+    let summary = |after: Option<&RoomName>, limit| -> Vec<(String, u64)> {
+        s.rooms(after, limit)
+            .unwrap()
+            .iter()
+            .map(|r| (r.room.as_str().to_owned(), r.last))
+            .collect()
+    };
+    assert_eq!(
+        summary(None, 10),
+        vec![("a".to_owned(), 10), ("b".to_owned(), 6)]
+    );
+    // Pages: the first `limit`, then those named after the last one seen.
+    assert_eq!(summary(None, 1), vec![("a".to_owned(), 10)]);
+    assert_eq!(summary(Some(&room("a")), 1), vec![("b".to_owned(), 6)]);
+    assert_eq!(summary(Some(&room("b")), 1), vec![]);
+    assert_eq!(summary(Some(&room("0")), 5).len(), 2);
 }
 
 #[test]

@@ -13,7 +13,9 @@ use parlor::config::ClusterMode;
 use parlor::metrics::Metrics;
 use parlor::protocol::RoomName;
 use parlor::store::redis::Settings;
-use parlor::store::{Append, Batch, NewRoom, ReadLimit, RedisLog, Retention, Store, StoredMessage};
+use parlor::store::{
+    Append, Batch, NewRoom, ReadLimit, ReadMarker, RedisLog, Retention, Store, StoredMessage,
+};
 
 fn settings(urls: &str, mode: ClusterMode, node: &str) -> Settings {
     Settings {
@@ -57,6 +59,7 @@ fn batch(room: &RoomName, epoch: &str, msgs: Vec<StoredMessage>) -> Batch {
             .map(|m| Append::new(room.clone(), m))
             .collect(),
         expired: Vec::new(),
+        read_markers: Vec::new(),
     }
 }
 
@@ -132,16 +135,20 @@ fn one_sequence_per_room_across_nodes_on_one_server() {
     let b = connect(settings(&redis.url(), ClusterMode::Single, "nb"));
     let room = RoomName::parse("lobby").unwrap();
     numbers_dedups_reads_and_agrees_on_epochs(&a, &b, &room);
-    let rooms = a.rooms().unwrap();
+    let rooms = a.rooms(None, 10).unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].last, 3);
+    assert_eq!(a.rooms(Some(&room), 10).unwrap(), []);
     assert_eq!(a.room_count(), 1);
+    read_markers_only_go_forward(&a, &b, &room);
 
     // Age retention deletes old messages but keeps the newest.
     let old = RoomName::parse("old").unwrap();
     let e = a.load_room(&old, 10).unwrap().epoch;
     let mut b3 = batch(&old, &e, (1..=5).map(|i| msg("u", "x", None, i)).collect());
     a.append(&mut b3).unwrap();
+    a.append(&mut marks(&[(&old, "u", 5)])).unwrap();
+    assert_eq!(a.read_markers(&old).unwrap(), [("u".into(), 5)]);
     // The room index is written behind the append.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while a.room_count() < 2 {
@@ -167,6 +174,11 @@ fn one_sequence_per_room_across_nodes_on_one_server() {
     };
     a.append(&mut expire).unwrap();
     assert_eq!(a.epoch(&old).unwrap(), None);
+    assert_eq!(
+        a.read_markers(&old).unwrap(),
+        [],
+        "markers go with the room"
+    );
     let fresh = a.load_room(&old, 10).unwrap();
     assert_eq!(fresh.last, 0);
     assert_ne!(fresh.epoch, e);
@@ -202,5 +214,40 @@ fn one_sequence_per_room_across_nodes_on_a_redis_cluster() {
         .push(Append::new(r1.clone(), msg("c", "3", None, 9)));
     a.append(&mut mixed).unwrap();
     assert_eq!(seqs(&mixed), [(4, false), (4, false), (5, false)]);
-    assert_eq!(b.rooms().unwrap().len(), 4);
+    assert_eq!(b.rooms(None, 1000).unwrap().len(), 4);
+    let page = b.rooms(Some(&r2), 2).unwrap();
+    let names: Vec<&str> = page.iter().map(|r| r.room.as_str()).collect();
+    assert_eq!(names, ["dm:ann:bob", "lobby"]);
+    // Markers of rooms in different slots, in one batch.
+    a.append(&mut marks(&[(&r1, "ann", 5), (&r2, "ann", 4)]))
+        .unwrap();
+    assert_eq!(b.read_markers(&r1).unwrap(), [("ann".into(), 5)]);
+    assert_eq!(b.read_markers(&r2).unwrap(), [("ann".into(), 4)]);
+}
+
+/// A batch of read markers alone.
+fn marks(markers: &[(&RoomName, &str, u64)]) -> Batch {
+    Batch {
+        read_markers: markers
+            .iter()
+            .map(|(room, user, sequence)| ReadMarker {
+                room: (*room).clone(),
+                user: (*user).into(),
+                sequence: *sequence,
+            })
+            .collect(),
+        ..Batch::default()
+    }
+}
+
+/// Read markers kept by the shared log: the highest wins, whichever node
+/// hands it in and in whatever order.
+fn read_markers_only_go_forward(a: &RedisLog, b: &RedisLog, room: &RoomName) {
+    a.append(&mut marks(&[(room, "ann", 2), (room, "bob", 1)]))
+        .unwrap();
+    b.append(&mut marks(&[(room, "ann", 3)])).unwrap();
+    a.append(&mut marks(&[(room, "ann", 1)])).unwrap();
+    let want: Vec<(Arc<str>, u64)> = vec![("ann".into(), 3), ("bob".into(), 1)];
+    assert_eq!(a.read_markers(room).unwrap(), want);
+    assert_eq!(b.read_markers(room).unwrap(), want);
 }

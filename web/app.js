@@ -11,6 +11,9 @@
   const BACKOFF_CAP_MS = 15000;
   const OFFLINE_AFTER_ATTEMPTS = 6; // then say "offline" (still retrying)
   const LARGE_ROOM = 50; // above this many online users, show only the count
+  const TYPING_SEND_MS = 1500; // send `typing` at most this often
+  const TYPING_SHOW_MS = 4000; // show "… is typing" this long
+  const WS_FAILURES_FOR_SSE = 2; // WebSocket attempts that never got `connected`, then SSE
   const store = {
     get(k, d) { try { const v = localStorage.getItem("parlor." + k); return v === null ? d : v; } catch { return d; } },
     set(k, v) { try { localStorage.setItem("parlor." + k, v); } catch { /* private mode */ } },
@@ -33,7 +36,18 @@
     rooms: new Map(), // name -> Room, in open order
     active: "",
     allRooms: [],
+    transport: "ws", // ws | sse (WebSocket blocked: Server-Sent Events + POST)
+    wsFailures: 0, // WebSocket attempts in a row that never got `connected`
+    gotConnected: false,
+    status: "online", // ours: online | away | busy
+    autoAway: false, // set by the away timer, undone on focus
+    awayTimer: 0,
+    lastTypingSent: 0,
+    token: "", // with a token URL: the JWT we connect with
+    tokenUrl: new URLSearchParams(location.search).get("tokenUrl") || store.get("tokenUrl", ""),
+    refreshTimer: 0,
   };
+  const AWAY_AFTER_MS = Number(store.get("awayAfterMs", "180000")) || 180000;
 
   function newRoom(name) {
     return {
@@ -49,6 +63,11 @@
       loadingOlder: false,
       noOlder: false,
       unread: 0,
+      read: 0, // our read marker (from `joined` and `read`), the unread count is last - read
+      refused: "", // why the server refused the join (forbidden)
+      typing: new Map(), // user -> timer
+      status: new Map(), // user -> {status, text}
+      es: null, // EventSource in SSE mode
       presence: new Map(), // user -> lastSeen
       presenceCount: 0,
       presenceTruncated: false,
@@ -88,14 +107,66 @@
 
   // ---- connection ------------------------------------------------------------
 
-  function wsUrl() {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${proto}//${location.host}/ws?user=${encodeURIComponent(S.name)}`;
+  function who() {
+    return S.token ? `token=${encodeURIComponent(S.token)}` : `user=${encodeURIComponent(S.name)}`;
   }
 
-  function connect() {
+  function wsUrl() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${proto}//${location.host}/ws?${who()}`;
+  }
+
+  // ---- tokens: with a token-issuing URL, connect with a JWT and refresh it
+  // in time (a `refresh` frame on the open socket; SSE streams reopen).
+  async function fetchToken() {
+    const res = await fetch(S.tokenUrl, { credentials: "include", cache: "no-store" });
+    if (!res.ok) throw new Error("token URL answered " + res.status);
+    const text = (await res.text()).trim();
+    let token = text;
+    try { const j = JSON.parse(text); token = j.token || j.access_token || text; } catch { /* plain text */ }
+    S.token = token;
+    return token;
+  }
+
+  function tokenExpiry(token) {
+    try {
+      const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return typeof payload.exp === "number" ? payload.exp * 1000 : 0;
+    } catch { return 0; }
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(S.refreshTimer);
+    const exp = tokenExpiry(S.token);
+    if (!S.tokenUrl || !exp) return;
+    // At four fifths of what is left, and at least 5 s before the end.
+    const left = exp - Date.now();
+    const wait = Math.max(1000, Math.min(left * 0.8, left - 5000));
+    S.refreshTimer = setTimeout(async () => {
+      try {
+        const token = await fetchToken();
+        if (S.transport === "ws") send({ type: "refresh", token });
+        else for (const r of S.rooms.values()) openSse(r);
+        scheduleRefresh();
+      } catch (e) {
+        console.warn("parlor: token refresh failed", e);
+        S.refreshTimer = setTimeout(scheduleRefresh, 10000);
+      }
+    }, wait);
+  }
+
+  async function connect() {
     clearTimeout(S.retryTimer);
     S.retryTimer = 0;
+    if (S.tokenUrl && !S.token) {
+      try { await fetchToken(); scheduleRefresh(); } catch (e) { console.warn("parlor: no token", e); scheduleReconnect(); return; }
+    }
+    if (S.transport === "sse") {
+      if (S.ws) { const ws = S.ws; S.ws = null; detach(ws); try { ws.close(); } catch { /* ignore */ } }
+      connectSse();
+      return;
+    }
+    S.gotConnected = false;
     if (S.ws) { detach(S.ws); try { S.ws.close(); } catch { /* ignore */ } }
     const proto = S.format === "msgpack" ? "parlor.v1.msgpack" : "parlor.v1.json";
     let ws;
@@ -135,6 +206,18 @@
     ws.onclose = (ev) => {
       if (S.ws !== ws) return;
       S.ws = null;
+      if (!S.gotConnected) {
+        // Only when HTTP gets through and WebSockets do not (a proxy that
+        // blocks them): chat over SSE + POST. A server that is down is not that.
+        fetch("/healthz", { cache: "no-store" }).then((res) => res.ok, () => false).then((httpUp) => {
+          if (!httpUp) { S.wsFailures = 0; return; }
+          if (++S.wsFailures >= WS_FAILURES_FOR_SSE && S.transport === "ws") {
+            S.transport = "sse";
+            S.attempt = 0;
+            connect();
+          }
+        });
+      }
       for (const r of S.rooms.values()) r.joined = false;
       renderRoomList();
       if (ev.code === 4001) {
@@ -147,6 +230,57 @@
 
   function detach(ws) {
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  }
+
+  // ---- fallback transport: one EventSource per open room, POST to send -----
+
+  function connectSse() {
+    S.me = S.name;
+    S.attempt = 0;
+    setState("connected");
+    $("fmt-current").textContent = "Connected with Server-Sent Events + POST (WebSocket unavailable).";
+    renderMe();
+    for (const r of S.rooms.values()) openSse(r);
+    refreshRooms();
+  }
+
+  function openSse(r) {
+    if (r.es) r.es.close();
+    let url = `/api/rooms/${encodeURIComponent(r.name)}/events?${who()}&presence=1`;
+    if (r.epoch !== null) url += `&since=${r.last}`;
+    const es = new EventSource(url);
+    r.es = es;
+    for (const type of ["joined", "message", "presence", "presence_diff", "typing", "read", "error"]) {
+      es.addEventListener(type, (ev) => {
+        if (r.es !== es) return;
+        let data;
+        try { data = JSON.parse(ev.data); } catch { return; }
+        S.lastRx = Date.now();
+        if (type === "joined") r.awaitInitialHistory = false;
+        handle({ type, data });
+      });
+    }
+    es.onerror = () => {
+      // EventSource reconnects by itself, with Last-Event-ID.
+      if (r.es === es) { r.joined = false; renderRoomList(); }
+    };
+  }
+
+  async function postPending(r, p) {
+    p.sentOn = S.connId;
+    try {
+      const res = await fetch(`/api/rooms/${encodeURIComponent(r.name)}/messages`, {
+        method: "POST",
+        headers: Object.assign({ "content-type": "application/json" }, S.token ? { authorization: "Bearer " + S.token } : {}),
+        body: JSON.stringify({ user: S.name, content: p.content, id: p.id }),
+      });
+      const body = await res.json().catch(() => ({}));
+      if (res.ok) { onAck(p.id, { room: r.name, sequence: body.sequence }); return; }
+      onError(p.id, (body && body.error) || { code: "internal" });
+    } catch {
+      p.sentOn = -1;
+      setTimeout(() => { if (r.pending.has(p.id)) sendPending(r, p); }, 2000);
+    }
   }
 
   function scheduleReconnect() {
@@ -169,6 +303,7 @@
   }
 
   function send(frame) {
+    if (S.transport === "sse") return false;
     const ws = S.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN || S.state !== "connected") return false;
     ws.send(S.format === "msgpack" ? MsgPack.encode(frame) : JSON.stringify(frame));
@@ -197,12 +332,16 @@
     S.stateNote = note || "";
     const conn = $("conn");
     conn.dataset.state = state;
+    conn.dataset.transport = S.transport;
     $("conn-text").textContent = {
       connecting: "connecting…",
-      connected: "connected",
+      connected: S.transport === "sse" ? "connected · SSE" : "connected · WebSocket",
       reconnecting: "reconnecting…",
       offline: "offline",
     }[state];
+    conn.title = S.transport === "sse"
+      ? "Server-Sent Events + HTTP POST (the WebSocket could not connect)"
+      : "WebSocket";
     document.body.dataset.conn = state;
     renderBanner();
     renderRoomList();
@@ -241,12 +380,17 @@
       case "history": return onHistory(d);
       case "presence": return onPresence(d);
       case "presence_diff": return onPresenceDiff(d);
+      case "typing": return onTyping(d);
+      case "read": return onRead(d);
+      case "refreshed": return scheduleRefresh();
       case "error": return onError(f.id, d);
       case "heartbeat": case "pong": return;
     }
   }
 
   function onConnected(d) {
+    S.gotConnected = true;
+    S.wsFailures = 0;
     S.me = d.user || S.name;
     if (typeof d.heartbeatMs === "number" && d.heartbeatMs > 0) S.heartbeatMs = d.heartbeatMs;
     S.attempt = 0;
@@ -254,11 +398,14 @@
     $("fmt-current").textContent = `Connected with ${d.format || S.format}${d.server ? " to " + d.server : ""}.`;
     renderMe();
     for (const r of S.rooms.values()) sendJoin(r);
+    // A status lasts while we are connected: tell it again.
+    if (S.status !== "online") send({ type: "status", status: S.status });
     refreshRooms();
   }
 
   function sendJoin(r) {
-    const frame = { type: "join", room: r.name };
+    if (S.transport === "sse") { openSse(r); return; }
+    const frame = { type: "join", room: r.name, id: "j-" + r.name };
     if (r.epoch !== null) {
       // Re-join: ask for everything after what we have, in this log.
       frame.since = r.last;
@@ -275,12 +422,14 @@
     const r = S.rooms.get(d.room);
     if (!r) return;
     const rejoin = r.epoch !== null;
-    if (rejoin && d.recovered === false) {
+    if (rejoin && d.recovered === false && S.transport === "ws") {
       // The log we knew is gone or too far behind: start over from the replay.
       clearRoom(r);
     }
     r.epoch = d.epoch;
     r.joined = true;
+    r.refused = "";
+    if (typeof d.read === "number") r.read = Math.max(r.read, d.read);
     refreshRoomsSoon();
     if (!rejoin) r.last = Math.max(r.last, d.last || 0);
     renderRoomList();
@@ -290,6 +439,108 @@
     for (const p of r.pending.values()) {
       if (p.sentOn !== S.connId && !p.error) sendPending(r, p);
     }
+    markRead(r);
+  }
+
+  // ---- read markers: the unread count is what came after our marker ----
+
+  function unreadOf(r) {
+    return Math.max(0, r.last - r.read);
+  }
+
+  function markRead(r) {
+    if (r.name !== S.active || document.hidden || !r.joined || r.last <= r.read) return;
+    r.read = r.last;
+    send({ type: "read", room: r.name, sequence: r.last });
+    renderRoomList();
+  }
+
+  function onRead(d) {
+    const r = S.rooms.get(d.room);
+    if (!r || d.user !== S.me || typeof d.sequence !== "number") return;
+    // Another device or tab of ours read it.
+    if (d.sequence > r.read) { r.read = d.sequence; renderRoomList(); }
+  }
+
+  // ---- typing --------------------------------------------------------------
+
+  function onTyping(d) {
+    const r = S.rooms.get(d.room);
+    if (!r || !d.user || d.user === S.me) return;
+    clearTimeout(r.typing.get(d.user));
+    r.typing.set(d.user, setTimeout(() => { r.typing.delete(d.user); renderTyping(); }, TYPING_SHOW_MS));
+    renderTyping();
+  }
+
+  function stopTyping(r, user) {
+    if (!r.typing.has(user)) return;
+    clearTimeout(r.typing.get(user));
+    r.typing.delete(user);
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const r = S.rooms.get(S.active);
+    const t = $("typing");
+    const users = r ? Array.from(r.typing.keys()).sort() : [];
+    t.dataset.users = users.join(",");
+    if (!users.length) { t.textContent = ""; return; }
+    t.textContent = users.length === 1 ? `${users[0]} is typing…`
+      : users.length === 2 ? `${users[0]} and ${users[1]} are typing…`
+        : `${users.length} people are typing…`;
+  }
+
+  function typed() {
+    const r = S.rooms.get(S.active);
+    if (!r || !r.joined || Date.now() - S.lastTypingSent < TYPING_SEND_MS) return;
+    S.lastTypingSent = Date.now();
+    send({ type: "typing", room: r.name });
+  }
+
+  // ---- status ----------------------------------------------------------------
+
+  function setStatus(status, auto) {
+    S.autoAway = !!auto && status === "away";
+    if (status === S.status) return;
+    S.status = status;
+    if (!auto) store.set("status", status === "away" ? "online" : status);
+    $("status-select").value = status;
+    $("me").dataset.status = status;
+    send({ type: "status", status });
+  }
+
+  function startAwayTimer() {
+    clearTimeout(S.awayTimer);
+    S.awayTimer = setTimeout(() => { if (S.status === "online") setStatus("away", true); }, AWAY_AFTER_MS);
+  }
+
+  function backFromAway() {
+    clearTimeout(S.awayTimer);
+    if (S.autoAway) setStatus("online", false);
+  }
+
+  // ---- direct messages ---------------------------------------------------------
+
+  function dmRoom(a, b) {
+    const [x, y] = a < b ? [a, b] : [b, a];
+    return `dm:${x}:${y}`;
+  }
+
+  // Whether a DM room can be named for us and `u` (PROTOCOL.md §4).
+  function canDm(u) {
+    const ok = (n) => /^[A-Za-z0-9_.\-]+$/.test(n);
+    return ok(S.me) && ok(u) && ROOM_RE.test(dmRoom(S.me, u));
+  }
+
+  function dmPeer(name) {
+    if (!name.startsWith("dm:")) return null;
+    const [x, y] = name.slice(3).split(":");
+    return x === S.me ? y : x;
+  }
+
+  function roomLabel(name) {
+    const peer = dmPeer(name);
+    return peer ? "@" + peer : "#" + name;
   }
 
   function clearRoom(r) {
@@ -367,13 +618,9 @@
     }
     const stick = r.name === S.active && nearBottom();
     const added = insertMessage(r, d);
-    if (added && live && r.name !== S.active) {
-      r.unread++;
-      renderRoomList();
-    } else if (added && live && document.hidden && d.user !== S.me) {
-      r.unread++;
-      renderRoomList();
-    }
+    if (live) stopTyping(r, d.user);
+    if (added && live && d.user === S.me && r.read === d.sequence - 1) r.read = d.sequence;
+    if (added && live) { markRead(r); renderRoomList(); }
     if (stick) scrollToBottom();
     if (r.name === S.active) renderOlder();
   }
@@ -385,6 +632,7 @@
     if (!p) return;
     r.pending.delete(id);
     p.el.remove();
+    if (S.transport === "sse") r.last = Math.max(r.last, d.sequence);
     // The own copy may come before or after the ack; show it now so the
     // message never disappears, the broadcast then replaces it in place.
     insertMessage(r, {
@@ -440,7 +688,12 @@
     const limit = first - 1 - since;
     r.loadingOlder = true;
     r.requestedOlderSince = since;
-    if (!send({ type: "history", room: r.name, since, limit })) r.loadingOlder = false;
+    if (S.transport === "sse") {
+      fetch(`/api/rooms/${encodeURIComponent(r.name)}/messages?since=${since}&limit=${limit}&${who()}`)
+        .then((res) => res.json())
+        .then((page) => onHistory({ room: r.name, messages: page.messages || [] }))
+        .catch(() => { r.loadingOlder = false; });
+    } else if (!send({ type: "history", room: r.name, since, limit })) r.loadingOlder = false;
     renderOlder();
   }
 
@@ -459,7 +712,11 @@
     const r = S.rooms.get(d.room);
     if (!r) return;
     r.presence = new Map();
-    for (const u of d.users || []) r.presence.set(u.user, u.lastSeen);
+    r.status = new Map();
+    for (const u of d.users || []) {
+      r.presence.set(u.user, u.lastSeen);
+      r.status.set(u.user, { status: u.status || "online", text: u.text || "" });
+    }
     r.presenceCount = typeof d.count === "number" ? d.count : r.presence.size;
     r.presenceTruncated = !!d.truncated;
     clearInterval(r.presenceTimer);
@@ -478,12 +735,24 @@
     }
     for (const u of d.leaves || []) {
       if (r.presence.delete(u) || r.presenceTruncated) r.presenceCount = Math.max(0, r.presenceCount - 1);
+      r.status.delete(u);
+      stopTyping(r, u);
     }
+    for (const u of d.joins || []) if (!r.status.has(u)) r.status.set(u, { status: "online", text: "" });
+    for (const c of d.changes || []) r.status.set(c.user, { status: c.status || "online", text: c.text || "" });
     if (r.name === S.active) renderPresence();
   }
 
   function onError(id, d) {
     const code = d.code || "error";
+    if (id && id.startsWith("j-") && S.rooms.has(id.slice(2))) {
+      const r = S.rooms.get(id.slice(2));
+      r.refused = d.message || code;
+      renderRoomList();
+      if (r.name === S.active) renderRoomHead();
+      toast(`${code === "forbidden" ? "Not allowed" : "Cannot join"}: ${d.message || ""}`);
+      return;
+    }
     if (id) {
       for (const r of S.rooms.values()) {
         const p = r.pending.get(id);
@@ -530,6 +799,7 @@
   }
 
   function sendPending(r, p) {
+    if (S.transport === "sse") { postPending(r, p); return; }
     if (send({ type: "message", id: p.id, data: { room: r.name, content: p.content } })) {
       p.sentOn = S.connId;
     }
@@ -580,6 +850,7 @@
     if (!r) return;
     if (r.pending.size && !confirm(`${r.pending.size} message(s) in #${name} are not sent yet. Leave anyway?`)) return;
     send({ type: "leave", room: name });
+    if (r.es) r.es.close();
     clearInterval(r.presenceTimer);
     S.rooms.delete(name);
     if (S.active === name) {
@@ -598,7 +869,7 @@
     $("room-view").hidden = !r;
     closeMenu();
     if (!r) { saveOpenRooms(); renderRoomList(); return; }
-    r.unread = 0;
+    markRead(r);
     messagesListFor(r);
     $("messages").replaceWith(r.list);
     r.list.id = "messages";
@@ -610,6 +881,7 @@
     renderRoomHead();
     renderPresence();
     renderOlder();
+    renderTyping();
     scrollToBottom();
     saveOpenRooms();
     renderRoomList();
@@ -619,26 +891,33 @@
   function renderRoomHead() {
     const r = S.rooms.get(S.active);
     if (!r) return;
-    $("room-title").textContent = "#" + r.name;
+    $("room-title").textContent = roomLabel(r.name);
     $("room-view").dataset.room = r.name;
     $("room-view").dataset.joined = r.joined ? "true" : "false";
+    $("room-view").dataset.refused = r.refused ? "true" : "false";
+    $("refused").hidden = !r.refused;
+    $("refused").textContent = r.refused ? `You cannot open this room: ${r.refused}` : "";
   }
 
   function renderRoomList() {
     const ul = $("open-rooms");
     ul.replaceChildren();
+    const dms = $("dm-rooms");
+    dms.replaceChildren();
     for (const r of S.rooms.values()) {
       const li = el("li", "room-item");
       li.dataset.room = r.name;
       if (r.name === S.active) li.classList.add("active");
       const b = el("button", "room-btn");
       b.type = "button";
-      b.append(el("span", "room-name", "#" + r.name));
-      if (!r.joined && S.state === "connected") b.append(el("span", "muted small", " joining…"));
-      if (r.unread) {
-        const badge = el("span", "badge", r.unread > 99 ? "99+" : String(r.unread));
-        badge.dataset.unread = String(r.unread);
-        badge.title = `${r.unread} unread`;
+      b.append(el("span", "room-name", roomLabel(r.name)));
+      if (r.refused) b.append(el("span", "muted small", " not allowed"));
+      else if (!r.joined && S.state === "connected") b.append(el("span", "muted small", " joining…"));
+      const unread = unreadOf(r);
+      if (unread) {
+        const badge = el("span", "badge", unread > 99 ? "99+" : String(unread));
+        badge.dataset.unread = String(unread);
+        badge.title = `${unread} unread`;
         b.append(badge);
       }
       b.onclick = () => activate_(r.name);
@@ -648,12 +927,13 @@
       x.setAttribute("aria-label", "Leave " + r.name);
       x.onclick = () => closeRoom(r.name);
       li.append(b, x);
-      ul.append(li);
+      (r.name.startsWith("dm:") ? dms : ul).append(li);
     }
-    $("no-open").hidden = S.rooms.size > 0;
+    $("no-open").hidden = ul.children.length > 0;
+    $("dm-section").hidden = dms.children.length === 0;
     renderAllRooms();
     let unread = 0;
-    for (const r of S.rooms.values()) unread += r.unread;
+    for (const r of S.rooms.values()) unread += unreadOf(r);
     document.title = (unread ? `(${unread}) ` : "") + (S.active ? `#${S.active} · parlor` : "parlor");
     $("menu-toggle").dataset.unread = unread ? "true" : "false";
     if ($("room-view").dataset.room === S.active) {
@@ -666,6 +946,7 @@
     const ul = $("all-rooms");
     ul.replaceChildren();
     for (const info of S.allRooms) {
+      if (info.room.startsWith("dm:")) continue;
       const li = el("li", "room-item");
       li.dataset.room = info.room;
       const b = el("button", "room-btn");
@@ -682,6 +963,7 @@
     $("no-rooms").hidden = S.allRooms.length > 0;
   }
 
+  const ROOM_PAGES = 5;
   let roomsTimer = 0;
   let roomsSoon = 0;
   function refreshRoomsSoon() {
@@ -692,10 +974,21 @@
     clearTimeout(roomsTimer);
     roomsTimer = setTimeout(refreshRooms, 15000);
     try {
-      const res = await fetch("/api/rooms", { cache: "no-store" });
-      if (!res.ok) return;
-      const list = await res.json();
-      if (!Array.isArray(list)) return;
+      // The list comes in pages (in name order); a sidebar needs no more
+      // than the first few.
+      const list = [];
+      let after = "";
+      for (let page = 0; page < ROOM_PAGES; page++) {
+        const q = "?limit=200&user=" + encodeURIComponent(S.me || S.name) +
+          (after ? "&after=" + encodeURIComponent(after) : "");
+        const res = await fetch("/api/rooms" + q, { cache: "no-store" });
+        if (!res.ok) return;
+        const body = await res.json();
+        if (!body || !Array.isArray(body.rooms)) return;
+        list.push(...body.rooms);
+        if (!body.next) break;
+        after = body.next;
+      }
       list.sort((a, b) => b.members - a.members || (a.room < b.room ? -1 : 1));
       S.allRooms = list;
       renderAllRooms();
@@ -726,8 +1019,22 @@
     for (const u of users) {
       const li = el("li", "person");
       li.dataset.user = u;
-      li.append(el("span", "dot", ""), el("span", "pname", u));
+      const st = r.status.get(u) || { status: "online", text: "" };
+      li.dataset.status = st.status;
+      const dot = el("span", "dot", "");
+      dot.title = st.status;
+      li.append(dot, el("span", "pname", u));
       if (u === S.me) li.append(el("span", "muted small", " (you)"));
+      if (st.status !== "online" || st.text) {
+        li.append(el("span", "pstatus muted small", " " + st.status + (st.text ? ": " + st.text : "")));
+      }
+      if (u !== S.me && !r.name.startsWith("dm:") && canDm(u)) {
+        const dm = el("button", "link-btn dm-btn", "DM");
+        dm.type = "button";
+        dm.title = "Direct message " + u;
+        dm.onclick = () => openRoom(dmRoom(S.me, u));
+        li.append(dm);
+      }
       ul.append(li);
     }
   }
@@ -831,7 +1138,7 @@
       input.style.height = "auto";
       input.style.height = Math.min(input.scrollHeight, 160) + "px";
     };
-    input.addEventListener("input", autosize);
+    input.addEventListener("input", () => { autosize(); if (input.value) typed(); });
     input.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
@@ -850,9 +1157,15 @@
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) {
         const r = S.rooms.get(S.active);
-        if (r && r.unread) { r.unread = 0; renderRoomList(); }
+        if (r) markRead(r);
       }
     });
+    $("status-select").value = S.status = store.get("status", "online") === "busy" ? "busy" : "online";
+    $("me").dataset.status = S.status;
+    $("status-select").onchange = (e) => setStatus(e.target.value, false);
+    window.addEventListener("blur", startAwayTimer);
+    window.addEventListener("focus", backFromAway);
+    if (!document.hasFocus()) startAwayTimer();
 
     let saved = [];
     try { saved = JSON.parse(store.get("rooms", "[]")); } catch { /* ignore */ }
@@ -870,9 +1183,11 @@
     get state() { return S.state; },
     get me() { return S.me; },
     get format() { return S.format; },
+    get transport() { return S.transport; },
+    get status() { return S.status; },
     room(name) {
       const r = S.rooms.get(name);
-      return r && { last: r.last, epoch: r.epoch, joined: r.joined, pending: r.pending.size, sequences: Array.from(r.msgs.keys()).sort((a, b) => a - b) };
+      return r && { last: r.last, read: r.read, unread: unreadOf(r), epoch: r.epoch, joined: r.joined, refused: r.refused, pending: r.pending.size, sequences: Array.from(r.msgs.keys()).sort((a, b) => a - b) };
     },
   };
 

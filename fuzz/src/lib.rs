@@ -61,7 +61,7 @@ async fn read_loop<R: AsyncRead + Unpin + Send>(raw: R, max: usize) -> Outcome {
     let mut assembler = Assembler::new(max);
     let mut messages = Vec::new();
     let end = loop {
-        let frame = match reader.next().await {
+        let frame = match reader.next_frame().await {
             Ok(frame) => frame,
             Err(ReadError::Closed) => break End::Eof,
             Err(ReadError::Protocol(code)) => break End::Closed(code),

@@ -8,7 +8,10 @@
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use super::room::RoomName;
+use super::status::{Availability, Status, MAX_STATUS_TEXT};
 use super::Format;
 use crate::error::ErrorCode;
 
@@ -41,6 +44,23 @@ pub enum ClientMsg {
         room: RoomName,
     },
     Ping,
+    /// Sets the user's status in every room they are in.
+    Status {
+        status: Status,
+    },
+    /// The user is typing in `room` (relayed, never stored).
+    Typing {
+        room: RoomName,
+    },
+    /// The user has read `room` up to `sequence` (stored per user).
+    Read {
+        room: RoomName,
+        sequence: u64,
+    },
+    /// A new token for this session (same `sub`): new expiry and grants.
+    Refresh {
+        token: String,
+    },
 }
 
 impl ClientMsg {
@@ -52,8 +72,10 @@ impl ClientMsg {
             | ClientMsg::Leave { room }
             | ClientMsg::Message { room, .. }
             | ClientMsg::History { room, .. }
-            | ClientMsg::Presence { room } => Some(room),
-            ClientMsg::Ping => None,
+            | ClientMsg::Presence { room }
+            | ClientMsg::Typing { room }
+            | ClientMsg::Read { room, .. } => Some(room),
+            ClientMsg::Ping | ClientMsg::Status { .. } | ClientMsg::Refresh { .. } => None,
         }
     }
 }
@@ -84,6 +106,10 @@ struct Raw {
     epoch: Option<String>,
     limit: Option<u64>,
     data: Option<RawData>,
+    status: Option<String>,
+    text: Option<String>,
+    sequence: Option<u64>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +155,7 @@ fn parse<T: serde::de::DeserializeOwned>(format: Format, bytes: &[u8]) -> Result
             }
             serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
         }
+        Format::Sse => Err("server-sent events carry no client frames".into()),
         Format::Msgpack => {
             let is_map = matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf));
             if !is_map {
@@ -189,6 +216,37 @@ fn interpret(raw: Raw) -> Result<Request, (ErrorCode, String)> {
             room: room(raw.room)?,
         },
         "ping" => ClientMsg::Ping,
+        "status" => {
+            let name = raw
+                .status
+                .ok_or_else(|| bad("missing string field `status`"))?;
+            let availability = Availability::parse(&name)
+                .ok_or_else(|| bad("`status` is one of online, away, busy"))?;
+            if let Some(t) = &raw.text {
+                if t.chars().count() > MAX_STATUS_TEXT {
+                    let m = format!("`text` is over {MAX_STATUS_TEXT} characters");
+                    return Err((ErrorCode::TooLarge, m));
+                }
+            }
+            let text = raw.text.filter(|t| !t.is_empty()).map(Arc::from);
+            ClientMsg::Status {
+                status: Status { availability, text },
+            }
+        }
+        "typing" => ClientMsg::Typing {
+            room: room(raw.room)?,
+        },
+        "read" => ClientMsg::Read {
+            sequence: raw
+                .sequence
+                .ok_or_else(|| bad("missing integer field `sequence`"))?,
+            room: room(raw.room)?,
+        },
+        "refresh" => ClientMsg::Refresh {
+            token: raw
+                .token
+                .ok_or_else(|| bad("missing string field `token`"))?,
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err((ErrorCode::UnknownType, format!("unknown type {shown:?}")));
@@ -229,6 +287,40 @@ mod tests {
             }
         ));
         assert_eq!(json(r#"{"type":"ping"}"#).unwrap().msg, ClientMsg::Ping);
+        let r = json(r#"{"type":"status","status":"busy","text":"in a call"}"#).unwrap();
+        assert_eq!(
+            r.msg,
+            ClientMsg::Status {
+                status: Status {
+                    availability: Availability::Busy,
+                    text: Some("in a call".into())
+                }
+            }
+        );
+        let r = json(r#"{"type":"read","room":"a","sequence":7}"#).unwrap();
+        assert!(matches!(r.msg, ClientMsg::Read { sequence: 7, .. }));
+        let r = json(r#"{"type":"typing","room":"a"}"#).unwrap();
+        assert!(matches!(r.msg, ClientMsg::Typing { .. }));
+    }
+
+    #[test]
+    fn status_and_read_are_checked() {
+        let e = json(r#"{"type":"status","status":"asleep"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let long = format!(
+            r#"{{"type":"status","status":"away","text":"{}"}}"#,
+            "é".repeat(129)
+        );
+        assert_eq!(json(&long).unwrap_err().code, ErrorCode::TooLarge);
+        let ok = format!(
+            r#"{{"type":"status","status":"away","text":"{}"}}"#,
+            "é".repeat(128)
+        );
+        assert!(json(&ok).is_ok());
+        let e = json(r#"{"type":"read","room":"a"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = json(r#"{"type":"refresh"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
     #[test]

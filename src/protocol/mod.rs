@@ -6,25 +6,34 @@ pub mod client;
 pub mod frame;
 pub mod room;
 pub mod server;
+pub mod status;
 pub mod user;
 
 pub use client::{ClientMsg, DecodeError, Request};
 pub use room::RoomName;
+pub use status::{Availability, Status};
 
 /// How a session's frames are encoded. Negotiated once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     Json,
     Msgpack,
+    /// Server-Sent Events (`GET /api/rooms/{room}/events`): `event:` and a
+    /// JSON `data:` line per frame, no WebSocket header; never negotiated
+    /// on a WebSocket.
+    Sse,
 }
 
 impl Format {
-    pub const ALL: [Format; 2] = [Format::Json, Format::Msgpack];
+    pub const ALL: [Format; 3] = [Format::Json, Format::Msgpack, Format::Sse];
+    /// How many formats there are: the length of per-format arrays.
+    pub const COUNT: usize = 3;
 
     pub fn name(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Msgpack => "msgpack",
+            Format::Sse => "sse",
         }
     }
 
@@ -32,6 +41,7 @@ impl Format {
         match self {
             Format::Json => "parlor.v1.json",
             Format::Msgpack => "parlor.v1.msgpack",
+            Format::Sse => "",
         }
     }
 
@@ -51,7 +61,7 @@ impl Format {
         }
     }
 
-    /// Index into per-format arrays (`[T; 2]`).
+    /// Index into per-format arrays (`[T; Format::COUNT]`).
     pub fn index(self) -> usize {
         self as usize
     }

@@ -25,6 +25,9 @@ struct Envelope<'a, D: Serialize> {
 
 /// Encodes `{type, id?, data?}` as one complete frame in `format`.
 pub fn encode<D: Serialize>(format: Format, ty: &str, id: Option<&str>, data: Option<D>) -> Bytes {
+    if format == Format::Sse {
+        return sse_event(None, ty, data.as_ref());
+    }
     let env = Envelope { ty, id, data };
     let mut buf = frame::payload_buffer(128);
     match format {
@@ -37,7 +40,30 @@ pub fn encode<D: Serialize>(format: Format, ty: &str, id: Option<&str>, data: Op
                 .expect("server messages always serialize");
             frame::finish(OpCode::Binary, buf)
         }
+        Format::Sse => unreachable!("encoded above"),
     }
+}
+
+/// One Server-Sent Event: `id:` (a message's sequence), `event:` the
+/// frame's type, `data:` its `data` as one line of JSON (JSON never holds a
+/// raw line break). A heartbeat is a comment line, the keep-alive.
+fn sse_event<D: Serialize>(id: Option<u64>, ty: &str, data: Option<&D>) -> Bytes {
+    if ty == "heartbeat" {
+        return Bytes::from_static(b": keep-alive\n\n");
+    }
+    let mut out = Vec::with_capacity(128);
+    if let Some(id) = id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(ty.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    match data {
+        Some(d) => serde_json::to_writer(&mut out, d).expect("server messages always serialize"),
+        None => out.extend_from_slice(b"{}"),
+    }
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 /// `data` of a chat `message` frame and of each `history` entry.
@@ -67,7 +93,10 @@ impl<'a> MessageData<'a> {
 }
 
 pub fn message(format: Format, data: &MessageData<'_>) -> Bytes {
-    encode(format, "message", None, Some(data))
+    match format {
+        Format::Sse => sse_event(Some(data.sequence), "message", Some(data)),
+        _ => encode(format, "message", None, Some(data)),
+    }
 }
 
 /// A `history` frame: `messages` oldest first, `more` when older ones exist.
@@ -78,6 +107,15 @@ pub fn history(
     messages: &[StoredMessage],
     more: bool,
 ) -> Bytes {
+    if format == Format::Sse {
+        // A stream has no pages: the history is its messages, each an event
+        // whose id resumes the stream.
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&message(format, &MessageData::of(room, epoch, m)));
+        }
+        return Bytes::from(out);
+    }
     let data = History {
         room,
         messages: messages
@@ -105,6 +143,17 @@ pub struct Joined<'a> {
     pub last: u64,
     pub epoch: &'a str,
     pub recovered: bool,
+    /// The joining user's read marker in this room (0: none).
+    pub read: u64,
+}
+
+/// The answer to a `refresh`: whose session, and when it now expires (ms
+/// since the epoch; null: never).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refreshed<'a> {
+    pub user: &'a str,
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -130,7 +179,27 @@ pub struct History<'a> {
 pub struct PresenceUser<'a> {
     pub user: &'a str,
     pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<&'a str>,
     pub last_seen: u64,
+}
+
+/// A status change in a `presence_diff`.
+#[derive(Serialize, Clone, Copy)]
+pub struct StatusChange<'a> {
+    pub user: &'a str,
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<&'a str>,
+}
+
+/// `typing` (who) and `read` (who, up to where): ephemeral room events.
+#[derive(Serialize)]
+pub struct UserEvent<'a> {
+    pub room: &'a str,
+    pub user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -146,6 +215,7 @@ pub struct PresenceDiff<'a> {
     pub room: &'a str,
     pub joins: &'a [&'a str],
     pub leaves: &'a [&'a str],
+    pub changes: &'a [StatusChange<'a>],
 }
 
 #[derive(Serialize)]
@@ -164,6 +234,13 @@ pub fn error(format: Format, code: ErrorCode, message: &str, id: Option<&str>) -
 
 pub fn bare(format: Format, ty: &str) -> Bytes {
     encode::<()>(format, ty, None, None)
+}
+
+/// The `heartbeat` frame, encoded once per process and shared by every
+/// session (cloning it copies no bytes).
+pub fn heartbeat(format: Format) -> Bytes {
+    static FRAMES: std::sync::OnceLock<[Bytes; Format::COUNT]> = std::sync::OnceLock::new();
+    FRAMES.get_or_init(|| Format::ALL.map(|f| bare(f, "heartbeat")))[format.index()].clone()
 }
 
 #[cfg(test)]
@@ -197,6 +274,27 @@ mod tests {
         assert_eq!(j["type"], "message");
         assert_eq!(j["data"]["sequence"], 7);
         assert_eq!(j["data"]["id"], "e1-7");
+    }
+
+    #[test]
+    fn sse_events_carry_the_sequence_as_id() {
+        let m = StoredMessage {
+            sequence: 9,
+            timestamp: 1,
+            user: "ann".into(),
+            content: "two\nlines".into(),
+            client_msg_id: None,
+        };
+        let f = message(Format::Sse, &MessageData::of("lobby", "e1", &m));
+        let text = std::str::from_utf8(&f).unwrap();
+        let mut lines = text.split('\n');
+        assert_eq!(lines.next(), Some("id: 9"));
+        assert_eq!(lines.next(), Some("event: message"));
+        let data: serde_json::Value =
+            serde_json::from_str(lines.next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data["content"], "two\nlines");
+        assert!(text.ends_with("\n\n"));
+        assert_eq!(&bare(Format::Sse, "heartbeat")[..], b": keep-alive\n\n");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! is broadcast and acked only after its batch is committed, so no client is
 //! ever shown a message the log does not have.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -20,7 +20,7 @@ use crate::error::ErrorCode;
 use crate::message::StoredMessage;
 use crate::protocol::server::{self as msg, MessageData};
 use crate::protocol::{Format, RoomName};
-use crate::store::{Append, Batch, NewRoom, Sequencing, StoreError};
+use crate::store::{Append, Batch, NewRoom, ReadMarker, Sequencing, StoreError};
 
 /// Where the outcome of a publish goes.
 pub enum Origin {
@@ -57,6 +57,12 @@ pub struct Commits {
     /// Rooms to delete with the next batch (their whole log is past
     /// retention); each waits in an `Expiry` slot meanwhile.
     expired: Vec<RoomName>,
+    /// Read markers for the next batch, the highest per (room, user).
+    markers: BTreeMap<(RoomName, Arc<str>), u64>,
+    /// `markers` has one that came since the last batch (markers that came
+    /// back from a failed batch alone start no new one, so a failing log
+    /// is not retried in a loop; they go with the next).
+    fresh_markers: bool,
     /// The batch with the log.
     in_flight: Option<InFlight>,
 }
@@ -82,7 +88,41 @@ impl Commits {
 
     /// Something waits to be handed to the log.
     pub fn has_work(&self) -> bool {
-        !self.appends.is_empty() || !self.expired.is_empty()
+        !self.appends.is_empty()
+            || !self.expired.is_empty()
+            || (self.fresh_markers && !self.markers.is_empty())
+    }
+
+    /// A read marker for the next batch.
+    pub fn mark(&mut self, m: ReadMarker) {
+        self.fresh_markers = true;
+        let at = self.markers.entry((m.room, m.user)).or_insert(0);
+        *at = (*at).max(m.sequence);
+    }
+
+    /// Markers waiting, if any, go with the next batch (at shutdown).
+    pub fn flush_markers(&mut self) {
+        self.fresh_markers = !self.markers.is_empty();
+    }
+
+    fn take_markers(&mut self) -> Vec<ReadMarker> {
+        self.fresh_markers = false;
+        std::mem::take(&mut self.markers)
+            .into_iter()
+            .map(|((room, user), sequence)| ReadMarker {
+                room,
+                user,
+                sequence,
+            })
+            .collect()
+    }
+
+    /// Markers of a failed batch wait for the next one.
+    fn restore_markers(&mut self, failed: Vec<ReadMarker>) {
+        for m in failed {
+            let at = self.markers.entry((m.room, m.user)).or_insert(0);
+            *at = (*at).max(m.sequence);
+        }
     }
 }
 
@@ -151,16 +191,16 @@ impl Rooms {
         self.commits.origins.push(p.origin);
     }
 
-    /// Hands the accumulated batch to the log unless one is already there.
-    /// With nothing pending anywhere, every number handed out is committed,
-    /// so waiting retries are answered at once.
-    pub fn end_round(&mut self) {
+    /// Hands the accumulated batch to the log unless one is already there;
+    /// returns whether it did. With nothing pending anywhere, every number
+    /// handed out is committed, so waiting retries are answered at once.
+    pub fn end_round(&mut self) -> bool {
         if self.commits.in_flight.is_some() {
-            return;
+            return false;
         }
         if !self.commits.has_work() {
             settle_retries(std::mem::take(&mut self.commits.retries), true);
-            return;
+            return false;
         }
         let appends = std::mem::take(&mut self.commits.appends);
         // A shared log is told every room's epoch, to say back the one it has.
@@ -185,11 +225,14 @@ impl Rooms {
             retries: std::mem::take(&mut self.commits.retries),
         });
         let expired = std::mem::take(&mut self.commits.expired);
+        let read_markers = self.commits.take_markers();
         self.effects.push_back(Effect::Commit(Batch {
             new_rooms,
             appends,
             expired,
+            read_markers,
         }));
+        true
     }
 
     /// The outcome of the batch with the log (handed back with it).
@@ -204,6 +247,10 @@ impl Rooms {
             return;
         };
         let expired = std::mem::take(&mut batch.expired);
+        if result.is_err() {
+            let markers = std::mem::take(&mut batch.read_markers);
+            self.commits.restore_markers(markers);
+        }
         if self.limits.sequencing == Sequencing::Log {
             if result.is_ok() {
                 self.tally.expired += expired.len() as u64;
@@ -271,11 +318,12 @@ impl Rooms {
     }
 
     /// Sends a room's next messages (in order, after everything it sent
-    /// before) to its live members.
+    /// before) to its live members, and answers the long polls they release.
     pub(super) fn deliver(&mut self, name: &RoomName, messages: &[StoredMessage], now: Millis) {
         let Some((room, spread)) = self.room_and_spread(name) else {
             return;
         };
+        room.release_waiters();
         let frames = encode(room, messages);
         let (delivered, gone) = fanout::broadcast(&mut room.members, &frames, spread);
         self.tally.deliveries += delivered;
@@ -399,7 +447,7 @@ impl Rooms {
 
 /// Each message once per format in use, as complete frames.
 fn encode(room: &Room, messages: &[StoredMessage]) -> FramesByFormat {
-    let mut frames: FramesByFormat = [Vec::new(), Vec::new()];
+    let mut frames: FramesByFormat = Default::default();
     for format in Format::ALL {
         if room.members.uses(format) {
             frames[format.index()] = messages

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use super::member::{Member, Members, Peer};
 use crate::error::close;
 use crate::outbox::PushError;
+use crate::protocol::Format;
 
 /// Frames of one delivery, one list per format (`Format::index`).
-pub type FramesByFormat = [Vec<Bytes>; 2];
+pub type FramesByFormat = [Vec<Bytes>; Format::COUNT];
 
 /// Runs `deliver` on every member, possibly in parallel, and returns the
 /// positions of the members it returned false for.

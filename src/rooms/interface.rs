@@ -10,7 +10,7 @@ use super::catchup::{Chunk, ReadRequest};
 use super::commit::Publish;
 use super::member::{JoinId, Peer};
 use crate::error::ErrorCode;
-use crate::protocol::RoomName;
+use crate::protocol::{RoomName, Status};
 use crate::store::{Batch, Sequencing, StoreError};
 
 /// Milliseconds since the Unix epoch: the core's only notion of time.
@@ -75,12 +75,39 @@ pub enum Command {
         room: RoomName,
         peer: Arc<Peer>,
     },
+    /// Up to `limit` loaded rooms named after `after`, in name order.
     Stats {
+        after: Option<RoomName>,
+        limit: usize,
         reply: oneshot::Sender<Vec<RoomStats>>,
     },
     /// Retention found the room's whole log past its age.
     Expire {
         room: RoomName,
+    },
+    /// The user of `peer` is typing (relayed, never stored).
+    Typing {
+        room: RoomName,
+        peer: Arc<Peer>,
+    },
+    /// The user of `peer` has read up to `sequence`.
+    Read {
+        room: RoomName,
+        peer: Arc<Peer>,
+        sequence: u64,
+    },
+    /// `user`'s status changed (they are in `room`).
+    Status {
+        room: RoomName,
+        user: Arc<str>,
+        status: Status,
+    },
+    /// A long poll: answered with the room's newest sequence once it is
+    /// past `after`. Dropping the receiver gives up.
+    Wait {
+        room: RoomName,
+        after: u64,
+        reply: oneshot::Sender<u64>,
     },
 }
 
@@ -90,6 +117,10 @@ impl Command {
             Command::Join { room, .. }
             | Command::Leave { room, .. }
             | Command::Presence { room, .. }
+            | Command::Typing { room, .. }
+            | Command::Read { room, .. }
+            | Command::Status { room, .. }
+            | Command::Wait { room, .. }
             | Command::Expire { room } => Some(room),
             Command::Publish(p) => Some(&p.room),
             Command::Stats { .. } => None,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::account::Account;
 use super::Millis;
 use crate::outbox::Outbox;
 use crate::protocol::Format;
@@ -25,6 +26,11 @@ pub struct Peer {
     /// How many rooms it may still create (a message to a room the log
     /// does not have creates it, durably).
     pub new_rooms: Budget,
+    /// What the user's sessions share (their status).
+    pub account: Arc<Account>,
+    /// Sent presence, typing and read events (an SSE stream without
+    /// `presence=1` gets messages only).
+    pub presence_events: bool,
 }
 
 /// A token bucket over the core's clock, shared by the shards a session
@@ -78,6 +84,8 @@ impl Peer {
             format,
             outbox,
             new_rooms: Budget::unlimited(),
+            account: Arc::default(),
+            presence_events: true,
         }
     }
 
@@ -146,7 +154,7 @@ pub struct Members {
     /// client_id → index in `list`.
     index: HashMap<u64, usize>,
     /// Members per format, so frames are encoded only for formats in use.
-    formats: [usize; 2],
+    formats: [usize; Format::COUNT],
 }
 
 impl Members {

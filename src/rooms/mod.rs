@@ -24,9 +24,11 @@
 //! to the log and not settled is never unloaded; a room being loaded parks
 //! its commands, so other rooms never wait for it.
 
+mod account;
 mod catchup;
 mod commit;
 mod dedup;
+mod ephemeral;
 pub mod fanout;
 mod interface;
 mod member;
@@ -39,8 +41,10 @@ mod shared;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+pub use account::Account;
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
+pub use ephemeral::TYPING_EVERY_MS;
 pub use interface::{
     Command, Effect, Fill, Limits, Millis, PresenceChange, ReadDone, RoomStats, Tally,
     FILL_GRACE_MS,
@@ -151,6 +155,11 @@ impl Rooms {
         self.commits.accumulated() >= MAX_BATCH || self.parked >= MAX_PARKED
     }
 
+    /// Messages waiting for the next batch to be handed to the log.
+    pub fn accumulated(&self) -> usize {
+        self.commits.accumulated()
+    }
+
     /// Nothing handed to the log is unsettled and no room is loading.
     pub fn is_settled(&self) -> bool {
         !self.commits.in_flight() && self.commits.accumulated() == 0 && self.parked == 0
@@ -184,8 +193,13 @@ impl Rooms {
             self.next_tick = now + self.limits.presence_window_ms;
         }
         let Some(name) = cmd.room().cloned() else {
-            if let Command::Stats { reply } = cmd {
-                let _ = reply.send(self.stats());
+            if let Command::Stats {
+                after,
+                limit,
+                reply,
+            } = cmd
+            {
+                let _ = reply.send(self.stats(after.as_ref(), limit));
             }
             return;
         };
@@ -203,7 +217,10 @@ impl Rooms {
             }
             None => match cmd {
                 // Nothing to do for a room nobody is in.
-                Command::Leave { .. } => {}
+                Command::Leave { .. }
+                | Command::Typing { .. }
+                | Command::Read { .. }
+                | Command::Status { .. } => {}
                 Command::Presence { room, peer } => {
                     let f = presence_frame(&room, None, peer.format, 0);
                     fanout::push_all(&peer, &[f]);
@@ -322,6 +339,14 @@ impl Rooms {
                 let r = self.room_mut(&room).expect("apply: loaded");
                 fanout::push_all(&peer, &[r.presence_frame(peer.format, now)]);
             }
+            Command::Typing { room, peer } => self.typing(&room, &peer, now),
+            Command::Read {
+                room,
+                peer,
+                sequence,
+            } => self.mark_read(&room, &peer, sequence, now),
+            Command::Status { room, user, status } => self.status(&room, &user, &status),
+            Command::Wait { room, after, reply } => self.wait(&room, after, reply),
             Command::Stats { .. } | Command::Expire { .. } => {
                 unreachable!("handled before a room is looked up")
             }
@@ -428,6 +453,7 @@ impl Rooms {
         let mut gone = Vec::new();
         for slot in self.rooms.values_mut() {
             if let Slot::Loaded(room) = slot {
+                room.prune_waiters();
                 for id in room.flush_presence(max) {
                     gone.push((room.name.clone(), id));
                 }
@@ -458,9 +484,12 @@ impl Rooms {
         }
     }
 
-    pub fn stats(&self) -> Vec<RoomStats> {
+    pub fn stats(&self, after: Option<&RoomName>, limit: usize) -> Vec<RoomStats> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.rooms
-            .values()
+            .range((from, Bound::Unbounded))
+            .map(|(_, slot)| slot)
             .filter_map(|s| match s {
                 Slot::Loaded(r) => Some(RoomStats {
                     room: r.name.clone(),
@@ -470,6 +499,7 @@ impl Rooms {
                 }),
                 Slot::Waiting(..) => None,
             })
+            .take(limit)
             .collect()
     }
 
@@ -478,6 +508,8 @@ impl Rooms {
     /// as usual).
     pub fn stop(&mut self) {
         self.stopping = true;
+        // Read markers that waited for a batch go with the last one.
+        self.commits.flush_markers();
         for slot in self.rooms.values_mut() {
             if let Slot::Waiting(_, parked) = slot {
                 self.parked -= parked.len();
@@ -505,6 +537,13 @@ fn refuse(cmd: Command, why: &str) {
             let f = crate::protocol::server::error(peer.format, ErrorCode::Internal, why, None);
             fanout::push_all(&peer, &[f]);
         }
-        Command::Leave { .. } | Command::Stats { .. } | Command::Expire { .. } => {}
+        Command::Leave { .. }
+        | Command::Stats { .. }
+        | Command::Expire { .. }
+        | Command::Typing { .. }
+        | Command::Read { .. }
+        | Command::Status { .. } => {}
+        // Dropped: the long poll answers with what it has.
+        Command::Wait { .. } => {}
     }
 }

@@ -19,6 +19,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::protocol::Status;
 use crate::store::RemoteNode;
 
 /// Most users listed in a `presence` frame (PROTOCOL.md §3).
@@ -30,6 +31,7 @@ struct Online {
     /// Other nodes that list the user.
     nodes: u32,
     last_seen: u64,
+    status: Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub struct Presence {
     users: BTreeMap<Arc<str>, Online>,
     /// Changes not yet announced, one per user at most.
     changes: BTreeMap<Arc<str>, Change>,
+    /// Users whose status changed since the last announcement.
+    statuses: BTreeSet<Arc<str>>,
     /// Bumped whenever a user comes online or goes offline.
     version: u64,
     /// Cluster mode: changes of this node's own users not yet told to the
@@ -74,9 +78,19 @@ pub enum RemoteUpdate {
 
 pub struct Snapshot<'a> {
     pub count: usize,
-    /// (user, lastSeen ms), at most `MAX_LISTED`, by name.
-    pub users: Vec<(&'a str, u64)>,
+    /// (user, lastSeen ms, status), at most `MAX_LISTED`, by name.
+    pub users: Vec<(&'a str, u64, &'a Status)>,
     pub truncated: bool,
+}
+
+/// One window's changes, each by name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub joins: Vec<Arc<str>>,
+    pub leaves: Vec<Arc<str>>,
+    /// Users still online whose status changed, and joiners whose status
+    /// is not the default: (user, status now).
+    pub statuses: Vec<(Arc<str>, Status)>,
 }
 
 impl Presence {
@@ -89,27 +103,55 @@ impl Presence {
         }
     }
 
-    /// A connection of `user` joined; returns whether the user came online.
-    pub fn add(&mut self, user: &Arc<str>, now_ms: u64) -> bool {
+    /// A connection of `user` joined with the user's `status` (their most
+    /// recent); returns whether the user came online.
+    pub fn add(&mut self, user: &Arc<str>, now_ms: u64, status: &Status) -> bool {
         let online = self.users.entry(user.clone()).or_insert(Online {
             connections: 0,
             nodes: 0,
             last_seen: now_ms,
+            status: Status::default(),
         });
         online.connections += 1;
         online.last_seen = now_ms;
         if online.connections > 1 {
             return false;
         }
+        // Online through another node already: this node's first
+        // connection brings the user's status as this node knows it.
         let came = online.nodes == 0;
+        let restatus = online.status != *status;
+        if came || restatus {
+            online.status = status.clone();
+        }
         if let Some(local) = &mut self.local {
             record(local, user, Change::Join);
         }
         if came {
             self.version += 1;
             record(&mut self.changes, user, Change::Join);
+            if !status.is_default() {
+                self.statuses.insert(user.clone());
+            }
+        } else if restatus {
+            self.version += 1;
+            self.statuses.insert(user.clone());
         }
         came
+    }
+
+    /// `user` set a status; returns whether it changed anything here.
+    pub fn set_status(&mut self, user: &Arc<str>, status: &Status) -> bool {
+        let Some(online) = self.users.get_mut(user) else {
+            return false;
+        };
+        if online.status == *status {
+            return false;
+        }
+        online.status = status.clone();
+        self.version += 1;
+        self.statuses.insert(user.clone());
+        true
     }
 
     /// A connection of `user` left; returns whether the user went offline.
@@ -137,6 +179,7 @@ impl Presence {
                 self.users.remove(user);
                 self.version += 1;
                 record(&mut self.changes, user, Change::Leave);
+                self.statuses.remove(user);
                 true
             }
             _ => false,
@@ -148,6 +191,7 @@ impl Presence {
             connections: 0,
             nodes: 0,
             last_seen: now_ms,
+            status: Status::default(),
         });
         online.nodes += 1;
         if online.nodes == 1 && online.connections == 0 {
@@ -245,7 +289,7 @@ impl Presence {
             .collect()
     }
 
-    /// Changes whenever the set of online users does.
+    /// Changes whenever the set of online users or a status does.
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -261,7 +305,7 @@ impl Presence {
     }
 
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty()
+        !self.changes.is_empty() || !self.statuses.is_empty()
     }
 
     /// Whether this node's own users changed since they were last told.
@@ -269,26 +313,31 @@ impl Presence {
         self.local.as_ref().is_some_and(|l| !l.is_empty())
     }
 
-    /// The changes since the last call: (joins, leaves), each by name.
-    pub fn take_changes(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+    /// The changes since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = Changes::default();
         for (user, change) in std::mem::take(&mut self.changes) {
             match change {
-                Change::Join => joins.push(user),
-                Change::Leave => leaves.push(user),
+                Change::Join => out.joins.push(user),
+                Change::Leave => out.leaves.push(user),
             }
         }
-        (joins, leaves)
+        for user in std::mem::take(&mut self.statuses) {
+            if let Some(online) = self.users.get(&user) {
+                out.statuses.push((user, online.status.clone()));
+            }
+        }
+        out
     }
 
     /// The first `listed` (at most `MAX_LISTED`) users by name, and the count.
     pub fn snapshot(&self, listed: usize) -> Snapshot<'_> {
         let listed = listed.min(MAX_LISTED);
-        let users: Vec<(&str, u64)> = self
+        let users: Vec<(&str, u64, &Status)> = self
             .users
             .iter()
             .take(listed)
-            .map(|(u, o)| (&**u, o.last_seen))
+            .map(|(u, o)| (&**u, o.last_seen, &o.status))
             .collect();
         Snapshot {
             count: self.users.len(),
@@ -330,10 +379,9 @@ mod tests {
         let mut p = Presence::shared();
         p.apply_remote(diff("n2", 1, &["ann", "bob"], &[]), 0);
         assert_eq!(p.count(), 2);
-        let (joins, _) = p.take_changes();
-        assert_eq!(joins.len(), 2);
+        assert_eq!(p.take_changes().joins.len(), 2);
         // ann also connects here: no change for members, one for the nodes.
-        assert!(!p.add(&ann, 1));
+        assert!(!p.add(&ann, 1, &Status::default()));
         assert_eq!(p.take_local(), (vec![ann.clone()], vec![]));
         assert!(!p.has_changes());
         // n2 loses ann: still online here.
@@ -344,7 +392,8 @@ mod tests {
         assert_eq!(p.count(), 2);
         // n2 dies: bob leaves; ann stays (connected here).
         p.node_gone("n2");
-        assert_eq!(p.take_changes(), (vec![], vec!["bob".into()]));
+        let c = p.take_changes();
+        assert_eq!((c.joins, c.leaves), (vec![], vec!["bob".into()]));
         assert!(p.remove(&ann));
         assert_eq!(p.count(), 0);
         assert_eq!(p.take_local(), (vec![], vec![ann]));
@@ -371,13 +420,15 @@ mod tests {
     #[test]
     fn only_first_and_last_connections_are_changes() {
         let a: Arc<str> = "a".into();
+        let on = Status::default();
         let mut p = Presence::default();
-        assert!(p.add(&a, 1));
-        assert!(!p.add(&a, 2));
-        assert_eq!(p.take_changes(), (vec![a.clone()], vec![]));
+        assert!(p.add(&a, 1, &on));
+        assert!(!p.add(&a, 2, &on));
+        assert_eq!(p.take_changes().joins, vec![a.clone()]);
         assert!(!p.remove(&a));
         assert!(p.remove(&a));
-        assert_eq!(p.take_changes(), (vec![], vec![a.clone()]));
+        let c = p.take_changes();
+        assert_eq!((c.joins, c.leaves), (vec![], vec![a.clone()]));
         assert_eq!(p.count(), 0);
     }
 
@@ -385,22 +436,52 @@ mod tests {
     fn leave_and_rejoin_in_one_window_cancel() {
         let a: Arc<str> = "a".into();
         let mut p = Presence::default();
-        p.add(&a, 1);
+        let on = Status::default();
+        p.add(&a, 1, &on);
         p.take_changes();
         p.remove(&a);
-        p.add(&a, 2);
+        p.add(&a, 2, &on);
         assert!(!p.has_changes());
         let b: Arc<str> = "b".into();
-        p.add(&b, 3);
+        p.add(&b, 3, &on);
         p.remove(&b);
         assert!(!p.has_changes());
+    }
+
+    #[test]
+    fn status_changes_are_coalesced_and_carried_by_joins() {
+        use crate::protocol::Availability;
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let busy = Status {
+            availability: Availability::Busy,
+            text: None,
+        };
+        let away = Status {
+            availability: Availability::Away,
+            text: Some("lunch".into()),
+        };
+        let mut p = Presence::default();
+        p.add(&a, 1, &Status::default());
+        p.take_changes();
+        assert!(p.set_status(&a, &busy));
+        assert!(p.set_status(&a, &away));
+        assert!(!p.set_status(&a, &away), "no change");
+        assert!(!p.set_status(&b, &busy), "not online here");
+        p.add(&b, 2, &busy);
+        let c = p.take_changes();
+        assert_eq!(c.joins, vec![b.clone()]);
+        assert_eq!(
+            c.statuses,
+            vec![(a.clone(), away.clone()), (b.clone(), busy)]
+        );
+        assert_eq!(p.snapshot(10).users[0].2, &away);
     }
 
     #[test]
     fn snapshot_is_capped() {
         let mut p = Presence::default();
         for i in 0..(MAX_LISTED + 5) {
-            p.add(&Arc::from(format!("u{i:05}")), 0);
+            p.add(&Arc::from(format!("u{i:05}")), 0, &Status::default());
         }
         let s = p.snapshot(usize::MAX);
         assert_eq!(

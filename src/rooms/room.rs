@@ -2,9 +2,11 @@
 //! what happens to them on a join, a leave, a catch-up chunk and a presence
 //! window. The commit path (publish, batch outcome) is in `commit`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::catchup::{self, Chunk, Plan, ReadRequest};
 use super::dedup::Dedup;
@@ -28,7 +30,7 @@ const READ_CHUNK: usize = 1000;
 struct SnapshotCache {
     version: u64,
     built: Millis,
-    frames: [Option<Bytes>; 2],
+    frames: [Option<Bytes>; Format::COUNT],
 }
 
 pub struct Room {
@@ -58,10 +60,18 @@ pub struct Room {
     /// Log mode: joins whose `since` is past this node's position, waiting
     /// for a fill (bounded by the caller).
     pub waiting_joins: Vec<Command>,
+    /// Highest sequence each user has read (loaded with the room; this
+    /// core owns them while it is loaded, the log keeps them).
+    pub markers: BTreeMap<Arc<str>, u64>,
+    /// When each online user's typing was last relayed (`ephemeral`).
+    pub typing: BTreeMap<Arc<str>, Millis>,
+    /// Long polls waiting for a sequence past theirs (`ephemeral`).
+    pub waiters: Vec<(u64, oneshot::Sender<u64>)>,
 }
 
 impl Room {
     pub fn new(name: RoomName, log: RoomLog, limits: &Limits, now: Millis) -> Room {
+        let markers = log.read_markers.into_iter().collect();
         let mut dedup = Dedup::new(limits.dedup_window);
         for (user, id, seq) in log.recent_ids {
             dedup.insert(user, id, seq);
@@ -92,26 +102,38 @@ impl Room {
             snapshot_ttl: limits.presence_window_ms,
             ordered,
             waiting_joins: Vec::new(),
+            markers,
+            typing: BTreeMap::new(),
+            waiters: Vec::new(),
         }
+    }
+
+    /// Whether the room is small enough for presence diffs, typing and
+    /// read events (above it, they would cost members² frames).
+    pub fn chatty(&self) -> bool {
+        self.members.len() <= self.listed_max_members
     }
 
     /// Whether the room can leave memory: nobody in it, nothing handed to
     /// the log and not settled, and quiet for `idle_ms`.
     pub fn unloadable(&self, now: Millis, idle_ms: u64) -> bool {
         self.members.is_empty()
+            && self.waiters.is_empty()
             && self.seq.is_settled()
             && self.waiting_joins.is_empty()
             && !self.ordered.filling
             && now.saturating_sub(self.last_active) >= idle_ms
     }
 
-    fn joined_frame(&self, format: Format, last: u64, recovered: bool) -> Bytes {
+    fn joined_frame(&self, peer: &Peer, last: u64, recovered: bool) -> Bytes {
         let data = msg::Joined {
             room: self.name.as_str(),
             last,
             epoch: &self.epoch,
             recovered,
+            read: self.markers.get(&peer.user).copied().unwrap_or(0),
         };
+        let format = peer.format;
         msg::encode(format, "joined", None, Some(data))
     }
 
@@ -123,7 +145,7 @@ impl Room {
             *cache = SnapshotCache {
                 version: self.presence.version(),
                 built: now,
-                frames: [None, None],
+                frames: Default::default(),
             };
         }
         let slot = &mut self.snapshots.frames[format.index()];
@@ -154,7 +176,7 @@ impl Room {
     ) -> Option<ReadRequest> {
         let last = self.seq.committed();
         let (plan, recovered) = catchup::plan(since, epoch, &self.epoch, last, limits);
-        self.presence.add(&peer.user, now);
+        self.presence.add(&peer.user, now, &peer.account.status());
         self.last_active = now;
         let (state, read) = match plan {
             Plan::History { after, upto } if after == upto => {
@@ -191,10 +213,10 @@ impl Room {
 
     /// `joined`, then the presence snapshot (PROTOCOL.md §4).
     fn announce(&mut self, peer: &Peer, last: u64, recovered: bool, now: Millis) {
-        let frames = [
-            self.joined_frame(peer.format, last, recovered),
-            self.join_snapshot(peer.format, now),
-        ];
+        let mut frames = vec![self.joined_frame(peer, last, recovered)];
+        if peer.presence_events {
+            frames.push(self.join_snapshot(peer.format, now));
+        }
         push_all(peer, &frames);
     }
 
@@ -229,14 +251,16 @@ impl Room {
         };
         if member.announced() {
             let peer = member.peer.clone();
-            push_all(&peer, &[self.joined_frame(peer.format, last, true)]);
+            push_all(&peer, &[self.joined_frame(&peer, last, true)]);
         }
     }
 
     /// Removes a member; `left` is sent for an explicit leave.
     pub fn leave(&mut self, client_id: u64, explicit: bool, now: Millis) -> Option<Member> {
         let member = self.members.remove(client_id)?;
-        self.presence.remove(&member.peer.user);
+        if self.presence.remove(&member.peer.user) {
+            self.typing.remove(&member.peer.user);
+        }
         self.last_active = now;
         if explicit {
             let data = msg::RoomOnly {
@@ -272,8 +296,10 @@ impl Room {
             // not recover the client's position.
             let complete = history || chunk.first.is_none_or(|f| f <= next);
             let recovered = pending.recovered && complete;
-            frames.push(self.joined_frame(peer.format, pending.last, recovered));
-            frames.push(self.join_snapshot(peer.format, now));
+            frames.push(self.joined_frame(&peer, pending.last, recovered));
+            if peer.presence_events {
+                frames.push(self.join_snapshot(peer.format, now));
+            }
         }
         let replayed = if history {
             0
@@ -308,37 +334,56 @@ impl Room {
         if !self.presence.has_changes() {
             return Vec::new();
         }
-        let (joins, leaves) = self.presence.take_changes();
+        let changes = self.presence.take_changes();
         if self.members.len() > max_members {
             return Vec::new();
         }
         let name = self.name.clone();
-        let encode = |format: Format, joins: &[&str], leaves: &[&str]| {
-            let data = msg::PresenceDiff {
-                room: name.as_str(),
-                joins,
-                leaves,
+        let encode =
+            |format: Format, joins: &[&str], leaves: &[&str], changes: &[msg::StatusChange]| {
+                let data = msg::PresenceDiff {
+                    room: name.as_str(),
+                    joins,
+                    leaves,
+                    changes,
+                };
+                msg::encode(format, "presence_diff", None, Some(data))
             };
-            msg::encode(format, "presence_diff", None, Some(data))
-        };
-        let joins: Vec<&str> = joins.iter().map(|u| &**u).collect();
-        let leaves: Vec<&str> = leaves.iter().map(|u| &**u).collect();
-        let shared: [Bytes; 2] = Format::ALL.map(|f| encode(f, &joins, &leaves));
+        let joins: Vec<&str> = changes.joins.iter().map(|u| &**u).collect();
+        let leaves: Vec<&str> = changes.leaves.iter().map(|u| &**u).collect();
+        let statuses: Vec<msg::StatusChange> = changes
+            .statuses
+            .iter()
+            .map(|(user, s)| msg::StatusChange {
+                user,
+                status: s.availability.as_str(),
+                text: s.text.as_deref(),
+            })
+            .collect();
+        let mut shared: [Option<Bytes>; Format::COUNT] = Default::default();
         let mut gone = Vec::new();
         for m in self.members.as_mut_slice() {
-            if !m.announced() {
+            if !m.announced() || !m.peer.presence_events {
                 continue;
             }
             let fresh = std::mem::take(&mut m.fresh);
             let user = &*m.peer.user;
             let f = if fresh && joins.contains(&user) {
+                // The joiner is not told about itself.
                 let others: Vec<&str> = joins.iter().copied().filter(|u| *u != user).collect();
-                if others.is_empty() && leaves.is_empty() {
+                let changes: Vec<msg::StatusChange> = statuses
+                    .iter()
+                    .filter(|c| c.user != user)
+                    .copied()
+                    .collect();
+                if others.is_empty() && leaves.is_empty() && changes.is_empty() {
                     continue;
                 }
-                encode(m.peer.format, &others, &leaves)
+                encode(m.peer.format, &others, &leaves, &changes)
             } else {
-                shared[m.peer.format.index()].clone()
+                shared[m.peer.format.index()]
+                    .get_or_insert_with(|| encode(m.peer.format, &joins, &leaves, &statuses))
+                    .clone()
             };
             if !push_all(&m.peer, &[f]) {
                 gone.push(m.peer.client_id);
@@ -376,9 +421,10 @@ pub fn presence_frame(
         users: snap
             .users
             .iter()
-            .map(|(user, last_seen)| msg::PresenceUser {
+            .map(|(user, last_seen, status)| msg::PresenceUser {
                 user,
-                status: "online",
+                status: status.availability.as_str(),
+                text: status.text.as_deref(),
                 last_seen: *last_seen,
             })
             .collect(),
@@ -420,6 +466,7 @@ mod tests {
             exists: true,
             room_limit_reached: false,
             presence: Vec::new(),
+            read_markers: Vec::new(),
         };
         Room::new(RoomName::parse("r").unwrap(), log, &limits(), 0)
     }

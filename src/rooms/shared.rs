@@ -417,6 +417,7 @@ mod tests {
             exists: true,
             room_limit_reached: false,
             presence: Vec::new(),
+            read_markers: Vec::new(),
         };
         rooms.loaded(name.clone(), Ok(log), 0);
         while rooms.poll_effect().is_some() {}

@@ -11,7 +11,7 @@ use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::TaskTracker;
 
-use super::{api, upgrade, web, Ctx};
+use super::{api, sse, upgrade, web, Ctx};
 use crate::auth::ApiAccess;
 use crate::error::ErrorCode;
 
@@ -56,6 +56,11 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         }
         (&Method::GET, p) if web::is_asset(p) => web::serve(p, req.headers()),
         (&Method::GET, "/healthz") => health(&ctx),
+        // The WebSocket's rules (token in the query, Origin), not the API's.
+        (&Method::GET, p) if p.starts_with("/api/rooms/") && p.ends_with("/events") => {
+            let room = p["/api/rooms/".len()..p.len() - "/events".len()].to_owned();
+            sse::events(req, conn, &room).await
+        }
         (_, p)
             if p.starts_with("/api/")
                 && ctx.auth.api_access(req.headers(), method != Method::GET)
@@ -87,7 +92,7 @@ pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {
         }
         (&Method::GET, "/api/rooms") => {
             let access = ctx.auth.api_access(req.headers(), false);
-            api::rooms(&ctx, &access).await
+            api::rooms(&ctx, &access, req.uri().query()).await
         }
         (_, p) if p.starts_with("/api/rooms/") => {
             let access = ctx.auth.api_access(req.headers(), method != Method::GET);

@@ -8,6 +8,7 @@ mod api;
 mod http;
 mod io;
 mod page;
+mod sse;
 mod tls;
 mod upgrade;
 mod web;
@@ -53,7 +54,7 @@ pub struct Ctx {
     /// What sessions see of the server (config, shards, store, metrics,
     /// the shutdown signal).
     pub env: Arc<session::Env>,
-    pub auth: auth::Auth,
+    pub auth: Arc<auth::Auth>,
     /// Set when shutting down: `/healthz` answers 503.
     pub draining: AtomicBool,
     /// One permit per open TCP connection (`--max-connections`).
@@ -63,6 +64,9 @@ pub struct Ctx {
     reserve: Arc<Semaphore>,
     /// Open WebSocket sessions per user, for `--max-conns-per-user`.
     per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
+    /// `POST /api/.../messages` as a user (a user's token, or the open
+    /// API): the WebSocket's `message` rate, per user.
+    pub posts: api::PostLimits,
 }
 
 impl Ctx {
@@ -146,7 +150,7 @@ impl Running {
     pub async fn shutdown(self, timeout: Duration) {
         let env = self.ctx.env.clone();
         self.ctx.draining.store(true, Ordering::Release);
-        env.shutdown.cancel();
+        env.close_sessions();
         self.tasks.close();
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
@@ -226,7 +230,7 @@ async fn start_with(
     cluster: Option<Arc<Cluster>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Running> {
-    let auth = auth::Auth::from_config(&config)?;
+    let auth = Arc::new(auth::Auth::from_config(&config)?);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
@@ -264,12 +268,19 @@ async fn start_with(
         cluster.start();
     }
     let ctx = Arc::new(Ctx {
-        env: Arc::new(session::Env::new(config, store, shards, metrics)),
+        env: Arc::new(session::Env::new(
+            config,
+            store,
+            shards,
+            metrics,
+            auth.clone(),
+        )),
         auth,
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),
         reserve: Arc::new(Semaphore::new(admin_reserve)),
         per_user: Default::default(),
+        posts: Default::default(),
     });
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(listener, ctx.clone(), tasks.clone(), tls));
@@ -297,7 +308,10 @@ pub async fn serve(config: Config, stop: impl Future<Output = ()>) -> anyhow::Re
         start(config, store).await?
     };
     if !running.ctx.auth.tokens_required() {
-        tracing::warn!("no --jwt-secret: anonymous users, names taken from ?user=");
+        tracing::warn!(
+            "no --jwt-secret: anonymous users, names taken from ?user=; direct-message rooms \
+             (dm:a:b) are then only a convention, not private"
+        );
     }
     let scheme = if running.ctx.config().tls_cert.is_some() {
         "https"

@@ -6,11 +6,14 @@
 //! deadline, and split with `into_split`, which needs no lock per poll,
 //! unlike `tokio::io::split` (which TLS streams still need).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -21,7 +24,7 @@ use super::io::WriteDeadline;
 use crate::error::ErrorCode;
 use crate::protocol::{user, Format};
 use crate::session::frames::Stream;
-use crate::session::{self, FrameReader, Params};
+use crate::session::{self, Env, FrameReader, Params};
 
 pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Body> {
     let Conn {
@@ -124,38 +127,46 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
                 return;
             }
         };
-        let upgraded = ws.into_inner().into_inner();
-        let max_frame = ctx.env.config.max_frame_bytes;
-        // hyper served the connection through the write deadline; the
-        // session takes the socket out of it and keeps its own deadlines.
-        // Bytes hyper read past the handshake start the frame reader, and
-        // hyper's read buffer is dropped with `parts`.
-        let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
-            Ok(parts) => {
-                let (read, write) = parts.io.into_inner().into_inner().into_split();
-                let frames = FrameReader::new(read, &parts.read_buf, max_frame);
-                drop(parts.read_buf);
-                session::run(frames, write, params, ctx.env.clone()).await;
-                return;
-            }
-            Err(upgraded) => upgraded,
-        };
-        match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
-            Ok(parts) => {
-                // TLS: one stream for both directions, split with a lock.
-                let tls = parts.io.into_inner().into_inner();
-                let (read, write) = tokio::io::split(tls);
-                let frames = FrameReader::new(Stream(read), &parts.read_buf, max_frame);
-                drop(parts.read_buf);
-                session::run(frames, write, params, ctx.env.clone()).await;
-            }
-            Err(upgraded) => {
-                tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
-                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                let frames = FrameReader::new(Stream(read), &[], max_frame);
-                session::run(frames, write, params, ctx.env.clone()).await;
-            }
-        }
+        session_over(ws.into_inner().into_inner(), params, ctx.env.clone()).await;
     });
     response
+}
+
+/// The session on an upgraded connection, boxed at its own size: each way
+/// of taking the socket back (plain TCP, TLS) makes a future of a different
+/// size, and an idle session should carry only its own, not the largest.
+///
+/// hyper served the connection through the write deadline; the session
+/// takes the socket out of it and keeps its own deadlines. Bytes hyper read
+/// past the handshake start the frame reader, and hyper's read buffer is
+/// dropped with `parts`.
+fn session_over(
+    upgraded: Upgraded,
+    params: Params,
+    env: Arc<Env>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let max_frame = env.config.max_frame_bytes;
+    let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_inner().into_split();
+            let frames = FrameReader::new(read, &parts.read_buf, max_frame);
+            return Box::pin(session::run(frames, write, params, env));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
+        Ok(parts) => {
+            // TLS: one stream for both directions, split with a lock.
+            let tls = parts.io.into_inner().into_inner();
+            let (read, write) = tokio::io::split(tls);
+            let frames = FrameReader::new(Stream(read), &parts.read_buf, max_frame);
+            Box::pin(session::run(frames, write, params, env))
+        }
+        Err(upgraded) => {
+            tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let frames = FrameReader::new(Stream(read), &[], max_frame);
+            Box::pin(session::run(frames, write, params, env))
+        }
+    }
 }

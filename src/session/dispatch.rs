@@ -21,7 +21,13 @@ use crate::rooms::{Command, JoinId, Origin, Publish};
 enum RateKind {
     Message,
     Request,
+    Signal,
 }
+
+/// `typing`, `read` and `status` per connection: cheap (no store read, at
+/// most a pass over a small room), but bounded all the same.
+const SIGNAL_RATE_PER_SEC: f64 = 10.0;
+const SIGNAL_BURST: f64 = 20.0;
 
 /// A session's request state: who it is allowed to be and where it is.
 pub struct State {
@@ -33,8 +39,12 @@ pub struct State {
     rate: RateLimiter,
     /// Requests that cost a store read or a pass over a room.
     requests: RateLimiter,
+    /// `typing`, `read` and `status`.
+    signals: RateLimiter,
     /// Names each join, so the rooms can tell its catch-up from a later one's.
     joins: JoinId,
+    /// A `refresh` replaced the grant: the reader re-arms the expiry.
+    refreshed: bool,
 }
 
 impl State {
@@ -43,6 +53,7 @@ impl State {
         let now = Instant::now();
         let rate = RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, now);
         let requests = RateLimiter::new(cfg.request_rate_per_sec, cfg.request_burst, now);
+        let signals = RateLimiter::new(SIGNAL_RATE_PER_SEC, SIGNAL_BURST, now);
         State {
             session,
             env,
@@ -50,8 +61,15 @@ impl State {
             joined: HashSet::new(),
             rate,
             requests,
+            signals,
             joins: 0,
+            refreshed: false,
         }
+    }
+
+    /// Whether a `refresh` replaced the grant since the last call.
+    pub fn take_refreshed(&mut self) -> bool {
+        std::mem::take(&mut self.refreshed)
     }
 
     pub fn session(&self) -> &Arc<Session> {
@@ -68,7 +86,12 @@ impl State {
 
     /// The rooms joined, for leaving them when the session ends.
     pub fn take_joined(&mut self) -> Vec<RoomName> {
-        self.joined.drain().collect()
+        let account = &self.session.peer.account;
+        let rooms: Vec<RoomName> = self.joined.drain().collect();
+        for room in &rooms {
+            account.left(room);
+        }
+        rooms
     }
 
     pub fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
@@ -95,6 +118,7 @@ impl State {
         let (limiter, what) = match kind {
             RateKind::Message => (&mut self.rate, "too many messages"),
             RateKind::Request => (&mut self.requests, "too many requests"),
+            RateKind::Signal => (&mut self.signals, "too many typing, read or status frames"),
         };
         match limiter.check(Instant::now()) {
             Verdict::Allow => Ok(true),
@@ -115,12 +139,18 @@ impl State {
         let peer = self.session.peer.clone();
         let cfg = self.env.config.clone();
         // One check for every request that names a room, whatever it asks.
-        if let (Some(room), Some(grant)) = (m.room(), &self.grant) {
-            if !grant.allows(room) {
-                let m = "your token does not grant this room";
-                self.error(ErrorCode::Forbidden, m, id);
+        if let Some(room) = m.room() {
+            if let Some(why) = refusal(room, &peer.user, self.grant.as_ref()) {
+                self.error(ErrorCode::Forbidden, why, id);
                 return Ok(());
             }
+        }
+        let signal = matches!(
+            m,
+            ClientMsg::Typing { .. } | ClientMsg::Read { .. } | ClientMsg::Status { .. }
+        );
+        if signal && !self.admit(RateKind::Signal, id)? {
+            return Ok(());
         }
         // What costs a store read or a pass over a room's members is paced.
         let costly = matches!(
@@ -154,7 +184,9 @@ impl State {
                 self.to_shard(&room, cmd).await?;
                 match rx.await {
                     Ok(Ok(())) => {
-                        self.joined.insert(room);
+                        if self.joined.insert(room.clone()) {
+                            self.session.peer.account.joined(&room);
+                        }
                         self.env.metrics.joins.inc();
                     }
                     Ok(Err(code)) => self.error(code, "join failed", id),
@@ -166,6 +198,7 @@ impl State {
                     self.error(ErrorCode::NotJoined, "not joined to this room", id);
                     return Ok(());
                 }
+                peer.account.left(&room);
                 let cmd = Command::Leave {
                     room: room.clone(),
                     client_id: peer.client_id,
@@ -219,7 +252,108 @@ impl State {
                 };
                 self.to_shard(&room, cmd).await?;
             }
+            ClientMsg::Typing { room } => {
+                if !self.joined.contains(&room) {
+                    self.error(ErrorCode::NotJoined, "join the room first", id);
+                    return Ok(());
+                }
+                let cmd = Command::Typing {
+                    room: room.clone(),
+                    peer,
+                };
+                self.to_shard(&room, cmd).await?;
+            }
+            ClientMsg::Read { room, sequence } => {
+                if !self.joined.contains(&room) {
+                    self.error(ErrorCode::NotJoined, "join the room first", id);
+                    return Ok(());
+                }
+                let cmd = Command::Read {
+                    room: room.clone(),
+                    peer,
+                    sequence,
+                };
+                self.to_shard(&room, cmd).await?;
+            }
+            ClientMsg::Status { status } => {
+                // Every room any session of the user is in shows it.
+                for room in peer.account.set_status(status.clone()) {
+                    let cmd = Command::Status {
+                        room: room.clone(),
+                        user: peer.user.clone(),
+                        status: status.clone(),
+                    };
+                    self.to_shard(&room, cmd).await?;
+                }
+            }
+            ClientMsg::Refresh { token } => self.refresh(&token, id).await?,
         }
         Ok(())
     }
+
+    /// Replaces the session's grant with a new token's, if it is valid and
+    /// for the same user; rooms the new grant does not cover are left.
+    async fn refresh(&mut self, token: &str, id: Option<&str>) -> Result<(), ReadEnd> {
+        let peer = self.session.peer.clone();
+        let grant = match self.env.auth.check_token(&Default::default(), Some(token)) {
+            Ok(Some(grant)) => grant,
+            Ok(None) => {
+                let m = "authentication is off: there is no token to refresh";
+                self.error(ErrorCode::BadRequest, m, id);
+                return Ok(());
+            }
+            Err(e) => {
+                self.env.metrics.auth_failures.inc();
+                self.error(ErrorCode::Forbidden, &e.to_string(), id);
+                return Ok(());
+            }
+        };
+        if grant.user != *peer.user {
+            self.env.metrics.auth_failures.inc();
+            let m = "the token is for another user";
+            self.error(ErrorCode::Forbidden, m, id);
+            return Ok(());
+        }
+        let revoked: Vec<RoomName> = self
+            .joined
+            .iter()
+            .filter(|r| !grant.allows(r))
+            .cloned()
+            .collect();
+        let expires_at = grant.expires_at.and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64)
+        });
+        self.grant = Some(grant);
+        self.refreshed = true;
+        for room in revoked {
+            self.joined.remove(&room);
+            peer.account.left(&room);
+            let cmd = Command::Leave {
+                room: room.clone(),
+                client_id: peer.client_id,
+                explicit: true,
+            };
+            self.to_shard(&room, cmd).await?;
+        }
+        let data = msg::Refreshed {
+            user: &peer.user,
+            expires_at,
+        };
+        self.reply(msg::encode(peer.format, "refreshed", id, Some(data)));
+        Ok(())
+    }
+}
+
+/// Why `user` may not touch `room`, if not: its token's grants, and a
+/// direct-message room's two users (the one rule for every door).
+pub fn refusal(room: &RoomName, user: &str, grant: Option<&Grant>) -> Option<&'static str> {
+    if grant.is_some_and(|g| !g.allows(room)) {
+        return Some("your token does not grant this room");
+    }
+    if !room.admits(user) {
+        return Some("a direct-message room is for its two users only");
+    }
+    None
 }

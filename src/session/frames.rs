@@ -1,5 +1,5 @@
-//! Client frames off the socket (RFC 6455 §5.2), holding no buffer while
-//! the connection is idle.
+//! Client frames off the socket (RFC 6455 §5.2), holding no buffer (and no
+//! future state) while the connection is idle.
 //!
 //! A session reads only when the socket is readable; the read buffer is
 //! allocated then and given back as soon as it holds no partial frame, so a
@@ -12,9 +12,11 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::net::tcp::OwnedReadHalf;
 
 use crate::error::close;
@@ -65,12 +67,15 @@ pub enum ReadError {
 }
 
 /// Where frames come from: reads into the buffer only once data is there.
-pub trait ByteSource {
-    /// Waits for data and appends what is there to `buf`; Ok(0) at EOF.
-    fn read_more<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+/// Poll-based, so a reader waiting for data holds no future state of its
+/// own (that state is memory in every idle session).
+pub trait ByteSource: Send {
+    /// Appends what is there to `buf` once there is something; Ok(0) at EOF.
+    fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
 }
 
 /// Most bytes read per read call.
@@ -78,9 +83,13 @@ const READ_CHUNK: usize = 4096;
 
 /// A plain TCP read half: waits for readiness with no buffer, then reads.
 impl ByteSource for OwnedReadHalf {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            self.readable().await?;
+            ready!(self.as_ref().poll_read_ready(cx))?;
             buf.reserve(READ_CHUNK);
             match self.try_read_buf(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -89,7 +98,7 @@ impl ByteSource for OwnedReadHalf {
                         *buf = BytesMut::new();
                     }
                 }
-                other => return other,
+                other => return Poll::Ready(other),
             }
         }
     }
@@ -99,19 +108,27 @@ impl ByteSource for OwnedReadHalf {
 pub struct Stream<R>(pub R);
 
 impl<R: AsyncRead + Unpin + Send> ByteSource for Stream<R> {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         buf.reserve(READ_CHUNK);
-        self.0.read_buf(buf).await
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, buf)
     }
 }
 
 /// Bytes already in memory (tests, fuzzing), then EOF.
 impl ByteSource for &[u8] {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn poll_read_more(
+        &mut self,
+        _: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         let n = self.len().min(READ_CHUNK);
         buf.extend_from_slice(&self[..n]);
         *self = &self[n..];
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -133,29 +150,38 @@ impl<S: ByteSource> FrameReader<S> {
         }
     }
 
-    pub fn source_mut(&mut self) -> &mut S {
-        &mut self.source
+    /// The next frame. Cancel-safe: what was read stays in the buffer.
+    pub fn next_frame(&mut self) -> impl Future<Output = Result<Frame, ReadError>> + Send + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
-    /// The next frame. Not cancel-safe: race it only against the end of the
-    /// session.
-    pub async fn next(&mut self) -> Result<Frame, ReadError> {
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>> {
         loop {
-            match parse(&mut self.buf, self.max_frame)? {
-                Some(frame) => {
-                    if self.buf.is_empty() {
-                        // Give the buffer back while the connection is quiet.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(frame);
+            if let Some(frame) = parse(&mut self.buf, self.max_frame)? {
+                if self.buf.is_empty() {
+                    // Give the buffer back while the connection is quiet.
+                    self.buf = BytesMut::new();
                 }
-                None => match self.source.read_more(&mut self.buf).await {
-                    Ok(0) => return Err(ReadError::Closed),
-                    Ok(_) => {}
-                    Err(e) => return Err(ReadError::Io(e)),
-                },
+                return Poll::Ready(Ok(frame));
+            }
+            match ready!(self.source.poll_read_more(cx, &mut self.buf)) {
+                Ok(0) => return Poll::Ready(Err(ReadError::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
             }
         }
+    }
+
+    /// Reads and drops whatever the client still sends, until it closes.
+    pub async fn drain(&mut self) {
+        let mut sink = BytesMut::new();
+        std::future::poll_fn(|cx| loop {
+            match ready!(self.source.poll_read_more(cx, &mut sink)) {
+                Ok(n) if n > 0 => sink.clear(),
+                _ => return Poll::Ready(()),
+            }
+        })
+        .await
     }
 }
 
@@ -283,7 +309,7 @@ mod tests {
             let mut r = FrameReader::new(bytes, &[], max);
             let mut frames = Vec::new();
             loop {
-                match r.next().await {
+                match r.next_frame().await {
                     Ok(f) => frames.push(f),
                     Err(ReadError::Closed) => return (frames, None),
                     Err(e) => return (frames, Some(e)),
@@ -341,7 +367,7 @@ mod tests {
             .unwrap();
         let stream = masked(true, 1, b"hello");
         let mut r = FrameReader::new(&stream[..], &[], 100);
-        let f = rt.block_on(r.next()).unwrap();
+        let f = rt.block_on(r.next_frame()).unwrap();
         assert_eq!(&f.payload[..], b"hello");
         assert_eq!(r.buf.capacity(), 0);
     }

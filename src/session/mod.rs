@@ -6,23 +6,26 @@
 //! A session knows the server only through `Env`: the config, the shards,
 //! the store (for `history` pages), the metrics and the shutdown signal.
 
+mod accounts;
 pub mod assemble;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod frames;
 mod history;
 pub mod rate;
 mod reader;
 mod writer;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::Grant;
+use crate::auth::{Auth, Grant};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -31,6 +34,7 @@ use crate::rooms::{Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
+pub use accounts::Accounts;
 pub use frames::{ByteSource, FrameReader};
 pub use history::history_page;
 
@@ -40,8 +44,16 @@ pub struct Env {
     pub store: Arc<dyn Store>,
     pub shards: Shards,
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the server shuts down: sessions close with 1001.
+    /// Cancelled when the server shuts down (the accept loop and background
+    /// tasks watch it; sessions are closed through `live`).
     pub shutdown: CancellationToken,
+    /// Every open session, to close them all with 1001 at shutdown: one map
+    /// entry each instead of a shutdown future in every idle session.
+    live: parking_lot::Mutex<HashMap<u64, Weak<Peer>>>,
+    /// Checks tokens (a `refresh` frame's too).
+    pub auth: Arc<Auth>,
+    /// Each user's shared state (status, rooms), across their sessions.
+    pub accounts: Accounts,
     next_client_id: AtomicU64,
 }
 
@@ -51,19 +63,58 @@ impl Env {
         store: Arc<dyn Store>,
         shards: Shards,
         metrics: Arc<Metrics>,
+        auth: Arc<Auth>,
     ) -> Env {
         Env {
             config,
             store,
             shards,
             metrics,
+            auth,
+            accounts: Accounts::default(),
             shutdown: CancellationToken::new(),
+            live: parking_lot::Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Closes every open session with 1001 (server going away); a session
+    /// opened from now on is closed as it registers.
+    pub fn close_sessions(&self) {
+        self.shutdown.cancel();
+        let live: Vec<Weak<Peer>> = self.live.lock().values().cloned().collect();
+        for peer in live.iter().filter_map(Weak::upgrade) {
+            peer.outbox.cut(crate::error::close::GOING_AWAY);
         }
     }
 
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn register(self: &Arc<Self>, peer: &Arc<Peer>) -> Registered {
+        self.live
+            .lock()
+            .insert(peer.client_id, Arc::downgrade(peer));
+        if self.shutdown.is_cancelled() {
+            peer.outbox.cut(crate::error::close::GOING_AWAY);
+        }
+        Registered {
+            env: self.clone(),
+            client_id: peer.client_id,
+        }
+    }
+}
+
+/// A session's entry in `Env::live`, removed when the session ends.
+struct Registered {
+    env: Arc<Env>,
+    client_id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.env.live.lock().remove(&self.client_id);
     }
 }
 
@@ -87,12 +138,21 @@ pub(crate) struct Session {
 
 /// Runs a session to its end. `read` and `write` are the two halves of an
 /// upgraded connection; the writer runs on its own task.
-pub async fn run<S, W>(read: FrameReader<S>, write: W, params: Params, env: Arc<Env>)
+///
+/// What is set up once happens before the returned future, so an idle
+/// session's future carries only what its reader waits with (its size is
+/// memory per connection).
+pub fn run<S, W>(
+    read: FrameReader<S>,
+    write: W,
+    params: Params,
+    env: Arc<Env>,
+) -> impl Future<Output = ()> + Send
 where
-    S: ByteSource,
+    S: ByteSource + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = env.config.clone();
+    let cfg = &env.config;
     let client_id = env.next_client_id();
     let max_bytes = if params.echo {
         cfg.outbox_bytes.max(cfg.max_frame_bytes.saturating_mul(2))
@@ -102,45 +162,54 @@ where
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
     let mut peer = Peer::new(client_id, params.user.clone(), params.format, outbox);
     peer.new_rooms = Budget::per_minute(cfg.room_creations_per_min, cfg.room_creations_per_min);
-    let peer = Arc::new(peer);
+    peer.account = env.accounts.get(&params.user);
     let session = Arc::new(Session {
-        peer,
+        peer: Arc::new(peer),
         writer_done: Notify::new(),
     });
-    let span = tracing::info_span!("session", client_id = %session.peer.client_name(), user = %session.peer.user);
+    // At debug level only: a span per session costs every idle connection
+    // a few hundred bytes in the subscriber.
+    let span = tracing::debug_span!("session", client_id = %session.peer.client_name(), user = %session.peer.user);
+    let peer = &session.peer;
+    let registered = env.register(peer);
+    env.metrics.connections.inc();
+    env.metrics.connections_total.inc();
+    let liveness = Arc::new(writer::Liveness::new());
+    let heartbeat = (!params.echo).then(|| writer::Heartbeat {
+        interval: cfg.heartbeat(),
+        frame: msg::heartbeat(peer.format),
+    });
+    if !params.echo {
+        let connected = msg::Connected {
+            client_id: &peer.client_name(),
+            user: &peer.user,
+            format: peer.format.name(),
+            heartbeat_ms: cfg.heartbeat().as_millis() as u64,
+            server: concat!("parlor/", env!("CARGO_PKG_VERSION")),
+        };
+        let f = msg::encode(peer.format, "connected", None, Some(connected));
+        peer.outbox.push_or_cut(f);
+    }
+    let writer = writer::run(
+        write,
+        rx,
+        session.clone(),
+        heartbeat,
+        liveness.clone(),
+        env.metrics.clone(),
+    );
+    let writer = tokio::spawn(writer.instrument(span.clone()));
     async move {
-        let peer = &session.peer;
-        env.metrics.connections.inc();
-        env.metrics.connections_total.inc();
-        let liveness = Arc::new(writer::Liveness::new());
-        let heartbeat = (!params.echo).then(|| writer::Heartbeat {
-            interval: cfg.heartbeat(),
-            frame: msg::bare(peer.format, "heartbeat"),
-        });
-        if !params.echo {
-            let connected = msg::Connected {
-                client_id: &peer.client_name(),
-                user: &peer.user,
-                format: peer.format.name(),
-                heartbeat_ms: cfg.heartbeat().as_millis() as u64,
-                server: concat!("parlor/", env!("CARGO_PKG_VERSION")),
-            };
-            let f = msg::encode(peer.format, "connected", None, Some(connected));
-            peer.outbox.push_or_cut(f);
-        }
-        let writer = tokio::spawn(
-            writer::run(
-                write,
-                rx,
-                session.clone(),
-                heartbeat,
-                liveness.clone(),
-                env.metrics.clone(),
-            )
-            .instrument(tracing::Span::current()),
+        let reader = reader::run(
+            read,
+            session.clone(),
+            env.clone(),
+            liveness,
+            params.grant,
+            params.echo,
         );
-        let end = reader::run(read, &session, &env, &liveness, &params).await;
-        let code = peer.outbox.cut_code();
+        let end = reader.await;
+        let code = session.peer.outbox.cut_code();
         if code == crate::error::close::SLOW_CONSUMER {
             env.metrics.slow_consumer_cuts.inc();
         }
@@ -148,7 +217,7 @@ where
         tracing::debug!(?end, close = code, "session reader ended");
         let _ = writer.await;
         env.metrics.connections.dec();
+        drop(registered);
     }
     .instrument(span)
-    .await
 }

@@ -5,9 +5,8 @@
 //! code. Reading a frame is not cancel-safe, so it is only ever raced
 //! against the end of the session, never against other work.
 
+use std::future::Future;
 use std::sync::Arc;
-
-use bytes::BytesMut;
 
 use super::assemble::Assembler;
 use super::dispatch::State;
@@ -29,34 +28,44 @@ pub enum ReadEnd {
     ClientClosed,
     Eof,
     ProtocolError,
-    Shutdown,
     TokenExpired,
     WriterGone,
 }
 
-pub async fn run<S: ByteSource>(
+/// The reader: reads until the session ends, then leaves its rooms and
+/// drains. A plain fn returning the future, so each value lives in it once
+/// (an `async fn` keeps its arguments beside their moved copies).
+#[allow(clippy::manual_async_fn)]
+pub fn run<S: ByteSource>(
     mut frames: FrameReader<S>,
-    session: &Arc<Session>,
-    env: &Arc<Env>,
-    liveness: &Liveness,
-    params: &super::Params,
-) -> ReadEnd {
-    let mut state = State::new(session.clone(), env.clone(), params.grant.clone());
-    let end = read_loop(&mut frames, &mut state, liveness, params.echo).await;
-    // Leave every room before anything slow, so presence updates at once.
-    for room in state.take_joined() {
-        let cmd = Command::Leave {
-            room: room.clone(),
-            client_id: session.peer.client_id,
-            explicit: false,
-        };
-        let _ = env.shards.send(&room, cmd).await;
+    session: Arc<Session>,
+    env: Arc<Env>,
+    liveness: Arc<Liveness>,
+    grant: Option<crate::auth::Grant>,
+    echo: bool,
+) -> impl Future<Output = ReadEnd> + Send {
+    async move {
+        let mut state = State::new(session.clone(), env.clone(), grant);
+        let end = read_loop(&mut frames, &mut state, &liveness, echo).await;
+        // Leave every room before anything slow, so presence updates at
+        // once. Boxed: only a closing session needs the room for it.
+        Box::pin(async {
+            for room in state.take_joined() {
+                let cmd = Command::Leave {
+                    room: room.clone(),
+                    client_id: session.peer.client_id,
+                    explicit: false,
+                };
+                let _ = env.shards.send(&room, cmd).await;
+            }
+            if !matches!(end, ReadEnd::WriterGone) {
+                session.writer_done.notified().await;
+            }
+            let _ = tokio::time::timeout(DRAIN_GRACE, frames.drain()).await;
+        })
+        .await;
+        end
     }
-    if !matches!(end, ReadEnd::WriterGone) {
-        session.writer_done.notified().await;
-    }
-    let _ = tokio::time::timeout(DRAIN_GRACE, frames.drain()).await;
-    end
 }
 
 async fn read_loop<S: ByteSource>(
@@ -69,21 +78,20 @@ async fn read_loop<S: ByteSource>(
     let env = state.env().clone();
     let peer = &session.peer;
     let mut assembler = Assembler::new(env.config.max_frame_bytes);
-    let expiry = token_expiry(state.grant().and_then(|g| g.expires_at));
-    tokio::pin!(expiry);
+    // Boxed, and only with a token that expires: a timer in every idle
+    // session's future would cost each one its size.
+    let mut expiry = timer(state.grant().and_then(|g| g.expires_at));
     loop {
         let read = tokio::select! {
             biased;
+            // Also how a shutdown ends the session: `Env::close_sessions`
+            // cuts it, and the writer sends 1001.
             _ = session.writer_done.notified() => return ReadEnd::WriterGone,
-            _ = env.shutdown.cancelled() => {
-                peer.outbox.cut(close::GOING_AWAY);
-                return ReadEnd::Shutdown;
-            }
-            _ = &mut expiry => {
+            _ = expired(&mut expiry) => {
                 peer.outbox.cut(close::BAD_CREDENTIALS);
                 return ReadEnd::TokenExpired;
             }
-            read = frames.next() => read,
+            read = frames.next_frame() => read,
         };
         let frame = match read {
             Ok(frame) => frame,
@@ -144,7 +152,7 @@ async fn read_loop<S: ByteSource>(
                     continue;
                 }
                 let expected = match peer.format {
-                    Format::Json => OpCode::Text,
+                    Format::Json | Format::Sse => OpCode::Text,
                     Format::Msgpack => OpCode::Binary,
                 };
                 let decoded = if opcode == expected {
@@ -163,6 +171,9 @@ async fn read_loop<S: ByteSource>(
                         if let Err(end) = Box::pin(state.dispatch(request)).await {
                             return end;
                         }
+                        if state.take_refreshed() {
+                            expiry = timer(state.grant().and_then(|g| g.expires_at));
+                        }
                     }
                     Err(e) => state.error(e.code, &e.message, e.id.as_deref()),
                 }
@@ -171,25 +182,20 @@ async fn read_loop<S: ByteSource>(
     }
 }
 
-impl<S: ByteSource> FrameReader<S> {
-    /// Reads and drops whatever the client still sends, until it closes.
-    async fn drain(&mut self) {
-        let mut sink = BytesMut::new();
-        while matches!(self.source_mut().read_more(&mut sink).await, Ok(n) if n > 0) {
-            sink.clear();
-        }
-    }
+/// A timer for a token's expiry, if it has one.
+fn timer(at: Option<std::time::SystemTime>) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
+    at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    })
 }
 
 /// Resolves when the session's token expires; never without one.
-async fn token_expiry(expires_at: Option<std::time::SystemTime>) {
-    match expires_at {
-        Some(at) => {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::sleep(left).await
-        }
+async fn expired(expiry: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }

@@ -7,6 +7,7 @@
 //! reading cannot keep a session — and its connection permit — past its cut
 //! plus the close grace, or past twice the heartbeat of silence.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -69,81 +70,97 @@ pub enum WriterEnd {
     Gone,
 }
 
-pub async fn run<W: AsyncWrite + Unpin>(
+/// The writer. A plain fn returning the future, so each value lives in it
+/// once; one timer serves the heartbeat and the silence deadline.
+#[allow(clippy::manual_async_fn)]
+pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
     mut io: W,
     mut rx: OutboxReceiver,
     session: Arc<Session>,
     heartbeat: Option<Heartbeat>,
     liveness: Arc<Liveness>,
     metrics: Arc<crate::metrics::Metrics>,
-) -> WriterEnd {
-    let outbox = &session.peer.outbox;
-    let silence = heartbeat.as_ref().map(|h| h.interval * 2);
-    let far = Duration::from_secs(86_400 * 365);
-    let hb_every = heartbeat.as_ref().map_or(far, |h| h.interval);
-    let mut next_beat = Instant::now() + hb_every;
-    let mut batch: Vec<Bytes> = Vec::new();
-    let guard = Guard {
-        outbox,
-        liveness: &liveness,
-        silence,
-    };
-    let end = loop {
-        let deadline = liveness.last() + silence.unwrap_or(far);
-        tokio::select! {
-            biased;
-            _ = outbox.cut_signalled() => {
-                break send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE).await
-            }
-            more = rx.take(outbox) => {
-                if !more {
-                    break WriterEnd::Gone;
+) -> impl Future<Output = WriterEnd> + Send {
+    async move {
+        let outbox = &session.peer.outbox;
+        let silence = heartbeat.as_ref().map(|h| h.interval * 2);
+        let mut next_beat = heartbeat.as_ref().map(|h| Instant::now() + h.interval);
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut wrote_since_beat = false;
+        let guard = Guard {
+            outbox,
+            liveness: &liveness,
+            silence,
+        };
+        let end = loop {
+            // The next heartbeat, or the silence deadline if it comes first.
+            let wake = next_beat.map(|beat| match silence {
+                Some(s) => beat.min(liveness.last() + s),
+                None => beat,
+            });
+            tokio::select! {
+                biased;
+                _ = outbox.cut_signalled() => {
+                    break send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE).await
                 }
-                let mut closing = false;
-                for item in rx.taken() {
-                    closing |= push(&mut batch, item);
-                }
-                let bytes = batched_bytes(&batch);
-                let frames = batch.len();
-                metrics.outbox_depth.observe(batch.len() as f64);
-                let outcome = guard.write(&mut io, &batch).await;
-                batch.clear();
-                rx.written(outbox, frames, bytes);
-                match outcome {
-                    Written::Done if closing => {
-                        let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-                        break WriterEnd::Closed;
+                more = rx.take(outbox) => {
+                    if !more {
+                        break WriterEnd::Gone;
                     }
-                    Written::Done => {}
-                    Written::Failed => break WriterEnd::Gone,
-                    Written::CutMeanwhile(deadline) => {
-                        break send_cut(&mut io, &mut rx, outbox, deadline).await
+                    let mut closing = false;
+                    for item in rx.taken() {
+                        closing |= push(&mut batch, item);
                     }
-                }
-            }
-            _ = sleep_until(next_beat), if heartbeat.is_some() => {
-                next_beat = Instant::now() + hb_every;
-                let beat = heartbeat.as_ref().map(|h| h.frame.clone()).unwrap_or_default();
-                match guard.write(&mut io, &[beat, frame::ping()]).await {
-                    Written::Done => {}
-                    Written::Failed => break WriterEnd::Gone,
-                    Written::CutMeanwhile(deadline) => {
-                        break send_cut(&mut io, &mut rx, outbox, deadline).await
+                    let bytes = batched_bytes(&batch);
+                    let frames = batch.len();
+                    metrics.outbox_depth.observe(batch.len() as f64);
+                    let outcome = guard.write(&mut io, &batch).await;
+                    batch.clear();
+                    wrote_since_beat = true;
+                    rx.written(outbox, frames, bytes);
+                    match outcome {
+                        Written::Done if closing => {
+                            let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                            break WriterEnd::Closed;
+                        }
+                        Written::Done => {}
+                        Written::Failed => break WriterEnd::Gone,
+                        Written::CutMeanwhile(deadline) => {
+                            break send_cut(&mut io, &mut rx, outbox, deadline).await
+                        }
                     }
                 }
-            }
-            _ = sleep_until(deadline), if silence.is_some() => {
-                if guard.silent() {
-                    break WriterEnd::Dead;
+                _ = sleep_until_opt(wake) => {
+                    if guard.silent() {
+                        break WriterEnd::Dead;
+                    }
+                    let (Some(beat), Some(hb)) = (next_beat, &heartbeat) else { continue };
+                    if Instant::now() < beat {
+                        continue;
+                    }
+                    next_beat = Some(Instant::now() + hb.interval);
+                    if !wrote_since_beat {
+                        // Quiet for a whole interval: keep no buffer.
+                        rx.release(outbox);
+                        batch = Vec::new();
+                    }
+                    wrote_since_beat = false;
+                    match guard.write(&mut io, &[hb.frame.clone(), frame::ping()]).await {
+                        Written::Done => {}
+                        Written::Failed => break WriterEnd::Gone,
+                        Written::CutMeanwhile(deadline) => {
+                            break send_cut(&mut io, &mut rx, outbox, deadline).await
+                        }
+                    }
                 }
             }
-        }
-    };
-    // Whatever ended the writer, nothing more can be delivered: make every
-    // pusher see a closed outbox and wake the reader.
-    outbox.cut(crate::error::close::GOING_AWAY);
-    session.writer_done.notify_one();
-    end
+        };
+        // Whatever ended the writer, nothing more can be delivered: make every
+        // pusher see a closed outbox and wake the reader.
+        outbox.cut(crate::error::close::GOING_AWAY);
+        session.writer_done.notify_one();
+        end
+    }
 }
 
 /// How a guarded write ended.

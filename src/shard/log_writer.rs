@@ -17,7 +17,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -90,12 +90,30 @@ impl LogWriter {
 }
 
 fn run(rx: std::sync::mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
+    // Shards in the last commit, and how long it took: the next commit
+    // waits a little for as many shards, so one sync covers them all
+    // instead of each shard's batch taking a sync of its own.
+    let (mut shards, mut took) = (0, Duration::ZERO);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
+        let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
+        while jobs.len() < shards {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        shards = jobs.len();
+        let started = Instant::now();
         commit_jobs(store, metrics, jobs);
+        took = started.elapsed();
     }
 }
+
+/// The longest a commit waits for the other shards' batches.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// Commits every job queued at once in one transaction, and answers each.
 fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
@@ -111,21 +129,29 @@ fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
     let mut sizes = Vec::with_capacity(jobs.len());
     for job in &mut jobs {
         let b = job.batch.take().expect("unanswered job");
-        sizes.push((b.new_rooms.len(), b.appends.len(), b.expired.len()));
+        sizes.push((
+            b.new_rooms.len(),
+            b.appends.len(),
+            b.expired.len(),
+            b.read_markers.len(),
+        ));
         merged.new_rooms.extend(b.new_rooms);
         merged.appends.extend(b.appends);
         merged.expired.extend(b.expired);
+        merged.read_markers.extend(b.read_markers);
     }
     let result = commit(store, metrics, &mut merged);
     let mut rooms = merged.new_rooms.into_iter();
     let mut appends = merged.appends.into_iter();
     let mut expired = merged.expired.into_iter();
+    let mut markers = merged.read_markers.into_iter();
     let mut parts = Vec::with_capacity(jobs.len());
-    for (r, a, e) in sizes {
+    for (r, a, e, m) in sizes {
         parts.push(Batch {
             new_rooms: rooms.by_ref().take(r).collect(),
             appends: appends.by_ref().take(a).collect(),
             expired: expired.by_ref().take(e).collect(),
+            read_markers: markers.by_ref().take(m).collect(),
         });
     }
     let numbering = store.sequencing() == crate::store::Sequencing::Log;
@@ -189,6 +215,7 @@ mod tests {
             }],
             appends,
             expired: Vec::new(),
+            read_markers: Vec::new(),
         }
     }
 

@@ -101,11 +101,18 @@ impl Shards {
     }
 
     /// Every loaded room of every shard.
-    pub async fn stats(&self) -> Vec<RoomStats> {
+    /// Up to `limit` loaded rooms of each shard named after `after` (so
+    /// the first `limit` of all of them in name order are among these).
+    pub async fn stats(&self, after: Option<&RoomName>, limit: usize) -> Vec<RoomStats> {
         let mut all = Vec::new();
         for tx in &self.senders {
             let (reply, rx) = oneshot::channel();
-            if tx.send(Command::Stats { reply }).await.is_ok() {
+            let cmd = Command::Stats {
+                after: after.cloned(),
+                limit,
+                reply,
+            };
+            if tx.send(cmd).await.is_ok() {
                 all.extend(rx.await.unwrap_or_default());
             }
         }

@@ -242,14 +242,24 @@ impl Store for GuardedStore {
         })
     }
 
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        self.call(Call::read("read_markers", Some(room)), || {
+            self.inner.read_markers(room)
+        })
+    }
+
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.call(Call::read("first_retained", Some(room)), || {
             self.inner.first_retained(room)
         })
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.call(Call::read("rooms", None), || self.inner.rooms())
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        self.call(Call::read("rooms", None), || self.inner.rooms(after, limit))
     }
 
     fn room_count(&self) -> usize {
@@ -357,8 +367,8 @@ mod tests {
         fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
             self.memory.first_retained(room)
         }
-        fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-            self.memory.rooms()
+        fn rooms(&self, a: Option<&RoomName>, n: usize) -> Result<Vec<RoomSummary>, StoreError> {
+            self.memory.rooms(a, n)
         }
         fn room_count(&self) -> usize {
             self.memory.room_count()

@@ -24,6 +24,9 @@ use crate::protocol::RoomName;
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: RwLock<BTreeMap<RoomName, Log>>,
+    /// (room, user) → highest sequence read; guarded by `rooms`' lock order
+    /// (taken after it) so a batch is all or nothing for readers.
+    markers: RwLock<BTreeMap<(RoomName, Arc<str>), u64>>,
     /// Numbers messages itself (`Sequencing::Log`).
     numbering: bool,
     /// A numbering log's epochs claimed by loading rooms it does not have.
@@ -95,6 +98,7 @@ impl Store for MemoryStore {
                 exists: true,
                 room_limit_reached: false,
                 presence: Vec::new(),
+                read_markers: Vec::new(),
             },
             None if self.numbering => RoomLog {
                 epoch: self
@@ -108,6 +112,7 @@ impl Store for MemoryStore {
                 exists: false,
                 room_limit_reached: false,
                 presence: Vec::new(),
+                read_markers: Vec::new(),
             },
             None => RoomLog {
                 epoch: super::new_epoch(),
@@ -116,6 +121,7 @@ impl Store for MemoryStore {
                 exists: false,
                 room_limit_reached: false,
                 presence: Vec::new(),
+                read_markers: Vec::new(),
             },
         })
     }
@@ -199,11 +205,27 @@ impl Store for MemoryStore {
             }
             log.messages.push_back(a.message.clone());
         }
+        let mut markers = self.markers.write();
+        for m in &batch.read_markers {
+            let at = markers.entry((m.room.clone(), m.user.clone())).or_insert(0);
+            *at = (*at).max(m.sequence);
+        }
         for room in &batch.expired {
             rooms.remove(room);
             self.claims.lock().remove(room);
+            markers.retain(|(r, _), _| r != room);
         }
         Ok(())
+    }
+
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        Ok(self
+            .markers
+            .read()
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|((_, user), seq)| (user.clone(), *seq))
+            .collect())
     }
 
     fn room_count(&self) -> usize {
@@ -255,11 +277,18 @@ impl Store for MemoryStore {
         Ok(self.rooms.read().get(room).map_or(1, |l| l.first))
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         Ok(self
             .rooms
             .read()
-            .iter()
+            .range((from, Bound::Unbounded))
+            .take(limit)
             .map(|(room, log)| RoomSummary {
                 room: room.clone(),
                 last: log.last(),
@@ -316,6 +345,7 @@ mod tests {
                 .map(|i| super::super::Append::new(room.clone(), msg(i)))
                 .collect(),
             expired: Vec::new(),
+            read_markers: Vec::new(),
         }
     }
 
@@ -397,5 +427,25 @@ mod tests {
             .map(|a| (a.message.sequence, a.duplicate))
             .collect();
         assert_eq!(seqs, [(1, false), (2, false), (1, true)]);
+    }
+
+    #[test]
+    fn read_markers_only_go_forward() {
+        let s = MemoryStore::new();
+        let room = RoomName::parse("r").unwrap();
+        let marker = |sequence| super::super::ReadMarker {
+            room: room.clone(),
+            user: "ann".into(),
+            sequence,
+        };
+        let mut b = batch(&room, 1..=3);
+        b.read_markers = vec![marker(3), marker(2)];
+        s.append(&mut b).unwrap();
+        let mut back = Batch {
+            read_markers: vec![marker(1)],
+            ..Batch::default()
+        };
+        s.append(&mut back).unwrap();
+        assert_eq!(s.read_markers(&room).unwrap(), vec![("ann".into(), 3)]);
     }
 }

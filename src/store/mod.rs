@@ -62,20 +62,34 @@ pub struct NewRoom {
     pub epoch: String,
 }
 
-/// One group commit: rooms to create, then messages in order, then rooms
-/// whose whole log is past retention to delete (a later use of the name
-/// starts a new log, with a new epoch).
+/// One group commit: rooms to create, then messages in order, then read
+/// markers, then rooms whose whole log is past retention to delete (a later
+/// use of the name starts a new log, with a new epoch, and no markers).
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub new_rooms: Vec<NewRoom>,
     pub appends: Vec<Append>,
     pub expired: Vec<RoomName>,
+    /// Highest sequences users have read; a store keeps the larger of what
+    /// it has and what comes (a marker never goes back).
+    pub read_markers: Vec<ReadMarker>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.new_rooms.is_empty() && self.appends.is_empty() && self.expired.is_empty()
+        self.new_rooms.is_empty()
+            && self.appends.is_empty()
+            && self.expired.is_empty()
+            && self.read_markers.is_empty()
     }
+}
+
+/// How far a user has read a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMarker {
+    pub room: RoomName,
+    pub user: Arc<str>,
+    pub sequence: u64,
 }
 
 /// Who numbers a room's messages.
@@ -106,6 +120,9 @@ pub struct RoomLog {
     /// Other nodes' users in the room, as a log shared by nodes has them
     /// (empty for a log of one node).
     pub presence: Vec<RemoteNode>,
+    /// The room's read markers (user, sequence), filled in by the driver
+    /// from `Store::read_markers`.
+    pub read_markers: Vec<(Arc<str>, u64)>,
 }
 
 /// Another node's users in a room, under the version of its last change.
@@ -312,11 +329,20 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// Every read marker of a room: (user, highest sequence read). A store
+    /// that keeps none has none.
+    fn read_markers(&self, _room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// The oldest sequence still retained (`last + 1` when the log is empty).
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError>;
 
-    /// Every room with its newest sequence, in name order.
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+    /// Up to `limit` rooms named after `after` (from the first when
+    /// `None`), with their newest sequence, in name order: one page of the
+    /// room list, so that no caller reads every room at once.
+    fn rooms(&self, after: Option<&RoomName>, limit: usize)
+        -> Result<Vec<RoomSummary>, StoreError>;
 
     /// How many rooms the log has. Never blocks on the writer.
     fn room_count(&self) -> usize;

@@ -23,7 +23,7 @@ const OUT = path.join(ROOT, "target/browser");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const PIDFILE = process.env.PARLOR_PIDFILE || "";
 const STORE = process.env.PARLOR_E2E_STORE || "redb";
-const OVERALL_MS = 150_000;
+const OVERALL_MS = 220_000;
 const WAIT = 10_000; // default for every wait
 
 const ROOM = "e2e-lobby";
@@ -78,7 +78,11 @@ function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function startServer(port) {
-  server = spawn(BIN, ["serve", "--store", STORE, "--data-dir", dataDir, "--addr", `127.0.0.1:${port}`], {
+  // The history bot posts 250 messages through the open API as one user, as
+  // fast as it can: above the per-user message rate a real user gets.
+  const args = ["serve", "--store", STORE, "--data-dir", dataDir, "--addr", `127.0.0.1:${port}`,
+    "--rate-per-sec", "2000", "--rate-burst", "2000"];
+  server = spawn(BIN, args, {
     stdio: ["ignore", serverLog, serverLog],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "info" },
   });
@@ -402,6 +406,101 @@ async function main() {
   await a.locator('#older[data-state="start"]').waitFor({ timeout: WAIT });
   log(`scroll-back paged in 1..${TOTAL}`);
   await switchRoom(a, ROOM);
+
+  // --- status and typing ------------------------------------------------------------------
+  await switchRoom(b, ROOM);
+  await a.locator("#status-select").selectOption("busy");
+  await b.locator('#presence-list li[data-user="alice"][data-status="busy"]').waitFor({ state: "attached", timeout: WAIT });
+  await a.locator('#presence-list li[data-user="alice"][data-status="busy"]').waitFor({ state: "attached", timeout: WAIT });
+  await a.locator("#input").fill("alice is writing somethi");
+  await b.locator("#typing", { hasText: "alice is typing…" }).waitFor({ timeout: WAIT });
+  await b.locator("#presence-toggle").click();
+  await shot(b, "page-b-status-typing.png");
+  await b.locator("#presence-toggle").click();
+  await a.locator("#input").fill("");
+  await b.locator("#typing", { hasText: "alice is typing" }).waitFor({ state: "detached", timeout: WAIT }).catch(() => {});
+  await b.waitForFunction(() => document.getElementById("typing").textContent === "", null, { timeout: WAIT });
+  log("bob sees alice busy and typing; the typing note clears");
+
+  // --- a direct message, and a third page that cannot open it ----------------------------
+  const DM = "dm:alice:bob";
+  await a.locator('#presence-list li[data-user="bob"] .dm-btn').click();
+  await a.locator(`#room-view[data-room="${DM}"][data-joined="true"]`).waitFor({ timeout: WAIT });
+  assert(await a.locator(`#dm-rooms li[data-room="${DM}"]`).count() === 1, "the DM is listed under direct messages");
+  assert(await a.locator(`#open-rooms li[data-room="${DM}"]`).count() === 0, "the DM is not listed with the rooms");
+  assert((await a.locator("#room-title").textContent()) === "@bob", "the DM is titled by the other user");
+  await sendAndWaitAck(a, "hi bob, this is just between us");
+  await joinRoom(b, DM);
+  await b.locator("#messages li[data-seq] .content", { hasText: "just between us" }).waitFor({ timeout: WAIT });
+  await sendAndWaitAck(b, "got it, alice");
+  await a.locator("#messages li[data-seq] .content", { hasText: "got it, alice" }).waitFor({ timeout: WAIT });
+  await shot(a, "page-a-dm.png");
+  const d = await newPage("dave", { viewport: { width: 900, height: 640 } });
+  await d.goto(base + "/", { timeout: WAIT });
+  await d.locator("#name-dialog[open] #name-input").fill("dave");
+  await d.locator("#name-input").press("Enter");
+  await d.waitForFunction(() => window.parlor && window.parlor.state === "connected", null, { timeout: WAIT });
+  await d.locator("#join-input").fill(DM);
+  await d.locator("#join-input").press("Enter");
+  await d.locator(`#room-view[data-room="${DM}"][data-refused="true"]`).waitFor({ timeout: WAIT });
+  assert(await d.locator("#messages li[data-seq]").count() === 0, "dave sees none of the DM");
+  const dmApi = await fetch(`${base}/api/rooms/${DM}/messages?user=dave`);
+  assert(dmApi.status === 403, `the API refuses dave the DM (${dmApi.status})`);
+  await shot(d, "page-d-dm-refused.png");
+  await d.context().close();
+  pages.splice(pages.findIndex(([n]) => n === "dave"), 1);
+  log("alice and bob chat in", DM, "; dave is refused it");
+
+  // --- unread counts from read markers: two tabs of one user --------------------------------
+  await switchRoom(a, ROOM);
+  const a2 = await a.context().newPage();
+  a2.setDefaultTimeout(WAIT);
+  pages.push(["alice-tab2", a2]);
+  a2.on("pageerror", (e) => problems.push(`alice-tab2: page error: ${e.message}`));
+  await a2.goto(base + "/", { timeout: WAIT });
+  await a2.waitForFunction((r) => window.parlor && window.parlor.state === "connected" &&
+    window.parlor.room(r) && window.parlor.room(r).joined, SIDE, { timeout: WAIT });
+  await switchRoom(a2, ROOM);
+  await switchRoom(b, SIDE);
+  await sendAndWaitAck(b, "one message, two tabs, one count");
+  const unreadOn = async (page) => page.evaluate((r) => window.parlor.room(r).unread, SIDE);
+  await a2.waitForFunction((r) => window.parlor.room(r).last >= 2, SIDE, { timeout: WAIT });
+  await a.waitForFunction((r) => window.parlor.room(r).last >= 2, SIDE, { timeout: WAIT });
+  const [u1, u2] = [await unreadOn(a), await unreadOn(a2)];
+  assert(u1 >= 1 && u1 === u2, `both tabs show the same unread count (${u1}, ${u2})`);
+  await a2.locator(`#open-rooms li[data-room="${SIDE}"] .badge[data-unread="${u1}"]`).waitFor({ timeout: WAIT });
+  await shot(a2, "page-a2-unread.png");
+  await switchRoom(a, SIDE); // tab 1 reads it: tab 2's badge goes
+  await a2.locator(`#open-rooms li[data-room="${SIDE}"] .badge`).waitFor({ state: "detached", timeout: WAIT });
+  await a2.reload({ timeout: WAIT });
+  await a2.waitForFunction((r) => window.parlor && window.parlor.room(r) && window.parlor.room(r).joined, SIDE, { timeout: WAIT });
+  assert(await unreadOn(a2) === 0, "after a reload the read marker still holds");
+  assert(await a2.locator(`#open-rooms li[data-room="${SIDE}"] .badge`).count() === 0, "no badge after the reload");
+  await shot(a2, "page-a2-read.png");
+  await a2.close();
+  pages.splice(pages.findIndex(([n]) => n === "alice-tab2"), 1);
+  log(`unread count ${u1} matched across two tabs; reading in one cleared both, also after a reload`);
+
+  // --- WebSocket blocked: SSE + POST --------------------------------------------------------
+  const e = await newPage("erin", { viewport: { width: 900, height: 640 } });
+  await e.routeWebSocket(/\/ws/, (ws) => ws.close({ code: 1011, reason: "test: WebSocket blocked" }));
+  await e.goto(base + "/", { timeout: WAIT });
+  await e.locator("#name-dialog[open] #name-input").fill("erin");
+  await e.locator("#name-input").press("Enter");
+  await e.waitForFunction(() => window.parlor && window.parlor.transport === "sse" && window.parlor.state === "connected", null, { timeout: 20_000 });
+  await e.locator('#conn[data-transport="sse"]').waitFor({ timeout: WAIT });
+  assert(/SSE/.test(await e.locator("#conn-text").textContent()), "the page says it chats over SSE");
+  await joinRoom(e, ROOM);
+  await switchRoom(b, ROOM);
+  await sendAndWaitAck(e, "hello from erin, over SSE + POST");
+  await b.locator("#messages li[data-seq] .content", { hasText: "over SSE + POST" }).waitFor({ timeout: WAIT });
+  await sendAndWaitAck(b, "bob to erin over WebSocket");
+  await e.locator("#messages li[data-seq] .content", { hasText: "bob to erin over WebSocket" }).waitFor({ timeout: WAIT });
+  expected = (await api(base, `/api/rooms/${ROOM}/messages?limit=1000`)).messages;
+  await waitForSeqCount(e, expected.length);
+  checkInOrder("erin (SSE)", await shownMessages(e), expected);
+  await shot(e, "page-e-sse-fallback.png");
+  log("erin chats over SSE + POST with the WebSocket blocked");
 
   // --- final screenshots ---------------------------------------------------------------------
   for (const page of [a, b]) await page.locator("#scroller").evaluate((s) => { s.scrollTop = s.scrollHeight; });

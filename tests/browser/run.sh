@@ -45,5 +45,5 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start=$SECONDS
-PARLOR_PIDFILE="$PIDFILE" timeout --kill-after=10 240 node "$HERE/e2e.mjs" "$BIN" </dev/null
+PARLOR_PIDFILE="$PIDFILE" timeout --kill-after=10 300 node "$HERE/e2e.mjs" "$BIN" </dev/null
 echo "browser test passed in $((SECONDS - start))s; screenshots in target/browser/"

@@ -154,8 +154,12 @@ impl Store for FaultyStore {
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.inner.first_retained(room)
     }
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.inner.rooms()
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        self.inner.rooms(after, limit)
     }
     fn room_count(&self) -> usize {
         self.inner.room_count()

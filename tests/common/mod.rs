@@ -10,6 +10,7 @@
 pub mod binary;
 pub mod faulty;
 pub mod redis;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -244,6 +244,25 @@ impl Client {
                 Ok(())
             }
             "presence" => Ok(()),
+            "typing" | "read" => {
+                let room = room.unwrap();
+                if !self.view(&room)?.announced {
+                    return Err(format!("a {ty} event before joined"));
+                }
+                if ty == "typing" && data["user"].as_str() == Some(&*self.user) {
+                    return Err("told about its own typing".into());
+                }
+                if ty == "read" {
+                    let seq = data["sequence"].as_u64().ok_or("read without sequence")?;
+                    let last = log.log.load_room(&room, 0).map_err(|e| e.to_string())?.last;
+                    let epoch_now = log.log.epoch(&room).ok().flatten();
+                    let view_epoch = self.view(&room)?.epoch.clone();
+                    if epoch_now == view_epoch && seq > last {
+                        return Err(format!("read marker {seq} past the log's {last}"));
+                    }
+                }
+                Ok(())
+            }
             other => Err(format!("unexpected frame type {other}")),
         }
     }

@@ -83,6 +83,7 @@ pub struct Coverage {
     pub disconnects: u64,
     pub other_batches: u64,
     pub lost_answers: u64,
+    pub long_polls: u64,
 }
 
 impl Coverage {
@@ -102,6 +103,7 @@ impl Coverage {
         self.disconnects += o.disconnects;
         self.other_batches += o.other_batches;
         self.lost_answers += o.lost_answers;
+        self.long_polls += o.long_polls;
     }
 }
 
@@ -120,6 +122,9 @@ pub struct World {
     /// Where ended sessions were, for clients that come back.
     gone: Vec<(Arc<str>, Seen)>,
     http: Vec<HttpPublish>,
+    /// Long polls: (room, after, answer); an answer must name a sequence
+    /// past `after` that the log has.
+    waits: Vec<(RoomName, u64, oneshot::Receiver<u64>)>,
     /// Every (user, id) acked, with its sequence: retries must get the same.
     acked: BTreeMap<(String, String), (RoomName, u64)>,
     rooms: Vec<RoomName>,
@@ -165,6 +170,7 @@ impl World {
             clients: Vec::new(),
             gone: Vec::new(),
             http: Vec::new(),
+            waits: Vec::new(),
             acked: BTreeMap::new(),
             rooms: ROOMS.iter().map(|r| RoomName::parse(r).unwrap()).collect(),
             next_client: 1,
@@ -253,6 +259,7 @@ impl World {
             }
         }
         self.settle_http();
+        self.settle_waits();
         self.reap();
     }
 
@@ -329,6 +336,24 @@ impl World {
                 self.pending.push((at, Pending::Subscribed(room)));
             }
         }
+    }
+
+    /// Long polls answered: with a sequence past theirs, in the log.
+    fn settle_waits(&mut self) {
+        let mut still = Vec::new();
+        for (room, after, mut rx) in std::mem::take(&mut self.waits) {
+            match rx.try_recv() {
+                Ok(last) => {
+                    assert!(last > after, "a long poll after {after} woken at {last}");
+                    let log_last = self.log.load_room(&room, 0).unwrap().last;
+                    assert!(last <= log_last, "woken at {last}, the log has {log_last}");
+                    self.coverage.long_polls += 1;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {}
+                Err(oneshot::error::TryRecvError::Empty) => still.push((room, after, rx)),
+            }
+        }
+        self.waits = still;
     }
 
     fn connect(&mut self) {
@@ -484,12 +509,47 @@ impl World {
                 self.note(format!("c{cid} publish {room} id={id:?}"));
                 self.handle(cmd);
             }
-            0..=92 => {
+            0..=88 => {
                 let cmd = Command::Presence {
                     room,
                     peer: self.clients[i].peer.clone(),
                 };
                 self.handle(cmd);
+            }
+            // Ephemeral and per-user signals: they take no sequence and
+            // must never disturb a view's messages.
+            89 => {
+                let peer = self.clients[i].peer.clone();
+                self.note(format!("c{} typing {room}", peer.client_id));
+                self.handle(Command::Typing { room, peer });
+            }
+            90 => {
+                let peer = self.clients[i].peer.clone();
+                let sequence = self.rng.below(60);
+                self.note(format!("c{} read {room} {sequence}", peer.client_id));
+                self.handle(Command::Read {
+                    room,
+                    peer,
+                    sequence,
+                });
+            }
+            91 => {
+                let status = parlor::protocol::Status {
+                    availability: [
+                        parlor::protocol::Availability::Online,
+                        parlor::protocol::Availability::Away,
+                        parlor::protocol::Availability::Busy,
+                    ][self.rng.below(3) as usize],
+                    text: None,
+                };
+                let user = self.clients[i].user.clone();
+                self.handle(Command::Status { room, user, status });
+            }
+            92 => {
+                let after = self.rng.below(40);
+                let (reply, rx) = oneshot::channel();
+                self.waits.push((room.clone(), after, rx));
+                self.handle(Command::Wait { room, after, reply });
             }
             _ => {
                 self.note(format!("c{} disconnects", self.clients[i].id));
@@ -741,7 +801,11 @@ impl World {
 
     fn stats(&mut self) {
         let (tx, mut rx) = oneshot::channel();
-        self.handle(Command::Stats { reply: tx });
+        self.handle(Command::Stats {
+            after: None,
+            limit: usize::MAX,
+            reply: tx,
+        });
         for s in rx.try_recv().expect("stats answer at once") {
             let log_last = self.log.load_room(&s.room, 0).unwrap().last;
             assert!(
@@ -829,6 +893,7 @@ impl World {
             }
         }
         self.http.clear();
+        self.waits.clear();
         self.core = Rooms::new(self.limits, Box::new(Sequential));
     }
 
@@ -932,9 +997,17 @@ pub fn run(seed: u64, steps: usize) -> Coverage {
     world.coverage
 }
 
-/// The log itself: per room 1..N with no gap, and no client id twice.
+/// The log itself: per room 1..N with no gap, and no client id twice; read
+/// markers within the room's log.
 fn check_log(world: &World) {
     for room in &world.rooms {
+        let last = world.log.load_room(room, 0).unwrap().last;
+        for (user, seq) in world.log.read_markers(room).unwrap() {
+            assert!(
+                seq <= last,
+                "{room}: {user} read up to {seq}, the log ends at {last}"
+            );
+        }
         let all = world
             .log
             .read(room, 0, u64::MAX, ReadLimit::messages(usize::MAX))

@@ -222,12 +222,20 @@ impl Store for RedbStore {
             .reading(|| self.inner.read(room, after, upto, limit))
     }
 
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(std::sync::Arc<str>, u64)>, StoreError> {
+        self.inner.reading(|| self.inner.read_markers(room))
+    }
+
     fn first_retained(&self, room: &RoomName) -> Result<u64, StoreError> {
         self.inner.reading(|| self.inner.first_retained(room))
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
-        self.inner.reading(|| self.inner.rooms())
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        self.inner.reading(|| self.inner.rooms(after, limit))
     }
 
     fn room_count(&self) -> usize {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use ::redb::{Database, DatabaseError, ReadableTable, StorageError, TableHandle};
 
 use super::schema::{
-    FORMAT_VERSION, MESSAGES, META, META_FORMAT, META_NEXT_ROOM, REDB_MAGIC, ROOMS,
+    FORMAT_VERSION, MESSAGES, META, META_FORMAT, META_NEXT_ROOM, READ_MARKERS, REDB_MAGIC, ROOMS,
 };
 
 /// Why the store cannot be opened; each names the file or dir.
@@ -124,7 +124,12 @@ pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
         .map_err(|e| redb(e.into()))?
         .map(|t| t.name().to_string())
         .collect();
-    let ours = [META.name(), ROOMS.name(), MESSAGES.name()];
+    let ours = [
+        META.name(),
+        ROOMS.name(),
+        MESSAGES.name(),
+        READ_MARKERS.name(),
+    ];
     let foreign = tables.iter().any(|t| !ours.contains(&t.as_str()));
     let has_meta = tables.iter().any(|t| t == META.name());
     if foreign || (!tables.is_empty() && !has_meta) {

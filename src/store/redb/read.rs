@@ -9,6 +9,7 @@
 //! checks that the sequences it returns follow each other and that it did
 //! not stop short of the room's newest, and reports a gap as `Corrupt`.
 
+use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
 use ::redb::{
@@ -17,7 +18,7 @@ use ::redb::{
 };
 use parking_lot::RwLockReadGuard;
 
-use super::schema::{decode, MESSAGES, ROOMS};
+use super::schema::{decode, marker_range, MESSAGES, READ_MARKERS, ROOMS};
 use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
@@ -157,6 +158,7 @@ impl Inner {
                 exists: false,
                 room_limit_reached: false,
                 presence: Vec::new(),
+                read_markers: Vec::new(),
             });
         };
         self.room_ids.write().insert(room.clone(), id);
@@ -185,7 +187,34 @@ impl Inner {
             exists: true,
             room_limit_reached: false,
             presence: Vec::new(),
+            read_markers: Vec::new(),
         })
+    }
+
+    /// A room's read markers, by user name.
+    pub(super) fn read_markers(
+        &self,
+        room: &RoomName,
+    ) -> Result<Vec<(std::sync::Arc<str>, u64)>, StoreError> {
+        let snap = self.read_txn()?;
+        let markers = match snap.txn.open_table(READ_MARKERS) {
+            Ok(t) => t,
+            // No marker was ever written.
+            Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::storage("open the markers table", e)),
+        };
+        let (from, to) = marker_range(room.as_str());
+        let mut out = Vec::new();
+        for entry in markers
+            .range(from.as_str()..to.as_str())
+            .op("read read markers")?
+        {
+            let (k, v) = entry.op("read read markers")?;
+            if let Some((_, user)) = k.value().split_once('\0') {
+                out.push((std::sync::Arc::from(user), v.value()));
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn epoch(&self, room: &RoomName) -> Result<Option<String>, StoreError> {
@@ -250,12 +279,22 @@ impl Inner {
         }
     }
 
-    pub(super) fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+    pub(super) fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
         let snap = self.read_txn()?;
         let (rooms, messages) = self.tables(&snap.txn)?;
         let mut out = Vec::new();
-        let iter = rooms.iter().op("read the rooms table")?;
+        let from = after.map_or(Bound::Unbounded, |r| Bound::Excluded(r.as_str()));
+        let iter = rooms
+            .range::<&str>((from, Bound::Unbounded))
+            .op("read the rooms table")?;
         for entry in iter {
+            if out.len() >= limit {
+                break;
+            }
             let (name, v) = entry.op("read the rooms table")?;
             let Ok(room) = RoomName::parse(name.value()) else {
                 tracing::warn!(

@@ -3,6 +3,7 @@
 //!
 //! - `parlor_meta`: `&str → u64` — file format version and the next room id.
 //! - `parlor_rooms`: room name → `(room_id, epoch)`.
+//! - `parlor_read_markers`: `room NUL user → sequence`, the highest read.
 //! - `parlor_messages`: `(room_id, sequence) → record` (MessagePack map of
 //!   timestamp, user, content and client id). Room names never appear in
 //!   message keys, and the key order makes a range read one B-tree scan and
@@ -21,6 +22,20 @@ pub const FILE_NAME: &str = "parlor.redb";
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("parlor_meta");
 pub const ROOMS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("parlor_rooms");
 pub const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("parlor_messages");
+/// `marker_key(room, user)` → the highest sequence the user has read. Made
+/// by the first marker written (a file without one is still format 1).
+pub const READ_MARKERS: TableDefinition<&str, u64> = TableDefinition::new("parlor_read_markers");
+
+/// A read marker's key: room, NUL, user (a room name holds no NUL, so a
+/// room's markers are one key range: `marker_range`).
+pub fn marker_key(room: &str, user: &str) -> String {
+    format!("{room}\0{user}")
+}
+
+/// The keys of every marker of `room`.
+pub fn marker_range(room: &str) -> (String, String) {
+    (format!("{room}\0"), format!("{room}\u{1}"))
+}
 
 pub const META_FORMAT: &str = "format";
 pub const META_NEXT_ROOM: &str = "next_room_id";

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use ::redb::{ReadableTable, WriteTransaction};
 
 use super::read::RetentionPlan;
-use super::schema::{encode, MESSAGES, META, META_NEXT_ROOM, META_PROBE, ROOMS};
+use super::schema::{
+    encode, marker_key, marker_range, MESSAGES, META, META_NEXT_ROOM, META_PROBE, READ_MARKERS,
+    ROOMS,
+};
 use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
 use crate::protocol::RoomName;
@@ -373,7 +376,29 @@ impl Inner {
                     .op("insert a message")?;
                 next.insert(&a.room, (id, expected + 1));
             }
+            if !batch.read_markers.is_empty() {
+                let mut markers = txn.open_table(READ_MARKERS).op("open the markers table")?;
+                for m in &batch.read_markers {
+                    let key = marker_key(m.room.as_str(), &m.user);
+                    let stored = markers
+                        .get(key.as_str())
+                        .op("read a read marker")?
+                        .map_or(0, |v| v.value());
+                    if m.sequence > stored {
+                        markers
+                            .insert(key.as_str(), m.sequence)
+                            .op("write a read marker")?;
+                    }
+                }
+            }
             for room in &batch.expired {
+                if self.has_markers_table(txn)? {
+                    let mut markers = txn.open_table(READ_MARKERS).op("open the markers table")?;
+                    let (from, to) = marker_range(room.as_str());
+                    markers
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .op("delete an expired room's read markers")?;
+                }
                 let Some((id, _)) = self.room_entry_in(&rooms, room)? else {
                     continue;
                 };
@@ -396,6 +421,16 @@ impl Inner {
             ids.insert(room, id);
         }
         Ok(())
+    }
+
+    /// Whether the markers table exists yet (opening it in a write
+    /// transaction would create it).
+    fn has_markers_table(&self, txn: &WriteTransaction) -> Result<bool, StoreError> {
+        use ::redb::TableHandle;
+        Ok(txn
+            .list_tables()
+            .op("list tables")?
+            .any(|t| t.name() == READ_MARKERS.name()))
     }
 
     /// Deletes planned front ranges in one write transaction.

@@ -9,6 +9,7 @@
 //! | `parlor:{room}:log` | stream | the messages; entry id `<sequence>-0`, fields `t` (ms) and `m` (the message as JSON) |
 //! | `parlor:{room}:meta` | hash | `epoch`, `seq` (the newest sequence handed out) |
 //! | `parlor:{room}:ids` | sorted set | `user \0 id` scored by sequence: the dedup window |
+//! | `parlor:{room}:read` | hash | `user` → the highest sequence the user has read (only ever raised) |
 //! | `parlor:{room}:presence` | hash | per node: `<node>` → version, `<node>\n<user>` → 1 |
 //! | `parlor:{room}:live` | channel | each batch's new messages, each presence change |
 //! | `parlor:rooms` | sorted set | every room with a message, scored by its last write (ms, approximate) |
@@ -29,6 +30,7 @@ pub struct RoomKeys {
     pub log: String,
     pub meta: String,
     pub ids: String,
+    pub read: String,
     pub presence: String,
     pub channel: String,
 }
@@ -40,6 +42,7 @@ impl RoomKeys {
             log: k("log"),
             meta: k("meta"),
             ids: k("ids"),
+            read: k("read"),
             presence: k("presence"),
             channel: k("live"),
         }
@@ -77,7 +80,7 @@ mod tests {
     fn every_key_of_a_room_shares_its_hash_tag() {
         let room = RoomName::parse("dm:ann.bob-1").unwrap();
         let k = RoomKeys::new(&room);
-        for key in [&k.log, &k.meta, &k.ids, &k.presence, &k.channel] {
+        for key in [&k.log, &k.meta, &k.ids, &k.read, &k.presence, &k.channel] {
             assert!(key.contains("{dm:ann.bob-1}"), "{key}");
         }
         assert_eq!(room_of_channel(&k.channel), Some(room));

@@ -393,6 +393,8 @@ impl Store for RedisLog {
             exists: last > 0,
             room_limit_reached: false,
             presence: self.remote_presence(fields),
+            // Read by the driver through `read_markers`.
+            read_markers: Vec::new(),
         })
     }
 
@@ -415,15 +417,36 @@ impl Store for RedisLog {
         // claim lapsed): it starts afresh under a new epoch, never under the
         // one the batch names, and the core learns of it from the write-back.
         let epochs: Vec<String> = rooms.iter().map(|_| super::new_epoch()).collect();
-        let results = self.block(async {
+        // Read markers go alongside: each names a sequence already stored.
+        let mut markers: BTreeMap<&RoomName, Vec<Value>> = BTreeMap::new();
+        for m in &batch.read_markers {
+            let args = markers.entry(&m.room).or_default();
+            args.push(Value::from(&*m.user));
+            args.push(Value::from(m.sequence.min(i64::MAX as u64) as i64));
+        }
+        let (results, marked) = self.block(async {
             let calls = rooms.iter().zip(&epochs).map(|((room, idx), epoch)| {
                 let messages: Vec<&StoredMessage> =
                     idx.iter().map(|&i| &batch.appends[i].message).collect();
                 async move { self.append_room(room, epoch, &messages).await }
             });
-            Ok(futures_util::future::join_all(calls).await)
+            let marks = markers.into_iter().map(|(room, args)| {
+                let key = RoomKeys::new(room).read;
+                self.call(
+                    "read_markers",
+                    self.scripts
+                        .mark_read
+                        .call::<i64>(&self.client, None, vec![key], args),
+                )
+            });
+            let (results, marked) = futures_util::future::join(
+                futures_util::future::join_all(calls),
+                futures_util::future::join_all(marks),
+            )
+            .await;
+            Ok((results, marked))
         })?;
-        let mut first_error = None;
+        let mut first_error = marked.into_iter().find_map(Result::err);
         let mut index = Vec::new();
         for ((room, idx), result) in rooms.iter().zip(results) {
             match result {
@@ -531,7 +554,13 @@ impl Store for RedisLog {
         Ok(seq.unwrap_or(0) + 1)
     }
 
-    fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+    fn rooms(
+        &self,
+        after: Option<&RoomName>,
+        limit: usize,
+    ) -> Result<Vec<RoomSummary>, StoreError> {
+        // The index is scored by time, not name: a page is cut from the
+        // sorted names.
         let names: Vec<String> = self.block(
             self.call(
                 "rooms",
@@ -542,8 +571,10 @@ impl Store for RedisLog {
         let mut rooms: Vec<RoomName> = names
             .iter()
             .filter_map(|n| RoomName::parse(n).ok())
+            .filter(|r| after.is_none_or(|a| r > a))
             .collect();
         rooms.sort();
+        rooms.truncate(limit);
         let lasts = self.block(async {
             let calls = rooms.iter().map(|room| {
                 let meta = RoomKeys::new(room).meta;
@@ -562,6 +593,16 @@ impl Store for RedisLog {
             .zip(lasts)
             .filter_map(|(room, last)| Some(RoomSummary { room, last: last? }))
             .collect())
+    }
+
+    fn read_markers(&self, room: &RoomName) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+        let k = RoomKeys::new(room);
+        let all: HashMap<String, u64> =
+            self.block(self.call("read_markers", self.client.hgetall(k.read)))?;
+        let mut markers: Vec<(Arc<str>, u64)> =
+            all.into_iter().map(|(u, s)| (Arc::from(u), s)).collect();
+        markers.sort();
+        Ok(markers)
     }
 
     fn room_count(&self) -> usize {
@@ -661,14 +702,15 @@ impl RedisLog {
         for room in rooms {
             let k = RoomKeys::new(room);
             let args: Vec<Value> = vec![(cutoff as i64).into()];
-            let dropped: i64 = self.block(
-                self.call(
-                    "expire",
-                    self.scripts
-                        .drop
-                        .call(&self.client, None, vec![k.log, k.meta, k.ids], args),
+            let dropped: i64 = self.block(self.call(
+                "expire",
+                self.scripts.drop.call(
+                    &self.client,
+                    None,
+                    vec![k.log, k.meta, k.ids, k.read],
+                    args,
                 ),
-            )?;
+            ))?;
             if dropped == 1 {
                 self.indexed.lock().remove(room);
                 self.block(self.call(

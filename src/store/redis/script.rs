@@ -173,7 +173,7 @@ return {dead, live, added}
 /// Deletes a room whose newest message is older than ARGV[1] (ms); a later
 /// message starts a new log with a new epoch. Returns 1 if deleted.
 ///
-/// KEYS: log, meta, ids.
+/// KEYS: log, meta, ids, read markers.
 pub const DROP: &str = r#"
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 then
@@ -184,8 +184,22 @@ if #last > 0 then
     end
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return 1
+"#;
+
+/// Raises users' read markers in a room, never lowering one (nodes may
+/// hand in markers out of order).
+///
+/// KEYS: the room's read markers. ARGV: user, sequence, user, sequence, …
+pub const MARK_READ: &str = r#"
+for i = 1, #ARGV, 2 do
+  local was = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > was then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
 "#;
 
 /// Deletes a room's messages older than ARGV[1] (ms), oldest first, at
@@ -277,6 +291,7 @@ pub struct Scripts {
     pub forget_nodes: Script,
     pub heartbeat: Script,
     pub drop: Script,
+    pub mark_read: Script,
     pub trim_age: Script,
 }
 
@@ -289,6 +304,7 @@ impl Default for Scripts {
             forget_nodes: Script::new(FORGET_NODES),
             heartbeat: Script::new(HEARTBEAT),
             drop: Script::new(DROP),
+            mark_read: Script::new(MARK_READ),
             trim_age: Script::new(TRIM_AGE),
         }
     }

@@ -1,0 +1,54 @@
+//! What a user's sessions share: their status (the most recent set by any
+//! of them wins) and the rooms any of them is in, so that a status change
+//! reaches every room that shows the user. The sessions of one user hold
+//! the same `Account` (see `session::Accounts`); the room core only reads
+//! the status when a connection joins.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use crate::protocol::{RoomName, Status};
+
+#[derive(Default)]
+pub struct Account {
+    /// Short locks only: a join reads it, a `status` frame writes it.
+    status: Mutex<Status>,
+    /// Rooms the user's sessions are joined to, with how many of them.
+    rooms: Mutex<HashMap<RoomName, usize>>,
+}
+
+impl Account {
+    pub fn status(&self) -> Status {
+        self.status.lock().clone()
+    }
+
+    /// Sets the status; returns the rooms that must hear of it (none when
+    /// nothing changed).
+    pub fn set_status(&self, status: Status) -> Vec<RoomName> {
+        {
+            let mut s = self.status.lock();
+            if *s == status {
+                return Vec::new();
+            }
+            *s = status;
+        }
+        self.rooms.lock().keys().cloned().collect()
+    }
+
+    /// One of the user's sessions joined `room`.
+    pub fn joined(&self, room: &RoomName) {
+        *self.rooms.lock().entry(room.clone()).or_insert(0) += 1;
+    }
+
+    /// One of the user's sessions left `room`.
+    pub fn left(&self, room: &RoomName) {
+        let mut rooms = self.rooms.lock();
+        if let Some(n) = rooms.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                rooms.remove(room);
+            }
+        }
+    }
+}
