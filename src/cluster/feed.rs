@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{Cluster, Event, FeedRequest};
 use crate::protocol::{now_ms, RoomName};
-use crate::rooms::RemoteUpdate;
+use crate::rooms::{RemoteUpdate, RoomRelay};
 use crate::store::redis::{decode_live, keys, Live};
 
 /// How long a failed subscription waits before it is tried again.
@@ -236,6 +236,17 @@ fn route(cluster: &Cluster, m: fred::types::Message) {
                     room: room.clone(),
                     update,
                 },
+            );
+        }
+        Ok(Live::Relay { node, .. }) if node == cluster.node => {}
+        Ok(Live::Relay { user, relay, .. }) => {
+            cluster.send_live(
+                &room,
+                Event::Relay(RoomRelay {
+                    room: room.clone(),
+                    user,
+                    relay,
+                }),
             );
         }
         Err(e) => tracing::warn!(room = %room, cause = %e, "an unreadable live message"),

@@ -7,7 +7,8 @@
 //!   after every reconnection it subscribes again and tells the shards, so
 //!   they fill from the log what the channel missed.
 //! - `presence`: this node's users per room, written to Redis and
-//!   published as they change; a heartbeat that keeps this node in the set
+//!   published as they change, and the events its users' typing, read
+//!   markers and statuses relay to the other nodes; a heartbeat that keeps this node in the set
 //!   of live nodes and notices the nodes that died (their users leave).
 //!
 //! The shards reach these through unbounded request channels (one entry
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::message::StoredMessage;
 use crate::protocol::RoomName;
-use crate::rooms::{PresenceChange, RemoteUpdate};
+use crate::rooms::{PresenceChange, RemoteUpdate, RoomRelay};
 use crate::shard::shard_of;
 use crate::store::RedisLog;
 
@@ -56,8 +57,16 @@ pub enum Event {
     /// This node was taken for dead and is back, or its presence writes
     /// failed: tell the others its users again.
     Republish,
+    /// A user of another node did something its room relays.
+    Relay(RoomRelay),
     /// Nothing: wakes the shard to look at its `overflow` flag.
     Wake,
+}
+
+/// What a shard tells the other nodes, in the order it happened.
+pub enum Outgoing {
+    Presence(PresenceChange),
+    Relay(RoomRelay),
 }
 
 /// What a shard asks of the feed.
@@ -76,7 +85,7 @@ pub struct ShardLink {
     /// catch every room up from the log.
     pub overflow: Arc<AtomicBool>,
     pub feed: mpsc::UnboundedSender<FeedRequest>,
-    pub presence: mpsc::UnboundedSender<PresenceChange>,
+    pub presence: mpsc::UnboundedSender<Outgoing>,
 }
 
 struct ShardEnds {
@@ -96,7 +105,7 @@ pub struct Cluster {
     links: Mutex<Vec<Option<ShardLink>>>,
     /// Taken when the tasks start.
     feed_rx: Mutex<Option<mpsc::UnboundedReceiver<FeedRequest>>>,
-    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<PresenceChange>>>,
+    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     stop: CancellationToken,
 }
 

@@ -3,7 +3,10 @@
 //! - `write`: this node's users per room, as the shards report their
 //!   changes (once per presence window): each change goes to the room's
 //!   presence hash under this node's next version and out on the room's
-//!   live channel, in one script, in the order the shards made them.
+//!   live channel, in one script, in the order the shards made them;
+//!   relayed events (typing, read markers, statuses) go out on the room's
+//!   live channel in the same order. A relayed event that fails is lost
+//!   (it is ephemeral; a read marker is stored with the shard's batch).
 //! - `heartbeat`: every `--cluster-heartbeat-ms` this node renews its place
 //!   in the set of live nodes (deadline: 3 heartbeats, on Redis's clock)
 //!   and learns which nodes are alive. A node that drops out of the set
@@ -18,8 +21,9 @@ use std::sync::Arc;
 use fred::prelude::*;
 use tokio::sync::mpsc;
 
-use super::{Cluster, Event};
-use crate::rooms::PresenceChange;
+use super::{Cluster, Event, Outgoing};
+use crate::rooms::{PresenceChange, RoomRelay};
+use crate::store::redis::encode_relay;
 use crate::store::redis::keys;
 use crate::store::RedisLog;
 use crate::store::StoreError;
@@ -27,7 +31,7 @@ use crate::store::StoreError;
 /// Missed heartbeats after which a node is dead.
 pub const HEARTBEATS_TO_DEATH: u32 = 3;
 
-pub async fn write(cluster: Arc<Cluster>, mut changes: mpsc::UnboundedReceiver<PresenceChange>) {
+pub async fn write(cluster: Arc<Cluster>, mut changes: mpsc::UnboundedReceiver<Outgoing>) {
     let log = cluster.log.clone();
     let mut version: u64 = 0;
     let mut batch = Vec::new();
@@ -44,12 +48,25 @@ pub async fn write(cluster: Arc<Cluster>, mut changes: mpsc::UnboundedReceiver<P
             batch.push(c);
         }
         // In order on one connection, all in flight at once.
-        let calls = batch.drain(..).map(|change| {
-            version += 1;
-            let v = version;
+        let calls = batch.drain(..).map(|out| {
+            let v = match out {
+                Outgoing::Presence(_) => {
+                    version += 1;
+                    version
+                }
+                Outgoing::Relay(_) => 0,
+            };
             let log = &log;
             let node = &cluster.node;
-            async move { publish(log, node, v, change).await }
+            async move {
+                match out {
+                    Outgoing::Presence(change) => publish(log, node, v, change).await,
+                    Outgoing::Relay(r) => {
+                        let _ = relay(log, node, r).await;
+                        Ok(())
+                    }
+                }
+            }
         });
         let calls: Vec<_> = calls.collect();
         let failed = futures_util::future::join_all(calls)
@@ -87,6 +104,23 @@ async fn publish(
             .call::<i64>(log.client(), None, vec![k.presence, k.channel], args),
     )
     .await
+    .map(|_| ())
+}
+
+/// A relayed event, on the room's live channel.
+async fn relay(log: &RedisLog, node: &str, r: RoomRelay) -> Result<(), StoreError> {
+    let channel = keys::channel(&r.room);
+    let payload = encode_relay(node, &r.user, &r.relay);
+    if log.sharded() {
+        log.call(
+            "relay",
+            log.client().spublish::<i64, _, _>(channel, payload),
+        )
+        .await
+    } else {
+        log.call("relay", log.client().publish::<i64, _, _>(channel, payload))
+            .await
+    }
     .map(|_| ())
 }
 

@@ -7,6 +7,11 @@
 //! diffs. A user's typing is relayed at most once per `TYPING_EVERY_MS`;
 //! what comes faster is dropped silently. A read marker only moves forward,
 //! and is handed to the log with the next batch (`commit`).
+//!
+//! When other nodes share the room's log, each typing relay, marker move
+//! and status change also goes to them (`Effect::Relay`, over the room's
+//! live channel), and they relay it to their members the same way; a
+//! status reaches their presence, announced with their next window.
 
 use std::sync::Arc;
 
@@ -14,9 +19,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::fanout::push_all;
+use super::interface::{Relay, RoomRelay};
 use super::member::Peer;
 use super::room::Room;
-use super::{Millis, Rooms};
+use super::{Effect, Millis, Rooms};
 use crate::protocol::server as msg;
 use crate::protocol::{Format, RoomName, Status};
 use crate::store::ReadMarker;
@@ -54,26 +60,66 @@ impl Room {
     }
 
     /// `peer`'s user is typing: relayed to the others unless too soon.
-    pub fn typing(&mut self, peer: &Peer, now: Millis) -> Vec<u64> {
+    /// Returns None if it was not relayed, else the members that are gone.
+    pub fn typing(&mut self, peer: &Peer, now: Millis) -> Option<Vec<u64>> {
         if !self.members.contains(peer.client_id) || !self.chatty() {
-            return Vec::new();
+            return None;
         }
         if let Some(last) = self.typing.get(&peer.user) {
             if now.saturating_sub(*last) < TYPING_EVERY_MS {
-                return Vec::new();
+                return None;
             }
         }
         self.typing.insert(peer.user.clone(), now);
+        Some(self.relay_typing(&peer.user.clone()))
+    }
+
+    fn relay_typing(&mut self, user: &Arc<str>) -> Vec<u64> {
         let name = self.name.clone();
-        let user = peer.user.clone();
-        self.relay(None, Some(&user), &|format| {
+        self.relay(None, Some(user), &|format| {
             let data = msg::UserEvent {
                 room: name.as_str(),
-                user: &user,
+                user,
                 sequence: None,
             };
             msg::encode(format, "typing", None, Some(data))
         })
+    }
+
+    fn relay_read(&mut self, except: Option<u64>, user: &Arc<str>, sequence: u64) -> Vec<u64> {
+        let name = self.name.clone();
+        self.relay(except, None, &|format| {
+            let data = msg::UserEvent {
+                room: name.as_str(),
+                user,
+                sequence: Some(sequence),
+            };
+            msg::encode(format, "read", None, Some(data))
+        })
+    }
+
+    /// A user of another node is typing here (that node let it through
+    /// its own limit).
+    pub fn remote_typing(&mut self, user: &Arc<str>) -> Vec<u64> {
+        if !self.chatty() {
+            return Vec::new();
+        }
+        self.relay_typing(user)
+    }
+
+    /// A user of another node has read up to `sequence`: this node's copy
+    /// of the marker moves forward (the log has it from that node) and its
+    /// members hear of it.
+    pub fn remote_read(&mut self, user: &Arc<str>, sequence: u64) -> Vec<u64> {
+        let marker = self.markers.entry(user.clone()).or_insert(0);
+        if sequence <= *marker {
+            return Vec::new();
+        }
+        *marker = sequence;
+        if !self.chatty() {
+            return Vec::new();
+        }
+        self.relay_read(None, user, sequence)
     }
 
     /// `peer`'s user has read up to `sequence` (at most the newest stored):
@@ -97,16 +143,7 @@ impl Room {
         if !self.chatty() {
             return (Some(stored), Vec::new());
         }
-        let name = self.name.clone();
-        let user = peer.user.clone();
-        let gone = self.relay(Some(peer.client_id), None, &|format| {
-            let data = msg::UserEvent {
-                room: name.as_str(),
-                user: &user,
-                sequence: Some(sequence),
-            };
-            msg::encode(format, "read", None, Some(data))
-        });
+        let gone = self.relay_read(Some(peer.client_id), &peer.user.clone(), sequence);
         (Some(stored), gone)
     }
 
@@ -134,7 +171,11 @@ impl Room {
 impl Rooms {
     pub(super) fn typing(&mut self, room: &RoomName, peer: &Arc<Peer>, now: Millis) {
         let Some(r) = self.room_mut(room) else { return };
-        for id in r.typing(peer, now) {
+        let Some(gone) = r.typing(peer, now) else {
+            return;
+        };
+        self.tell_nodes(room, &peer.user, Relay::Typing);
+        for id in gone {
             self.remove_member(room, id, now);
         }
     }
@@ -149,6 +190,7 @@ impl Rooms {
         let Some(r) = self.room_mut(room) else { return };
         let (marker, gone) = r.mark_read(peer, sequence);
         if let Some(m) = marker {
+            self.tell_nodes(room, &peer.user, Relay::Read(m.sequence));
             self.commits.mark(m);
         }
         for id in gone {
@@ -157,8 +199,42 @@ impl Rooms {
     }
 
     pub(super) fn status(&mut self, room: &RoomName, user: &Arc<str>, status: &Status) {
-        if let Some(r) = self.room_mut(room) {
-            r.presence.set_status(user, status);
+        let changed = self
+            .room_mut(room)
+            .is_some_and(|r| r.presence.set_status(user, status));
+        if changed {
+            self.tell_nodes(room, user, Relay::Status(status.clone()));
+        }
+    }
+
+    /// Log mode: the other nodes relay this to their members of the room.
+    fn tell_nodes(&mut self, room: &RoomName, user: &Arc<str>, relay: Relay) {
+        if self.shared_log() {
+            self.effects.push_back(Effect::Relay(RoomRelay {
+                room: room.clone(),
+                user: user.clone(),
+                relay,
+            }));
+        }
+    }
+
+    /// What a user of another node did in a room this node has loaded.
+    pub fn remote_relay(&mut self, relay: RoomRelay, now: Millis) {
+        let RoomRelay { room, user, relay } = relay;
+        let Some(r) = self.room_mut(&room) else {
+            return;
+        };
+        let gone = match relay {
+            Relay::Typing => r.remote_typing(&user),
+            Relay::Read(sequence) => r.remote_read(&user, sequence),
+            // Announced with the next presence window, like a local one.
+            Relay::Status(status) => {
+                r.presence.set_status(&user, &status);
+                Vec::new()
+            }
+        };
+        for id in gone {
+            self.remove_member(&room, id, now);
         }
     }
 

@@ -146,6 +146,24 @@ pub enum Effect {
     Fill(Fill),
     /// Log mode: this node's own users in a room changed; tell the others.
     Presence(PresenceChange),
+    /// Log mode: what a user of this node did that the other nodes relay
+    /// to their members (never stored by this path; markers go in batches).
+    Relay(RoomRelay),
+}
+
+/// A relayed event of a room (typing, read marker, status), between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRelay {
+    pub room: RoomName,
+    pub user: Arc<str>,
+    pub relay: Relay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    Typing,
+    Read(u64),
+    Status(Status),
 }
 
 /// A read of a shared log's tail for a room that fell behind it.

@@ -46,8 +46,8 @@ pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
 pub use ephemeral::TYPING_EVERY_MS;
 pub use interface::{
-    Command, Effect, Fill, Limits, Millis, PresenceChange, ReadDone, RoomStats, Tally,
-    FILL_GRACE_MS,
+    Command, Effect, Fill, Limits, Millis, PresenceChange, ReadDone, Relay, RoomRelay, RoomStats,
+    Tally, FILL_GRACE_MS,
 };
 pub use member::{Budget, JoinId, Member, MemberState, Members, Peer};
 pub use presence::{RemoteUpdate, MAX_LISTED};

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::log_writer::{Committed, Job, LogWriter};
 use super::pool::Pool;
 use super::ShardEnv;
-use crate::cluster::{Event, FeedRequest, ShardLink};
+use crate::cluster::{Event, FeedRequest, Outgoing, ShardLink};
 use crate::protocol::{now_ms, RoomName};
 use crate::rooms::fanout::{Sequential, Spread};
 use crate::rooms::{
@@ -116,7 +116,8 @@ struct ClusterEnds {
     /// Set when a live event for this shard was dropped.
     overflow: Arc<std::sync::atomic::AtomicBool>,
     feed: mpsc::UnboundedSender<FeedRequest>,
-    presence: mpsc::UnboundedSender<crate::rooms::PresenceChange>,
+    /// Presence changes and relayed events, for the other nodes.
+    presence: mpsc::UnboundedSender<Outgoing>,
 }
 
 /// When to hand the next batch to the log: not the instant the previous
@@ -250,6 +251,7 @@ impl Driver {
             Event::Subscribed(room) => self.rooms.subscribed(&room, now),
             Event::NodeGone(node) => self.rooms.node_gone(&node),
             Event::Republish => self.rooms.republish_presence(),
+            Event::Relay(relay) => self.rooms.remote_relay(relay, now),
             Event::Wake => {}
         }
         let overflowed = self
@@ -293,7 +295,12 @@ impl Driver {
                 }
                 Effect::Presence(change) => {
                     if let Some(c) = &self.cluster {
-                        let _ = c.presence.send(change);
+                        let _ = c.presence.send(Outgoing::Presence(change));
+                    }
+                }
+                Effect::Relay(relay) => {
+                    if let Some(c) = &self.cluster {
+                        let _ = c.presence.send(Outgoing::Relay(relay));
                     }
                 }
             }

@@ -212,7 +212,7 @@ impl World {
                 }
                 Effect::Fill(fill) => Pending::Fill(fill),
                 // The other node's view of ours is not simulated.
-                Effect::Presence(_) => continue,
+                Effect::Presence(_) | Effect::Relay(_) => continue,
             };
             self.pending.push((at, p));
         }

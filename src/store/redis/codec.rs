@@ -3,9 +3,11 @@
 //! two kinds of payload. The live payloads are made by the scripts (so the
 //! sequence a script assigned goes out with the message): lines, the first
 //! naming the kind — `m` (messages: epoch, then `<sequence> <json>` per
-//! message) or `p` (presence: node, version, then `+user` / `-user`). JSON
-//! escapes every control character and user names cannot hold one, so a
-//! newline always ends a line.
+//! message) or `p` (presence: node, version, then `+user` / `-user`) — or
+//! made by a node: `r` (a relayed event: node, user, then `t` typing,
+//! `r <sequence>` read, or `s <availability>` status followed by its text,
+//! which runs to the end). JSON escapes every control character and user
+//! names cannot hold one, so a newline always ends a line before the text.
 
 use std::sync::Arc;
 
@@ -14,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys;
 use crate::message::StoredMessage;
+use crate::protocol::{Availability, Status};
+use crate::rooms::Relay;
 use crate::store::StoreError;
 
 /// A message as stored, without its sequence (the entry id holds it).
@@ -82,6 +86,43 @@ pub enum Live {
         joins: Vec<Arc<str>>,
         leaves: Vec<Arc<str>>,
     },
+    /// A node relays what one of its users did.
+    Relay {
+        node: Arc<str>,
+        user: Arc<str>,
+        relay: Relay,
+    },
+}
+
+/// The live payload of a relayed event.
+pub fn encode_relay(node: &str, user: &str, relay: &Relay) -> String {
+    match relay {
+        Relay::Typing => format!("r\n{node}\n{user}\nt"),
+        Relay::Read(seq) => format!("r\n{node}\n{user}\nr {seq}"),
+        Relay::Status(s) => format!(
+            "r\n{node}\n{user}\ns {}\n{}",
+            s.availability.as_str(),
+            s.text.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+fn decode_relay(text: &str) -> Result<Live, StoreError> {
+    let mut parts = text.splitn(5, '\n').skip(1);
+    let node: Arc<str> = parts.next().ok_or_else(|| bad("no node"))?.into();
+    let user: Arc<str> = parts.next().ok_or_else(|| bad("no user"))?.into();
+    let kind = parts.next().ok_or_else(|| bad("no relay kind"))?;
+    let relay = match kind.split_once(' ') {
+        None if kind == "t" => Relay::Typing,
+        Some(("r", seq)) => Relay::Read(seq.parse().map_err(|_| bad("bad sequence"))?),
+        Some(("s", a)) => {
+            let availability = Availability::parse(a).ok_or_else(|| bad("bad status"))?;
+            let text = parts.next().filter(|t| !t.is_empty()).map(Arc::from);
+            Relay::Status(Status { availability, text })
+        }
+        _ => return Err(bad("unknown relay kind")),
+    };
+    Ok(Live::Relay { node, user, relay })
 }
 
 fn bad(why: &str) -> StoreError {
@@ -126,6 +167,7 @@ pub fn decode_live(payload: &[u8]) -> Result<Live, StoreError> {
                 leaves,
             })
         }
+        Some("r") => decode_relay(text),
         _ => Err(bad("unknown kind")),
     }
 }
@@ -208,5 +250,30 @@ mod tests {
             }
         );
         assert!(decode_live(b"x\n").is_err());
+    }
+
+    #[test]
+    fn relayed_events_round_trip() {
+        let busy = Status {
+            availability: Availability::Busy,
+            text: Some("in a\nmeeting ✓".into()),
+        };
+        for relay in [
+            Relay::Typing,
+            Relay::Read(42),
+            Relay::Status(busy),
+            Relay::Status(Status::default()),
+        ] {
+            let payload = encode_relay("n1", "ann b", &relay);
+            assert_eq!(
+                decode_live(payload.as_bytes()).unwrap(),
+                Live::Relay {
+                    node: "n1".into(),
+                    user: "ann b".into(),
+                    relay
+                }
+            );
+        }
+        assert!(decode_live(b"r\nn1\nann\nq").is_err());
     }
 }

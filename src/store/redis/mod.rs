@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use parking_lot::{Mutex, RwLock};
 
-pub use codec::{decode_live, Live};
+pub use codec::{decode_live, encode_relay, Live};
 pub use connect::Settings;
 use keys::RoomKeys;
 pub use script::Scripts;
