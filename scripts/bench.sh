@@ -17,6 +17,8 @@
 #
 #   scripts/bench.sh                 # everything (~20-25 min on 2 cores)
 #   SERVERS="limit parlor-memory" scripts/bench.sh       # a subset
+#   CLUSTER_ONLY=1 scripts/bench.sh  # cluster mode beside one node only (~6 min);
+#                                    # writes target/bench/BENCHMARKS.md
 #   QUICK=1 scripts/bench.sh         # small sizes, to try the script (~4 min);
 #                                    # writes target/bench/BENCHMARKS.md, not ./BENCHMARKS.md
 #   PARLOR_BASELINE=/path/to/old/parlor scripts/bench.sh # adds parlor-before-memory
@@ -61,6 +63,14 @@ BEFORE=""
 [ -n "$PARLOR_BASELINE" ] && BEFORE="parlor-before-memory parlor-before-redb-immediate"
 CLUSTER=""
 command -v redis-server >/dev/null && CLUSTER="parlor-cluster1 parlor-cluster3"
+# CLUSTER_ONLY=1: only the cluster comparison — one node (memory, redb
+# immediate) beside one and three nodes on Redis, in fanout-3k, paced-3k
+# and rooms-100x10 — with its page under $OUT (the full page is untouched).
+if [ "${CLUSTER_ONLY:-0}" = 1 ]; then
+  SERVERS=${SERVERS:-"parlor-memory parlor-redb-immediate parlor-cluster1 parlor-cluster3"}
+  SCENARIOS=${SCENARIOS:-"fanout-3k paced-3k rooms-100x10"}
+  MD=${MD:-$OUT/BENCHMARKS.md}; CHARTS=${CHARTS:-$OUT/charts}
+fi
 SERVERS=${SERVERS:-"limit parlor-memory parlor-redb-immediate $BEFORE parlor-redb-batched parlor-redb-none $CLUSTER seed-ts seed-py"}
 # `parlor-before` alone means both baseline variants.
 SERVERS=$(echo "$SERVERS" | sed "s/\bparlor-before\b\( \|$\)/parlor-before-memory parlor-before-redb-immediate\1/")

@@ -210,14 +210,19 @@ impl Rooms {
             if new_rooms.iter().any(|n| n.room == a.room) {
                 continue;
             }
-            if let Some(room) = self
-                .room_ref(&a.room)
-                .filter(|r| every_room || !r.persisted)
-            {
-                new_rooms.push(NewRoom {
+            match self.room_ref(&a.room) {
+                Some(room) if every_room || !room.persisted => new_rooms.push(NewRoom {
                     room: a.room.clone(),
                     epoch: room.epoch.to_string(),
-                });
+                }),
+                // A room that left memory since its messages were taken
+                // (its log was replaced under it): a shared log numbers
+                // them under the epoch it has, or starts one.
+                None if every_room => new_rooms.push(NewRoom {
+                    room: a.room.clone(),
+                    epoch: String::new(),
+                }),
+                _ => {}
             }
         }
         self.commits.in_flight = Some(InFlight {

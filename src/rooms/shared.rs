@@ -111,6 +111,7 @@ impl Rooms {
         if let Some(to) = skip_to.filter(|&to| to > committed) {
             tracing::warn!(room = %name, from = committed + 1, to, "messages past retention skipped");
             room.seq.advance(to);
+            room.release_waiters();
         }
         self.deliver_numbered(name, tail.messages, now);
         let Some(room) = self.room_mut(name) else {

@@ -17,11 +17,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gather::Gather;
 use super::log_writer::{Committed, Job, LogWriter};
 use super::pool::Pool;
 use super::ShardEnv;
@@ -118,47 +119,6 @@ struct ClusterEnds {
     feed: mpsc::UnboundedSender<FeedRequest>,
     /// Presence changes and relayed events, for the other nodes.
     presence: mpsc::UnboundedSender<Outgoing>,
-}
-
-/// When to hand the next batch to the log: not the instant the previous
-/// commit comes back. Its acks go out then, and the publishers they
-/// release answer within a round trip; a batch sent at once would carry
-/// only those who were waiting already, so publishers would split into
-/// alternate commits, each half as full. After a commit the driver waits
-/// until as many messages wait as were outstanding (those accumulated and
-/// those just acked), for at most half the time the commit took (and never
-/// over 2 ms) — a small delay against a commit that costs a sync, and
-/// nothing when commits are quick.
-#[derive(Default)]
-struct Gather {
-    /// When the batch in flight was handed on.
-    sent_at: Option<Instant>,
-    /// Messages to wait for: those outstanding when the last commit came back.
-    expect: usize,
-    until: Option<tokio::time::Instant>,
-}
-
-impl Gather {
-    fn sent(&mut self) {
-        self.sent_at = Some(Instant::now());
-        self.until = None;
-    }
-
-    /// A commit came back with `outstanding` messages accumulated or acked.
-    fn committed(&mut self, outstanding: usize) {
-        let took = self.sent_at.take().map_or(Duration::ZERO, |t| t.elapsed());
-        self.expect = outstanding;
-        let wait = (took / 2).min(Duration::from_millis(2));
-        self.until =
-            (wait >= Duration::from_micros(50)).then(|| tokio::time::Instant::now() + wait);
-    }
-
-    /// Whether to keep accumulating rather than hand the batch on now.
-    fn holds(&self, accumulated: usize) -> bool {
-        accumulated > 0
-            && accumulated < self.expect
-            && self.until.is_some_and(|u| tokio::time::Instant::now() < u)
-    }
 }
 
 impl Driver {

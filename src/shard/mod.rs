@@ -11,6 +11,7 @@
 //! every shard has waiting into one transaction (group commit).
 
 mod driver;
+mod gather;
 mod log_writer;
 pub mod pool;
 
