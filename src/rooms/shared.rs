@@ -518,4 +518,71 @@ mod tests {
         assert_eq!(p.outbox.cut_code(), close::SERVICE_RESTART);
         assert_eq!(rooms.loaded_rooms(), 0);
     }
+
+    /// The frames of type `kind` queued for a peer.
+    fn frames_of(peer: &Peer, rx: &mut OutboxReceiver, kind: &str) -> Vec<serde_json::Value> {
+        peer.outbox
+            .drain_frames(rx)
+            .into_iter()
+            .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&f[2..]).ok())
+            .filter(|v| v["type"] == kind)
+            .collect()
+    }
+
+    #[test]
+    fn relays_go_to_the_other_nodes_and_come_from_them() {
+        use crate::rooms::{Relay, RoomRelay};
+        let (mut rooms, name) = loaded(5);
+        let (p, mut rx) = peer(1);
+        let (reply, _r) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p.clone(),
+                room: name.clone(),
+                since: None,
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        while rooms.poll_effect().is_some() {}
+        let from_bob = |relay| RoomRelay {
+            room: name.clone(),
+            user: "bob".into(),
+            relay,
+        };
+        // Another node's read marker moves this node's copy, once.
+        rooms.remote_relay(from_bob(Relay::Read(4)), 10);
+        rooms.remote_relay(from_bob(Relay::Read(3)), 11);
+        let reads = frames_of(&p, &mut rx, "read");
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[0]["data"]["sequence"], 4);
+        rooms.remote_relay(from_bob(Relay::Typing), 12);
+        let typing = frames_of(&p, &mut rx, "typing");
+        assert_eq!(typing[0]["data"]["user"], "bob");
+        // This node's user: relayed here and handed to the other nodes.
+        rooms.handle(
+            Command::Read {
+                room: name.clone(),
+                peer: p.clone(),
+                sequence: 5,
+            },
+            20,
+        );
+        let mut relayed = Vec::new();
+        while let Some(e) = rooms.poll_effect() {
+            if let Effect::Relay(r) = e {
+                relayed.push(r);
+            }
+        }
+        assert_eq!(
+            relayed,
+            [RoomRelay {
+                room: name.clone(),
+                user: "ann".into(),
+                relay: Relay::Read(5),
+            }]
+        );
+    }
 }
