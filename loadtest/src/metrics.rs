@@ -79,9 +79,11 @@ pub fn parse(text: &str) -> Samples {
 
 /// The deltas between two scrapes, with the store figures derived.
 pub fn delta(url: &str, before: &Samples, after: &Samples) -> MetricsDelta {
+    // A labelled counter appears at its first increment: one missing
+    // before the run started at 0.
     let deltas: BTreeMap<String, f64> = after
         .iter()
-        .filter_map(|(k, a)| before.get(k).map(|b| (k.clone(), a - b)))
+        .map(|(k, a)| (k.clone(), a - before.get(k).copied().unwrap_or(0.0)))
         .collect();
     let ratio = |num: &str, den: &str| {
         let (n, d) = (deltas.get(num)?, deltas.get(den)?);
@@ -198,6 +200,19 @@ mod tests {
         assert!((d.commit_ms_mean.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(d.commits, Some(4.0));
         assert_eq!(d.deltas["parlor_acks_total"], 100.0);
+    }
+
+    #[test]
+    fn a_counter_first_seen_after_the_start_counts_from_zero() {
+        let before =
+            parse("parlor_redis_calls_total{op=\"load\"} 2\nparlor_messages_stored_total 0\n");
+        let after = parse(
+            "parlor_redis_calls_total{op=\"load\"} 2\nparlor_redis_calls_total{op=\"append\"} 5\n\
+             parlor_messages_stored_total 50\n",
+        );
+        let d = delta("u", &before, &after);
+        assert_eq!(d.redis_appends_per_message, Some(0.1));
+        assert_eq!(d.redis_calls_per_message, Some(0.1));
     }
 
     #[test]
