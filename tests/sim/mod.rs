@@ -12,7 +12,9 @@ use client::{Client, Logs, Pace, Seen, Sent};
 use parlor::error::ErrorCode;
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::fanout::Sequential;
-use parlor::rooms::{Command, Effect, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms};
+use parlor::rooms::{
+    Budget, Command, Effect, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms,
+};
 use parlor::store::{Batch, MemoryStore, ReadLimit, Store, StoreError};
 use tokio::sync::oneshot;
 
@@ -460,7 +462,7 @@ impl World {
             user: "api".into(),
             content,
             client_msg_id: id,
-            origin: Origin::Http(tx),
+            origin: Origin::Http(tx, Arc::new(Budget::unlimited())),
         });
         self.handle(cmd);
     }
