@@ -1,4 +1,5 @@
-//! Rooms as a resource: creating them is paced per connection and capped
+//! Rooms as a resource: creating them is paced per connection (and per
+//! user over HTTP) and capped
 //! per server, and a room whose whole log is past age retention — and that
 //! nobody is in — is deleted, so the next use of its name starts a new log.
 //! (Found from outside: four anonymous connections created ≈ 2 000 durable
@@ -44,6 +45,43 @@ async fn a_connection_may_create_only_so_many_rooms_a_minute() {
     let mut d = connect(server.addr, "bob").await;
     d.join("new-3").await;
     assert_eq!(d.publish("new-3", "c", "5").await, 1);
+}
+
+#[tokio::test]
+async fn posting_over_http_creates_rooms_at_the_same_pace_per_user() {
+    let mut cfg = cfg();
+    cfg.room_creations_per_min = 2.0;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let post = |room: &str, user: &str| {
+        let body = json!({"user": user, "content": "hi"});
+        let path = format!("/api/rooms/{room}/messages");
+        async move { post_json(addr, &path, &body).await }
+    };
+    assert_eq!(post("h-1", "ann").await.status, 201);
+    assert_eq!(post("h-2", "ann").await.status, 201);
+    let r = post("h-3", "ann").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "rate_limited");
+    assert!(r.text().contains("new room"), "{}", r.text());
+    // Existing rooms take messages as always; another user has a budget.
+    assert_eq!(post("h-1", "ann").await.status, 201);
+    assert_eq!(post("h-3", "bob").await.status, 201);
+}
+
+#[tokio::test]
+async fn the_api_key_creates_rooms_without_a_pace() {
+    let mut cfg = cfg();
+    cfg.room_creations_per_min = 1.0;
+    cfg.api_key = Some("k3y".into());
+    let server = start(cfg).await;
+    let key = [("Authorization", "Bearer k3y")];
+    for i in 0..5 {
+        let body = json!({"user": "feed", "content": "hi"}).to_string();
+        let path = format!("/api/rooms/k-{i}/messages");
+        let r = http(server.addr, "POST", &path, &key, Some(body.as_bytes())).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
 }
 
 #[tokio::test]

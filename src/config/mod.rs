@@ -177,8 +177,9 @@ pub struct Config {
     #[arg(long, env = "PARLOR_ROOM_IDLE_MS", default_value_t = 60_000)]
     pub room_idle_ms: u64,
 
-    /// Rooms one connection may create per minute (a message to a room the
-    /// store does not have creates it); more: error rate_limited.
+    /// Rooms one connection, or one user posting over the HTTP API, may
+    /// create per minute (a message to a room the store does not have
+    /// creates it); more: error rate_limited.
     #[arg(long, env = "PARLOR_ROOM_CREATIONS_PER_MIN", default_value_t = 30.0)]
     pub room_creations_per_min: f64,
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::fanout::{self, FramesByFormat};
-use super::member::Peer;
+use super::member::{Budget, Peer};
 use super::room::Room;
 use super::{Effect, Millis, Rooms};
 use crate::error::ErrorCode;
@@ -26,8 +26,9 @@ use crate::store::{Append, Batch, NewRoom, ReadMarker, Sequencing, StoreError};
 pub enum Origin {
     /// An `ack` (when the message had an `id`) or an `error` into its outbox.
     Session(Arc<Peer>),
-    /// The HTTP API waits for the sequence.
-    Http(oneshot::Sender<Result<u64, ErrorCode>>),
+    /// The HTTP API waits for the sequence; the budget is the writer's
+    /// room creations (per user; unlimited for the API key).
+    Http(oneshot::Sender<Result<u64, ErrorCode>>, Arc<Budget>),
 }
 
 pub struct Publish {
@@ -144,10 +145,12 @@ impl Rooms {
             if room.room_limit_reached {
                 return reply_error(p.origin, ErrorCode::RateLimited, id, &p.room);
             }
-            if let Origin::Session(peer) = &p.origin {
-                if !peer.new_rooms.take(now) {
-                    return reply_error(p.origin, ErrorCode::RateLimited, id, &p.room);
-                }
+            let budget = match &p.origin {
+                Origin::Session(peer) => &peer.new_rooms,
+                Origin::Http(_, budget) => budget,
+            };
+            if !budget.take(now) {
+                return reply_error(p.origin, ErrorCode::RateLimited, id, &p.room);
             }
         }
         room.last_active = now;
@@ -488,7 +491,7 @@ pub fn reply_ok(origin: Origin, id: Option<&str>, room: &RoomName, sequence: u64
                 );
             }
         }
-        Origin::Http(tx) => {
+        Origin::Http(tx, _) => {
             let _ = tx.send(Ok(sequence));
         }
     }
@@ -506,7 +509,7 @@ pub fn reply_error(origin: Origin, code: ErrorCode, id: Option<&str>, room: &Roo
             };
             fanout::push_all(&peer, &[msg::error(peer.format, code, &message, id)]);
         }
-        Origin::Http(tx) => {
+        Origin::Http(tx, _) => {
             let _ = tx.send(Err(code));
         }
     }

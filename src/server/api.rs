@@ -13,10 +13,11 @@ use tokio::sync::oneshot;
 use super::http::{closing, json, json_error, Body, Query};
 use super::{page, Ctx};
 use crate::auth::ApiAccess;
+use crate::config::Config;
 use crate::error::ErrorCode;
 use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_LEN};
 use crate::protocol::{user, RoomName};
-use crate::rooms::{Command, Origin, Publish};
+use crate::rooms::{Budget, Command, Origin, Publish};
 use crate::session::dispatch::refusal;
 use crate::session::rate::{RateLimiter, Verdict};
 
@@ -155,11 +156,18 @@ fn may_read(room: &RoomName, access: &ApiAccess, user: Option<&str>) -> Result<(
 }
 
 /// `POST` as a user (a user's token, or the open API) is held to the
-/// WebSocket's `message` rate, per user; the API key is not.
+/// WebSocket's `message` rate and room creations, per user; the API key
+/// is not.
 #[derive(Default)]
 pub struct PostLimits {
     /// Short locks; pruned of idle users as it grows.
-    users: parking_lot::Mutex<HashMap<Arc<str>, (RateLimiter, Instant)>>,
+    users: parking_lot::Mutex<HashMap<Arc<str>, PostLimit>>,
+}
+
+struct PostLimit {
+    messages: RateLimiter,
+    new_rooms: Arc<Budget>,
+    last: Instant,
 }
 
 /// Prune users idle this long once the map holds `PRUNE_FROM` of them.
@@ -167,17 +175,24 @@ const IDLE: Duration = Duration::from_secs(30);
 const PRUNE_FROM: usize = 4096;
 
 impl PostLimits {
-    fn admit(&self, user: &Arc<str>, rate: f64, burst: f64) -> bool {
+    /// Whether `user` may post now, and the user's budget of room
+    /// creations (spent by the room core if the post creates a room).
+    fn admit(&self, user: &Arc<str>, cfg: &Config) -> Option<Arc<Budget>> {
         let now = Instant::now();
         let mut users = self.users.lock();
         if users.len() >= PRUNE_FROM {
-            users.retain(|_, (_, last)| now.duration_since(*last) < IDLE);
+            users.retain(|_, u| now.duration_since(u.last) < IDLE);
         }
-        let (limiter, last) = users
-            .entry(user.clone())
-            .or_insert_with(|| (RateLimiter::new(rate, burst, now), now));
-        *last = now;
-        limiter.check(now) == Verdict::Allow
+        let limit = users.entry(user.clone()).or_insert_with(|| PostLimit {
+            messages: RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, now),
+            new_rooms: Arc::new(Budget::per_minute(
+                cfg.room_creations_per_min,
+                cfg.room_creations_per_min,
+            )),
+            last: now,
+        });
+        limit.last = now;
+        (limit.messages.check(now) == Verdict::Allow).then(|| limit.new_rooms.clone())
     }
 }
 
@@ -367,14 +382,19 @@ pub async fn publish(
     if let Some(why) = refusal(&room, &user, grant) {
         return json_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, why);
     }
-    let as_user = matches!(access, ApiAccess::User(_) | ApiAccess::Open);
-    if as_user && !ctx.posts.admit(&user, cfg.rate_per_sec, cfg.rate_burst) {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many messages",
-        );
-    }
+    let new_rooms = match access {
+        ApiAccess::User(_) | ApiAccess::Open => match ctx.posts.admit(&user, cfg) {
+            Some(budget) => budget,
+            None => {
+                return json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    "too many messages",
+                )
+            }
+        },
+        _ => Arc::new(Budget::unlimited()),
+    };
     if body.id.as_ref().is_some_and(|i| i.len() > MAX_ID_LEN) {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -395,7 +415,7 @@ pub async fn publish(
         user,
         content: body.content,
         client_msg_id: body.id,
-        origin: Origin::Http(tx),
+        origin: Origin::Http(tx, new_rooms),
     });
     ctx.env.metrics.messages_in.inc();
     if ctx.env.shards.send(&room, cmd).await.is_err() {
@@ -409,7 +429,12 @@ pub async fn publish(
         Ok(Err(code)) => json_error(
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
-            "message was not stored",
+            match code {
+                ErrorCode::RateLimited => {
+                    "this would be a new room, and no more may be created now"
+                }
+                _ => "message was not stored",
+            },
         ),
         Err(_) => internal(),
     }

@@ -502,6 +502,11 @@ async function main() {
   await shot(e, "page-e-sse-fallback.png");
   log("erin chats over SSE + POST with the WebSocket blocked");
 
+  // The room directory lists the stored rooms (from the paged room list).
+  await a.locator("#refresh-rooms").evaluate((btn) => btn.click());
+  await a.locator(`#all-rooms li[data-room="${ROOM}"]`).waitFor({ state: "attached", timeout: WAIT });
+  log("the room directory lists the rooms");
+
   // --- final screenshots ---------------------------------------------------------------------
   for (const page of [a, b]) await page.locator("#scroller").evaluate((s) => { s.scrollTop = s.scrollHeight; });
   await shot(a, "page-a.png");

@@ -14,7 +14,8 @@ use parlor::error::ErrorCode;
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::fanout::Sequential;
 use parlor::rooms::{
-    Command, Effect, Fill, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms, FILL_CHUNK,
+    Budget, Command, Effect, Fill, Limits, Origin, Publish, ReadDone, ReadRequest, Rooms,
+    FILL_CHUNK,
 };
 use parlor::store::{Batch, MemoryStore, ReadLimit, Store, StoreError};
 use tokio::sync::oneshot;
@@ -579,7 +580,7 @@ impl World {
             user: "api".into(),
             content,
             client_msg_id: id,
-            origin: Origin::Http(tx),
+            origin: Origin::Http(tx, Arc::new(Budget::unlimited())),
         });
         self.handle(cmd);
     }
