@@ -164,6 +164,10 @@ async fn read_loop<S: ByteSource>(
                         id: None,
                     })
                 };
+                // The payload may share the read buffer's allocation: let it
+                // go before a dispatch that waits (a join waits for its room),
+                // so a join storm does not hold a read buffer per joiner.
+                drop(data);
                 match decoded {
                     Ok(request) => {
                         // Boxed: the dispatch state (join, history) would

@@ -7,10 +7,12 @@
 //! reading cannot keep a session — and its connection permit — past its cut
 //! plus the close grace, or past twice the heartbeat of silence.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -101,7 +103,7 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
             tokio::select! {
                 biased;
                 _ = outbox.cut_signalled() => {
-                    break send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE).await
+                    break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await
                 }
                 more = rx.take(outbox) => {
                     if !more {
@@ -126,7 +128,7 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                         Written::Done => {}
                         Written::Failed => break WriterEnd::Gone,
                         Written::CutMeanwhile(deadline) => {
-                            break send_cut(&mut io, &mut rx, outbox, deadline).await
+                            break Box::pin(send_cut(&mut io, &mut rx, outbox, deadline)).await
                         }
                     }
                 }
@@ -149,7 +151,7 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                         Written::Done => {}
                         Written::Failed => break WriterEnd::Gone,
                         Written::CutMeanwhile(deadline) => {
-                            break send_cut(&mut io, &mut rx, outbox, deadline).await
+                            break Box::pin(send_cut(&mut io, &mut rx, outbox, deadline)).await
                         }
                     }
                 }
@@ -187,8 +189,34 @@ impl Guard<'_> {
             .is_some_and(|s| self.liveness.last() + s <= Instant::now())
     }
 
+    /// Writes `bufs`: at once when the socket takes them all, the common
+    /// case, with no timer and no allocation; else through the guarded
+    /// path, boxed so that its timers and write state are not part of every
+    /// idle writer's state.
     async fn write<W: AsyncWrite + Unpin>(&self, io: &mut W, bufs: &[Bytes]) -> Written {
-        let write = write_all(io, bufs);
+        let total = batched_bytes(bufs);
+        let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_write_vectored(cx, &slices)));
+        let written = match first.await {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(_)) => return Written::Failed,
+            Poll::Pending => 0,
+        };
+        drop(slices);
+        if written == total {
+            let flushed = poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_flush(cx)));
+            match flushed.await {
+                Poll::Ready(Ok(())) => return Written::Done,
+                Poll::Ready(Err(_)) => return Written::Failed,
+                Poll::Pending => {}
+            }
+        }
+        let rest = unwritten(bufs, written);
+        Box::pin(self.write_guarded(io, rest)).await
+    }
+
+    async fn write_guarded<W: AsyncWrite + Unpin>(&self, io: &mut W, bufs: Vec<Bytes>) -> Written {
+        let write = write_all(io, &bufs);
         tokio::pin!(write);
         loop {
             let silent_until = self.silence.map(|s| self.liveness.last() + s);
@@ -220,6 +248,20 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// What of `bufs` is left after the first `written` bytes (shared, not copied).
+fn unwritten(bufs: &[Bytes], mut written: usize) -> Vec<Bytes> {
+    let mut rest = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        if written >= b.len() {
+            written -= b.len();
+        } else {
+            rest.push(b.slice(written..));
+            written = 0;
+        }
+    }
+    rest
 }
 
 fn push(batch: &mut Vec<Bytes>, item: Out) -> bool {
