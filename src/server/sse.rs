@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::http::{json_error, Body, Conn, Query};
 use crate::error::{close, ErrorCode};
 use crate::outbox::{Out, Outbox};
-use crate::protocol::{user, Format, RoomName};
+use crate::protocol::{Format, RoomName};
 use crate::rooms::{Command, Peer};
 use crate::session::dispatch::refusal;
 
@@ -36,38 +36,9 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
     let env = ctx.env.clone();
     let cfg = env.config.clone();
     let query = Query::parse(req.uri().query());
-    if !ctx.auth.origin_allowed(req.headers()) {
-        env.metrics.auth_failures.inc();
-        return json_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
-    }
-    let grant = match ctx.auth.check_token(req.headers(), query.get("token")) {
-        Ok(grant) => grant,
-        Err(e) => {
-            env.metrics.auth_failures.inc();
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Forbidden,
-                &e.to_string(),
-            );
-        }
-    };
-    let who: Arc<str> = match (&grant, query.get("user")) {
-        (Some(g), _) => g.user.as_str().into(),
-        (None, Some(u)) => match user::parse(u) {
-            Ok(u) => u,
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    &e.to_string(),
-                )
-            }
-        },
-        (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
+    let (grant, who) = match super::upgrade::identify(&ctx, req.headers(), &query) {
+        Ok(identified) => identified,
+        Err(refused) => return refused,
     };
     let room = match RoomName::parse(room) {
         Ok(r) => r,

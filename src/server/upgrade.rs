@@ -14,17 +14,66 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::upgrade::Upgraded;
-use hyper::{Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::http::{full, json_error, Body, Conn, Query};
 use super::io::WriteDeadline;
+use super::Ctx;
+use crate::auth::Grant;
 use crate::error::ErrorCode;
 use crate::protocol::{user, Format};
 use crate::session::frames::Stream;
 use crate::session::{self, Env, FrameReader, Params};
+
+/// Who a client is, by the rules every long-lived connection shares (a
+/// WebSocket, an SSE stream): an allowed `Origin`, a valid token when
+/// authentication is on (its `sub` is the user), else `?user=` under the
+/// one user-name rule, else a generated name.
+// The refusal is the response itself, made once per refused request.
+#[allow(clippy::result_large_err)]
+pub(super) fn identify(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    query: &Query<'_>,
+) -> Result<(Option<Grant>, Arc<str>), Response<Body>> {
+    if !ctx.auth.origin_allowed(headers) {
+        ctx.env.metrics.auth_failures.inc();
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        ));
+    }
+    let grant = match ctx.auth.check_token(headers, query.get("token")) {
+        Ok(grant) => grant,
+        Err(e) => {
+            ctx.env.metrics.auth_failures.inc();
+            return Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Forbidden,
+                &e.to_string(),
+            ));
+        }
+    };
+    let user: Arc<str> = match (&grant, query.get("user")) {
+        (Some(g), _) => g.user.as_str().into(),
+        (None, Some(u)) => match user::parse(u) {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &e.to_string(),
+                ))
+            }
+        },
+        (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
+    };
+    Ok((grant, user))
+}
 
 pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Body> {
     let Conn {
@@ -34,38 +83,9 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
         ..
     } = conn;
     let query = Query::parse(req.uri().query());
-    if !ctx.auth.origin_allowed(req.headers()) {
-        ctx.env.metrics.auth_failures.inc();
-        return json_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
-    }
-    let grant = match ctx.auth.check_token(req.headers(), query.get("token")) {
-        Ok(grant) => grant,
-        Err(e) => {
-            ctx.env.metrics.auth_failures.inc();
-            return json_error(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Forbidden,
-                &e.to_string(),
-            );
-        }
-    };
-    let user: Arc<str> = match (&grant, query.get("user")) {
-        (Some(g), _) => g.user.as_str().into(),
-        (None, Some(u)) => match user::parse(u) {
-            Ok(u) => u,
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    &e.to_string(),
-                )
-            }
-        },
-        (None, None) => format!("user_{:08x}", rand::random::<u32>()).into(),
+    let (grant, user) = match identify(&ctx, req.headers(), &query) {
+        Ok(who) => who,
+        Err(refused) => return refused,
     };
     let Some(slot) = ctx.admit_user(&user) else {
         return json_error(
