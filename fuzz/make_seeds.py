@@ -90,6 +90,13 @@ DECODE = {
     "presence.msgpack": mp({"type": "presence", "room": "lobby", "id": None}),
     "ping.msgpack": mp({"type": "ping"}),
     "join-map16.msgpack": b"\xde\x00\x02" + mp("type") + mp("join") + mp("room") + mp("b"),
+    "status.json": js({"type": "status", "status": "away", "text": "lunch ☺"}),
+    "status.msgpack": mp({"type": "status", "status": "busy"}),
+    "typing.json": js({"type": "typing", "room": "lobby"}),
+    "typing.msgpack": mp({"type": "typing", "room": "dm:ann:bob"}),
+    "read.json": js({"type": "read", "room": "lobby", "sequence": 12, "id": "r1"}),
+    "read.msgpack": mp({"type": "read", "room": "lobby", "sequence": 3}),
+    "refresh.json": js({"type": "refresh", "token": "a.b.c"}),
 }
 
 msg_json = js(MESSAGE)
@@ -132,7 +139,9 @@ def dictionary():
     """The protocol's keys and types as JSON strings and MessagePack fixstrs,
     and a few frame heads (zero mask) for the frames target."""
     words = ["type", "join", "leave", "message", "history", "presence", "ping",
-             "room", "id", "since", "epoch", "limit", "data", "content"]
+             "room", "id", "since", "epoch", "limit", "data", "content",
+             "status", "text", "typing", "read", "sequence", "refresh", "token",
+             "online", "away", "busy"]
     esc = lambda b: "".join(chr(c) if 32 <= c < 127 and c not in b'"\\' else f"\\x{c:02x}" for c in b)
     entries = [(f"json_{w}", js(w)) for w in words]
     entries += [(f"mp_{w}", mp(w)) for w in words]

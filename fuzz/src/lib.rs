@@ -15,6 +15,7 @@ use bytes::Bytes;
 use fastwebsockets::OpCode;
 use parlor::error::close;
 use parlor::protocol::client::{decode, ClientMsg, Request, HISTORY_MAX_LIMIT, MAX_ID_LEN};
+use parlor::protocol::status::MAX_STATUS_TEXT;
 use parlor::protocol::Format;
 use parlor::session::assemble::Assembler;
 use parlor::session::frames::{self, close_reply, FrameReader, ReadError, Stream};
@@ -145,7 +146,18 @@ pub fn check_request(req: &Request) {
                 "history limit {limit}"
             );
         }
-        ClientMsg::Ping => {}
+        ClientMsg::Typing { room } | ClientMsg::Read { room, .. } => check_room(room.as_str()),
+        ClientMsg::Status { status } => {
+            if let Some(text) = &status.text {
+                assert!(!text.is_empty(), "an empty status text is none");
+                assert!(
+                    text.chars().count() <= MAX_STATUS_TEXT,
+                    "status text of {} characters",
+                    text.chars().count()
+                );
+            }
+        }
+        ClientMsg::Ping | ClientMsg::Refresh { .. } => {}
     }
 }
 
@@ -182,6 +194,18 @@ fn to_value(req: &Request) -> serde_json::Value {
         }
         ClientMsg::Presence { room } => json!({"type": "presence", "room": room.as_str()}),
         ClientMsg::Ping => json!({"type": "ping"}),
+        ClientMsg::Status { status } => {
+            let mut v = json!({"type": "status", "status": status.availability.as_str()});
+            if let Some(text) = &status.text {
+                v["text"] = json!(&**text);
+            }
+            v
+        }
+        ClientMsg::Typing { room } => json!({"type": "typing", "room": room.as_str()}),
+        ClientMsg::Read { room, sequence } => {
+            json!({"type": "read", "room": room.as_str(), "sequence": sequence})
+        }
+        ClientMsg::Refresh { token } => json!({"type": "refresh", "token": token}),
     };
     if let Some(id) = &req.id {
         v["id"] = Value::from(id.as_str());
