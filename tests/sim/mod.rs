@@ -874,14 +874,21 @@ impl World {
     fn crash(&mut self) {
         self.note("crash".into());
         self.coverage.crashes += 1;
+        let mut deleted = Vec::new();
         for (_, p) in std::mem::take(&mut self.pending) {
             if let Pending::Commit(mut batch) = p {
                 if self.rng.chance(50) {
+                    // Landed before the crash: a room it deleted is gone
+                    // from the log as after any committed batch.
                     self.log
                         .append(&mut batch)
                         .expect("the log takes the batch");
+                    deleted.append(&mut batch.expired);
                 }
             }
+        }
+        for room in &deleted {
+            self.forget(room);
         }
         self.channel.wanted.clear();
         self.channel.listening.clear();
