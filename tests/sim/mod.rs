@@ -648,7 +648,9 @@ impl World {
                 self.core.loaded(room, result, self.now);
             }
             Pending::Commit(mut batch) => {
-                let result = if self.rng.chance(8) {
+                // Whether the log took the batch, whatever the answer says.
+                let stored = !self.rng.chance(8);
+                let result = if !stored {
                     Err(injected())
                 } else {
                     for room in &batch.expired {
@@ -679,7 +681,8 @@ impl World {
                 ));
                 self.coverage.commits += 1;
                 self.coverage.failed_commits += u64::from(result.is_err());
-                if result.is_ok() {
+                // A lost answer does not bring a deleted log back.
+                if stored {
                     for room in &batch.expired {
                         self.forget(room);
                     }
