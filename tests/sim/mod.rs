@@ -682,12 +682,18 @@ impl World {
                 self.coverage.commits += 1;
                 self.coverage.failed_commits += u64::from(result.is_err());
                 // A lost answer does not bring a deleted log back.
-                if stored {
-                    for room in &batch.expired {
-                        self.forget(room);
-                    }
-                }
+                let deleted = if stored {
+                    batch.expired.clone()
+                } else {
+                    Vec::new()
+                };
                 self.core.committed(batch, result, self.now);
+                // Retries this batch answered name what was stored before
+                // the deletion: checked first, then forgotten with it.
+                self.settle_http();
+                for room in &deleted {
+                    self.forget(room);
+                }
             }
             Pending::Subscribed(room) => {
                 if self.channel.down_until.is_none() && self.channel.wanted.contains(&room) {
