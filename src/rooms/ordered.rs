@@ -29,6 +29,10 @@ pub struct Ordered {
     /// A fill to the log's newest is wanted once the current one is back
     /// (the live channel was (re)subscribed meanwhile).
     pub refill: bool,
+    /// A fill failed: one to the log's newest is due (scheduled in the
+    /// room core's gaps), whatever is delivered meanwhile — the log may
+    /// hold messages nobody has told this node of.
+    pub retry: bool,
 }
 
 impl Ordered {

@@ -87,6 +87,7 @@ impl Rooms {
             Ok(tail) => tail,
             Err(e) => {
                 tracing::warn!(room = %name, cause = %e, "filling a gap from the log failed; retrying");
+                room.ordered.retry = true;
                 let waiting = std::mem::take(&mut room.waiting_joins);
                 for cmd in waiting {
                     refuse(cmd, "the room's history is unavailable");
@@ -175,7 +176,10 @@ impl Rooms {
             self.gaps.remove(name);
             return;
         };
-        if room.ordered.behind(room.seq.committed()) && !room.ordered.filling {
+        let o = &room.ordered;
+        if o.retry && !o.filling {
+            self.gaps.entry(name.clone()).or_insert(now + FILL_RETRY_MS);
+        } else if o.behind(room.seq.committed()) && !o.filling {
             self.gaps.entry(name.clone()).or_insert(now + grace);
         } else {
             self.gaps.remove(name);
@@ -193,10 +197,11 @@ impl Rooms {
         for name in due {
             self.gaps.remove(&name);
             let upto = match self.room_ref(&name) {
+                // A failed fill retried: to the newest.
+                Some(room) if room.ordered.retry => u64::MAX,
                 Some(room) if room.ordered.behind(room.seq.committed()) => {
                     room.ordered.gap_end(room.seq.committed())
                 }
-                // A failed fill retried: to the newest.
                 Some(_) => u64::MAX,
                 None => continue,
             };
@@ -212,6 +217,8 @@ impl Rooms {
             return;
         }
         room.ordered.filling = true;
+        // A fill to the newest does what a failed one left to do.
+        room.ordered.retry &= upto != u64::MAX;
         let after = room.seq.committed();
         self.gaps.remove(name);
         self.tally.fills += 1;
@@ -465,6 +472,45 @@ mod tests {
         assert_eq!((fill.after, fill.upto), (5, 6));
         rooms.filled(&name, tail(vec![msg(6)], 7), 90);
         assert_eq!(seen(&p, &mut rx), [6, 7]);
+    }
+
+    #[test]
+    fn a_failed_fill_is_retried_whatever_is_delivered_meanwhile() {
+        let (mut rooms, name) = loaded(2);
+        let (p, mut rx) = peer(1);
+        let (reply, _r) = oneshot::channel();
+        rooms.handle(
+            Command::Join {
+                peer: p.clone(),
+                room: name.clone(),
+                since: Some(2),
+                epoch: None,
+                join: 1,
+                reply,
+            },
+            0,
+        );
+        // The channel is (re)subscribed: a fill to the newest, which fails.
+        rooms.subscribed(&name, 10);
+        let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
+            panic!("no fill");
+        };
+        assert_eq!((fill.after, fill.upto), (2, u64::MAX));
+        rooms.filled(&name, Err(Arc::new(StoreError::Stopped)), 20);
+        // The next message comes in order (from this node's commit or the
+        // channel): delivered, and the retry still stands — the log may
+        // have more that the channel lost while unsubscribed.
+        rooms.live(&name, "e", vec![msg(3)], 30);
+        assert_eq!(seen(&p, &mut rx), [3]);
+        assert!(rooms.behind_log(), "the retry was dropped");
+        rooms.handle_timeout(20 + FILL_RETRY_MS);
+        let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
+            panic!("no retried fill");
+        };
+        assert_eq!((fill.after, fill.upto), (3, u64::MAX));
+        rooms.filled(&name, tail(vec![msg(4)], 4), 600);
+        assert_eq!(seen(&p, &mut rx), [4]);
+        assert!(!rooms.behind_log());
     }
 
     #[test]
