@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
-use common::binary::Binary;
+use common::binary::{free_addr, Binary};
 use common::redis::{available, Redis, RedisCluster};
 use common::*;
 use serde_json::Value;
@@ -122,6 +122,55 @@ async fn members_on_three_nodes_see_one_sequence() {
     let nodes = nodes(dir.path(), &redis.url(), 3).await;
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     every_member_sees_one_sequence(&addrs, "shared").await;
+}
+
+/// `rediss://`: nodes that trust the server's CA (through `SSL_CERT_FILE`,
+/// as an operator would point them at a private CA) chat over TLS; a node
+/// that does not trust it does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls_and_check_its_certificate() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start_tls(&dir.path().join("redis"));
+    let url = redis.url();
+    assert!(url.starts_with("rediss://"));
+    let ca = redis.ca_file();
+    let mut args = vec!["--cluster", &url];
+    args.extend(NODE_FLAGS);
+    let env = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let name = dir.path().join(format!("node{i}"));
+        nodes.push(Binary::start_env(&name, free_addr(), &args, &env).await);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    every_member_sees_one_sequence(&addrs, "shared").await;
+    assert_eq!(redis.cli(&["XLEN", "parlor:{shared}:log"]), "320");
+
+    // Trusting only the system's CAs, or a CA file that is not there, a
+    // node cannot reach Redis: it says why and exits (no panic).
+    for ca in [None, Some(dir.path().join("missing.pem"))] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"));
+        cmd.args(["serve", "--store", "redb", "--data-dir"])
+            .arg(dir.path().join("untrusting"))
+            .args(["--addr", &free_addr().to_string()])
+            .args(&args)
+            .env_remove("SSL_CERT_FILE");
+        if let Some(ca) = &ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ca:?}: {err}");
+        assert!(
+            err.contains("Redis") && !err.contains("panicked"),
+            "{ca:?}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

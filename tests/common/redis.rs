@@ -37,31 +37,60 @@ pub struct Redis {
     pub addr: SocketAddr,
     dir: PathBuf,
     cluster: bool,
+    /// Serves TLS only (no plain port), with the certificates in `dir`.
+    tls: bool,
 }
 
 impl Redis {
     /// A single server with AOF `appendfsync always`: what an ack needs to
     /// survive a kill -9 of Redis.
     pub fn start(dir: &Path) -> Redis {
-        Self::spawn(dir, free_addr(), false)
+        Self::spawn(dir, free_addr(), false, false)
     }
 
-    fn spawn(dir: &Path, addr: SocketAddr, cluster: bool) -> Redis {
+    /// Like `start`, serving TLS only, with a certificate for 127.0.0.1
+    /// signed by a CA of its own: `ca.pem` in `dir` (what a client must
+    /// trust, e.g. through `SSL_CERT_FILE`).
+    pub fn start_tls(dir: &Path) -> Redis {
+        std::fs::create_dir_all(dir).unwrap();
+        make_certificates(dir);
+        Self::spawn(dir, free_addr(), false, true)
+    }
+
+    fn spawn(dir: &Path, addr: SocketAddr, cluster: bool, tls: bool) -> Redis {
         std::fs::create_dir_all(dir).unwrap();
         let mut r = Redis {
             child: None,
             addr,
             dir: dir.to_owned(),
             cluster,
+            tls,
         };
         r.launch();
         r
     }
 
+    /// The CA a TLS server's certificate is signed by.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
     fn launch(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.addr.port().to_string()])
-            .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
+        let port = self.addr.port().to_string();
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file());
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(["--bind", "127.0.0.1", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -80,14 +109,15 @@ impl Redis {
             .expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.addr, &["PING"]).as_deref() != Some("PONG") {
+        while self.cli(&["PING"]) != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// kill -9.
@@ -106,7 +136,13 @@ impl Redis {
 
     /// A command through `redis-cli`; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.addr, args).unwrap_or_default()
+        if !self.tls {
+            return cli(self.addr, args).unwrap_or_default();
+        }
+        let ca = self.ca_file();
+        let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap()];
+        all.extend(args);
+        cli(self.addr, &all).unwrap_or_default()
     }
 }
 
@@ -126,6 +162,72 @@ fn cli(addr: SocketAddr, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), made with the `openssl` command.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=parlor test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 /// A Redis Cluster of three primaries (no replicas), made with
 /// `redis-cli --cluster create`.
 pub struct RedisCluster {
@@ -135,7 +237,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start(dir: &Path) -> RedisCluster {
         let nodes: Vec<Redis> = (0..3)
-            .map(|i| Redis::spawn(&dir.join(format!("node{i}")), free_addr(), true))
+            .map(|i| Redis::spawn(&dir.join(format!("node{i}")), free_addr(), true, false))
             .collect();
         let mut args = vec!["--cluster".to_string(), "create".to_string()];
         args.extend(nodes.iter().map(|n| n.addr.to_string()));

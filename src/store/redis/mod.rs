@@ -78,6 +78,10 @@ impl RedisLog {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisLog>, StoreError> {
+        // Before the runtime: a runtime dropped on this (async) caller's
+        // thread would panic instead of returning the error.
+        let client =
+            connect::build(&settings).map_err(|e| StoreError::storage("configure Redis", e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("parlor-redis")
@@ -85,8 +89,6 @@ impl RedisLog {
             .build()
             .map_err(|e| StoreError::storage("start the Redis runtime", e))?;
         let handle = runtime.handle().clone();
-        let client =
-            connect::build(&settings).map_err(|e| StoreError::storage("configure Redis", e))?;
         let describe = format!(
             "Redis at {}",
             settings
