@@ -1,6 +1,8 @@
 //! RedbStore throughput on a temp file: appends/s for batch sizes 1, 16 and
 //! 256 under each durability mode (one `append` = one write transaction,
-//! as the shard's group commit does it), and range-read throughput.
+//! as the shard's group commit does it), what one durable commit of 48
+//! messages costs when they belong to 1, 8 or 48 rooms (each room a
+//! separate part of the B-tree), and range-read throughput.
 //!
 //! `cargo bench --bench store` measures; `cargo bench --bench store -- --test`
 //! runs each once (with a smaller log to read from).
@@ -76,6 +78,59 @@ fn appends(c: &mut Criterion) {
     group.finish();
 }
 
+/// One durable commit of 48 messages spread over `rooms` rooms of a log
+/// that already holds 300 messages per room: redb copies every B-tree page
+/// a commit touches, so a commit over many rooms writes (and syncs) more
+/// pages than one over a single room.
+fn append_spread(c: &mut Criterion) {
+    const PER_COMMIT: u64 = 48;
+    let mut group = c.benchmark_group("append_spread");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    let user: Arc<str> = Arc::from("bench-user");
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10)).unwrap();
+    let all: Vec<RoomName> = (0..PER_COMMIT)
+        .map(|i| RoomName::parse(&format!("spread-{i}")).unwrap())
+        .collect();
+    let prefill = if test_mode() { 10 } else { 300 };
+    let mut next = vec![1u64; all.len()];
+    for (room, next) in all.iter().zip(&mut next) {
+        store
+            .append(&mut messages(room, 1..1 + prefill, &user))
+            .unwrap();
+        *next = 1 + prefill;
+    }
+    for rooms in [1usize, 8, 48] {
+        group.throughput(Throughput::Elements(PER_COMMIT));
+        group.bench_function(BenchmarkId::new("rooms", rooms), |b| {
+            b.iter_batched(
+                || {
+                    let mut batch = Batch::default();
+                    for room in &all[..rooms] {
+                        batch.new_rooms.push(NewRoom {
+                            room: room.clone(),
+                            epoch: "bench".into(),
+                        });
+                    }
+                    for i in 0..PER_COMMIT as usize {
+                        let r = i % rooms;
+                        let m = message(next[r], &user);
+                        next[r] += 1;
+                        batch.appends.push(Append::new(all[r].clone(), m));
+                    }
+                    batch
+                },
+                |mut v| store.append(&mut v).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn reads(c: &mut Criterion) {
     let total: u64 = if test_mode() { 5_000 } else { 100_000 };
     let dir = tempfile::tempdir().unwrap();
@@ -109,5 +164,5 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, reads);
+criterion_group!(benches, appends, append_spread, reads);
 criterion_main!(benches);
