@@ -80,6 +80,7 @@ pub fn run(
         None => (None, None, None),
     };
     let mut driver = Driver {
+        shard: id,
         rooms: Rooms::new(limits, spread),
         env,
         log,
@@ -95,6 +96,7 @@ pub fn run(
 }
 
 struct Driver {
+    shard: usize,
     rooms: Rooms,
     env: ShardEnv,
     log: LogWriter,
@@ -237,7 +239,10 @@ impl Driver {
         while let Some(effect) = self.rooms.poll_effect() {
             match effect {
                 Effect::Load(room) => self.load(room),
-                Effect::Commit(batch) => self.log.send(Job::new(batch, self.commit_done.0.clone())),
+                Effect::Commit(batch) => {
+                    let done = self.commit_done.0.clone();
+                    self.log.send(Job::new(self.shard, batch, done));
+                }
                 Effect::Read(read) => self.read(read),
                 Effect::Fill(fill) => self.fill(fill),
                 Effect::Subscribe(room) => match &self.cluster {

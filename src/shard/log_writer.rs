@@ -26,6 +26,8 @@ use crate::store::{Batch, Store, StoreError};
 
 /// A shard's batch on its way to the store.
 pub struct Job {
+    /// The shard that sent it (each has at most one job in flight).
+    shard: usize,
     batch: Option<Batch>,
     /// Where the outcome goes, with the batch handed back for broadcasting.
     done: mpsc::UnboundedSender<Committed>,
@@ -37,8 +39,9 @@ pub struct Committed {
 }
 
 impl Job {
-    pub fn new(batch: Batch, done: mpsc::UnboundedSender<Committed>) -> Job {
+    pub fn new(shard: usize, batch: Batch, done: mpsc::UnboundedSender<Committed>) -> Job {
         Job {
+            shard,
             batch: Some(batch),
             done,
         }
@@ -90,25 +93,56 @@ impl LogWriter {
 }
 
 fn run(rx: std::sync::mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics) {
-    // Shards in the last commit, and how long it took: the next commit
-    // waits a little for as many shards, so one sync covers them all
-    // instead of each shard's batch taking a sync of its own.
-    let (mut shards, mut took) = (0, Duration::ZERO);
+    let mut active = Active::default();
+    let mut took = Duration::ZERO;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
+        // Wait a little for the other active shards, so one sync covers
+        // them all instead of each shard's batch taking a sync of its own.
         let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
-        while jobs.len() < shards {
+        while active.missing(&jobs) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        shards = jobs.len();
+        active.committing(&jobs);
         let started = Instant::now();
         commit_jobs(store, metrics, jobs);
         took = started.elapsed();
+    }
+}
+
+/// Which shards sent jobs lately: those in either of the last two commits.
+/// Two shards whose batches fell into alternate commits show up as active
+/// both, so the next commit waits for the one not queued yet and they
+/// share syncs from then on (counting only the last commit's shards
+/// would keep them alternating, each paying a sync per batch).
+#[derive(Default)]
+struct Active {
+    /// Per shard, the number of the last commit it was in (0: none).
+    last_in: Vec<u64>,
+    commits: u64,
+}
+
+impl Active {
+    /// Whether an active shard has no job among `jobs` yet.
+    fn missing(&self, jobs: &[Job]) -> bool {
+        self.last_in.iter().enumerate().any(|(shard, &c)| {
+            c > 0 && c + 1 >= self.commits && !jobs.iter().any(|j| j.shard == shard)
+        })
+    }
+
+    fn committing(&mut self, jobs: &[Job]) {
+        self.commits += 1;
+        for j in jobs {
+            if self.last_in.len() <= j.shard {
+                self.last_in.resize(j.shard + 1, 0);
+            }
+            self.last_in[j.shard] = self.commits;
+        }
     }
 }
 
@@ -227,8 +261,8 @@ mod tests {
         let (tx_b, mut rx_b) = mpsc::unbounded_channel();
         // Shard a's batch breaks its room's sequence (starts at 2).
         let jobs = vec![
-            Job::new(batch("a", 2..=3), tx_a),
-            Job::new(batch("b", 1..=2), tx_b),
+            Job::new(0, batch("a", 2..=3), tx_a),
+            Job::new(1, batch("b", 1..=2), tx_b),
         ];
         commit_jobs(&store, &metrics, jobs);
         let a = rx_a.try_recv().unwrap();
@@ -242,9 +276,29 @@ mod tests {
     }
 
     #[test]
+    fn shards_in_either_of_the_last_two_commits_are_waited_for() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let job = |shard| Job::new(shard, Batch::default(), tx.clone());
+        let mut active = Active::default();
+        assert!(!active.missing(&[job(0)]), "nothing known: no wait");
+        // Alternating: shard 0, then shard 1.
+        active.committing(&[job(0)]);
+        active.committing(&[job(1)]);
+        assert!(
+            active.missing(&[job(1)]),
+            "shard 0 was in the commit before"
+        );
+        assert!(!active.missing(&[job(1), job(0)]));
+        // A shard absent from the last two commits is not waited for.
+        active.committing(&[job(1)]);
+        active.committing(&[job(1)]);
+        assert!(!active.missing(&[job(1)]));
+    }
+
+    #[test]
     fn a_job_dropped_unanswered_answers_stopped() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        drop(Job::new(batch("a", 1..=1), tx));
+        drop(Job::new(0, batch("a", 1..=1), tx));
         let c = rx.try_recv().unwrap();
         assert!(matches!(
             **c.result.as_ref().unwrap_err(),
