@@ -4,10 +4,9 @@
 //! the same `Account` (see `session::Accounts`); the room core only reads
 //! the status when a connection joins.
 
-use std::collections::HashMap;
-
 use parking_lot::Mutex;
 
+use super::room_set::RoomCounts;
 use crate::protocol::{RoomName, Status};
 
 #[derive(Default)]
@@ -15,7 +14,7 @@ pub struct Account {
     /// Short locks only: a join reads it, a `status` frame writes it.
     status: Mutex<Status>,
     /// Rooms the user's sessions are joined to, with how many of them.
-    rooms: Mutex<HashMap<RoomName, usize>>,
+    rooms: Mutex<RoomCounts>,
 }
 
 impl Account {
@@ -33,22 +32,16 @@ impl Account {
             }
             *s = status;
         }
-        self.rooms.lock().keys().cloned().collect()
+        self.rooms.lock().rooms().cloned().collect()
     }
 
     /// One of the user's sessions joined `room`.
     pub fn joined(&self, room: &RoomName) {
-        *self.rooms.lock().entry(room.clone()).or_insert(0) += 1;
+        self.rooms.lock().add(room);
     }
 
     /// One of the user's sessions left `room`.
     pub fn left(&self, room: &RoomName) {
-        let mut rooms = self.rooms.lock();
-        if let Some(n) = rooms.get_mut(room) {
-            *n -= 1;
-            if *n == 0 {
-                rooms.remove(room);
-            }
-        }
+        self.rooms.lock().sub(room);
     }
 }

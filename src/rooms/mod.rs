@@ -35,6 +35,7 @@ mod member;
 mod ordered;
 mod presence;
 mod room;
+mod room_set;
 mod sequencer;
 mod shared;
 
@@ -51,6 +52,7 @@ pub use interface::{
 };
 pub use member::{Budget, JoinId, Member, MemberState, Members, Peer};
 pub use presence::{RemoteUpdate, MAX_LISTED};
+pub use room_set::RoomSet;
 pub use sequencer::Sequencer;
 pub use shared::FILL_CHUNK;
 

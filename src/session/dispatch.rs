@@ -2,7 +2,6 @@
 //! itself can (grants, limits, membership, sizes), then hands it to the
 //! room's shard, or reads a history page.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use crate::auth::Grant;
 use crate::error::{close, ErrorCode};
 use crate::protocol::client::{ClientMsg, Request};
 use crate::protocol::{server as msg, RoomName};
-use crate::rooms::{Command, JoinId, Origin, Publish};
+use crate::rooms::{Command, JoinId, Origin, Publish, RoomSet};
 
 enum RateKind {
     Message,
@@ -34,7 +33,7 @@ pub struct State {
     session: Arc<Session>,
     env: Arc<Env>,
     grant: Option<Grant>,
-    joined: HashSet<RoomName>,
+    joined: RoomSet,
     /// `message` frames.
     rate: RateLimiter,
     /// Requests that cost a store read or a pass over a room.
@@ -58,7 +57,7 @@ impl State {
             session,
             env,
             grant,
-            joined: HashSet::new(),
+            joined: RoomSet::default(),
             rate,
             requests,
             signals,
@@ -87,7 +86,7 @@ impl State {
     /// The rooms joined, for leaving them when the session ends.
     pub fn take_joined(&mut self) -> Vec<RoomName> {
         let account = &self.session.peer.account;
-        let rooms: Vec<RoomName> = self.joined.drain().collect();
+        let rooms = self.joined.take();
         for room in &rooms {
             account.left(room);
         }
