@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use futures_util::FutureExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -199,25 +200,29 @@ where
         env.metrics.clone(),
     );
     let writer = tokio::spawn(writer.instrument(span.clone()));
-    async move {
-        let reader = reader::run(
-            read,
-            session.clone(),
-            env.clone(),
-            liveness,
-            params.grant,
-            params.echo,
-        );
-        let end = reader.await;
-        let code = session.peer.outbox.cut_code();
-        if code == crate::error::close::SLOW_CONSUMER {
-            env.metrics.slow_consumer_cuts.inc();
-        }
-        env.metrics.closed(code);
-        tracing::debug!(?end, close = code, "session reader ended");
-        let _ = writer.await;
-        env.metrics.connections.dec();
-        drop(registered);
-    }
-    .instrument(span)
+    let reader = reader::run(
+        read,
+        session.clone(),
+        env.clone(),
+        liveness,
+        params.grant,
+        params.echo,
+    );
+    // Chained, not awaited from an async block: a future held in a local
+    // and then awaited takes its size twice in the enclosing future (the
+    // local and the awaited copy), and the reader's is most of an idle
+    // session's memory.
+    reader
+        .then(move |end| async move {
+            let code = session.peer.outbox.cut_code();
+            if code == crate::error::close::SLOW_CONSUMER {
+                env.metrics.slow_consumer_cuts.inc();
+            }
+            env.metrics.closed(code);
+            tracing::debug!(?end, close = code, "session reader ended");
+            let _ = writer.await;
+            env.metrics.connections.dec();
+            drop(registered);
+        })
+        .instrument(span)
 }

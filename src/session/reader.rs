@@ -44,8 +44,10 @@ pub fn run<S: ByteSource>(
     grant: Option<crate::auth::Grant>,
     echo: bool,
 ) -> impl Future<Output = ReadEnd> + Send {
+    // Made here, not in the future: its parts (the grant) would be kept
+    // in the future twice, as captured and as moved into the state.
+    let mut state = State::new(session.clone(), env.clone(), grant);
     async move {
-        let mut state = State::new(session.clone(), env.clone(), grant);
         let end = read_loop(&mut frames, &mut state, &liveness, echo).await;
         // Leave every room before anything slow, so presence updates at
         // once. Boxed: only a closing session needs the room for it.
