@@ -406,18 +406,8 @@ mod tests {
         let mut rooms = Rooms::new(limits(), Box::new(Sequential));
         let name = RoomName::parse("r").unwrap();
         let (p, _rx) = peer(99);
-        let (reply, _) = oneshot::channel();
-        rooms.handle(
-            Command::Join {
-                peer: p,
-                room: name.clone(),
-                since: None,
-                epoch: None,
-                join: 1,
-                reply,
-            },
-            0,
-        );
+        // Its answer is dropped at once: a joiner gone before the room loads.
+        drop(join(&mut rooms, &p, &name, None));
         let log = RoomLog {
             epoch: "e".into(),
             last,
@@ -440,22 +430,33 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_gap_waits_for_the_channel_then_is_filled_from_the_log() {
-        let (mut rooms, name) = loaded(2);
-        let (p, mut rx) = peer(1);
-        let (reply, _r) = oneshot::channel();
+    /// `p` joins `name` (join id 1) at time 0; the join's answer.
+    fn join(
+        rooms: &mut Rooms,
+        p: &Arc<Peer>,
+        name: &RoomName,
+        since: Option<u64>,
+    ) -> oneshot::Receiver<Result<(), crate::error::ErrorCode>> {
+        let (reply, answered) = oneshot::channel();
         rooms.handle(
             Command::Join {
                 peer: p.clone(),
                 room: name.clone(),
-                since: Some(2),
+                since,
                 epoch: None,
                 join: 1,
                 reply,
             },
             0,
         );
+        answered
+    }
+
+    #[test]
+    fn a_gap_waits_for_the_channel_then_is_filled_from_the_log() {
+        let (mut rooms, name) = loaded(2);
+        let (p, mut rx) = peer(1);
+        let _r = join(&mut rooms, &p, &name, Some(2));
         // 3 is late on the channel: 4 and 5 are held.
         rooms.live(&name, "e", vec![msg(4), msg(5)], 10);
         assert!(seen(&p, &mut rx).is_empty());
@@ -478,18 +479,7 @@ mod tests {
     fn a_failed_fill_is_retried_whatever_is_delivered_meanwhile() {
         let (mut rooms, name) = loaded(2);
         let (p, mut rx) = peer(1);
-        let (reply, _r) = oneshot::channel();
-        rooms.handle(
-            Command::Join {
-                peer: p.clone(),
-                room: name.clone(),
-                since: Some(2),
-                epoch: None,
-                join: 1,
-                reply,
-            },
-            0,
-        );
+        let _r = join(&mut rooms, &p, &name, Some(2));
         // The channel is (re)subscribed: a fill to the newest, which fails.
         rooms.subscribed(&name, 10);
         let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
@@ -517,18 +507,7 @@ mod tests {
     fn a_join_ahead_of_the_node_waits_for_a_fill() {
         let (mut rooms, name) = loaded(5);
         let (p, mut rx) = peer(1);
-        let (reply, mut answered) = oneshot::channel();
-        rooms.handle(
-            Command::Join {
-                peer: p.clone(),
-                room: name.clone(),
-                since: Some(7),
-                epoch: None,
-                join: 1,
-                reply,
-            },
-            0,
-        );
+        let mut answered = join(&mut rooms, &p, &name, Some(7));
         assert!(answered.try_recv().is_err(), "it waits");
         let Some(Effect::Fill(fill)) = rooms.poll_effect() else {
             panic!("no fill");
@@ -548,18 +527,7 @@ mod tests {
     fn another_epoch_on_the_channel_closes_the_rooms_sessions() {
         let (mut rooms, name) = loaded(2);
         let (p, _rx) = peer(1);
-        let (reply, _r) = oneshot::channel();
-        rooms.handle(
-            Command::Join {
-                peer: p.clone(),
-                room: name.clone(),
-                since: None,
-                epoch: None,
-                join: 1,
-                reply,
-            },
-            0,
-        );
+        let _r = join(&mut rooms, &p, &name, None);
         rooms.live(&name, "other", vec![msg(1)], 10);
         assert_eq!(p.outbox.cut_code(), close::SERVICE_RESTART);
         assert_eq!(rooms.loaded_rooms(), 0);
@@ -580,18 +548,7 @@ mod tests {
         use crate::rooms::{Relay, RoomRelay};
         let (mut rooms, name) = loaded(5);
         let (p, mut rx) = peer(1);
-        let (reply, _r) = oneshot::channel();
-        rooms.handle(
-            Command::Join {
-                peer: p.clone(),
-                room: name.clone(),
-                since: None,
-                epoch: None,
-                join: 1,
-                reply,
-            },
-            0,
-        );
+        let _r = join(&mut rooms, &p, &name, None);
         while rooms.poll_effect().is_some() {}
         let from_bob = |relay| RoomRelay {
             room: name.clone(),
