@@ -19,7 +19,7 @@ use crate::protocol::client::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_ID_L
 use crate::protocol::{user, RoomName};
 use crate::rooms::{Budget, Command, Origin, Publish};
 use crate::session::dispatch::refusal;
-use crate::session::rate::{RateLimiter, Verdict};
+use crate::session::rate::{Limit, RateLimiter, Verdict};
 
 #[derive(Serialize)]
 struct RoomEntry {
@@ -183,8 +183,9 @@ impl PostLimits {
         if users.len() >= PRUNE_FROM {
             users.retain(|_, u| now.duration_since(u.last) < IDLE);
         }
+        let rate = Limit::new(cfg.rate_per_sec, cfg.rate_burst);
         let limit = users.entry(user.clone()).or_insert_with(|| PostLimit {
-            messages: RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, now),
+            messages: RateLimiter::new(rate, now),
             new_rooms: Arc::new(Budget::per_minute(
                 cfg.room_creations_per_min,
                 cfg.room_creations_per_min,
@@ -192,7 +193,7 @@ impl PostLimits {
             last: now,
         });
         limit.last = now;
-        (limit.messages.check(now) == Verdict::Allow).then(|| limit.new_rooms.clone())
+        (limit.messages.check(rate, now) == Verdict::Allow).then(|| limit.new_rooms.clone())
     }
 }
 

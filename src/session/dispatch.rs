@@ -8,10 +8,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::history::history_frame;
-use super::rate::{RateLimiter, Verdict};
+use super::rate::{Limit, RateLimiter, Verdict};
 use super::reader::ReadEnd;
 use super::{Env, Session};
 use crate::auth::Grant;
+use crate::config::Config;
 use crate::error::{close, ErrorCode};
 use crate::protocol::client::{ClientMsg, Request};
 use crate::protocol::{server as msg, RoomName};
@@ -28,11 +29,23 @@ enum RateKind {
 const SIGNAL_RATE_PER_SEC: f64 = 10.0;
 const SIGNAL_BURST: f64 = 20.0;
 
+impl RateKind {
+    fn limit(&self, cfg: &Config) -> Limit {
+        match self {
+            RateKind::Message => Limit::new(cfg.rate_per_sec, cfg.rate_burst),
+            RateKind::Request => Limit::new(cfg.request_rate_per_sec, cfg.request_burst),
+            RateKind::Signal => Limit::new(SIGNAL_RATE_PER_SEC, SIGNAL_BURST),
+        }
+    }
+}
+
 /// A session's request state: who it is allowed to be and where it is.
 pub struct State {
     session: Arc<Session>,
     env: Arc<Env>,
-    grant: Option<Grant>,
+    /// Boxed: a session without a token (or not yet refreshed) keeps one
+    /// word for it, not the grant's size.
+    grant: Option<Box<Grant>>,
     joined: RoomSet,
     /// `message` frames.
     rate: RateLimiter,
@@ -50,13 +63,13 @@ impl State {
     pub fn new(session: Arc<Session>, env: Arc<Env>, grant: Option<Grant>) -> State {
         let cfg = &env.config;
         let now = Instant::now();
-        let rate = RateLimiter::new(cfg.rate_per_sec, cfg.rate_burst, now);
-        let requests = RateLimiter::new(cfg.request_rate_per_sec, cfg.request_burst, now);
-        let signals = RateLimiter::new(SIGNAL_RATE_PER_SEC, SIGNAL_BURST, now);
+        let rate = RateLimiter::new(RateKind::Message.limit(cfg), now);
+        let requests = RateLimiter::new(RateKind::Request.limit(cfg), now);
+        let signals = RateLimiter::new(RateKind::Signal.limit(cfg), now);
         State {
             session,
             env,
-            grant,
+            grant: grant.map(Box::new),
             joined: RoomSet::default(),
             rate,
             requests,
@@ -80,7 +93,7 @@ impl State {
     }
 
     pub fn grant(&self) -> Option<&Grant> {
-        self.grant.as_ref()
+        self.grant.as_deref()
     }
 
     /// The rooms joined, for leaving them when the session ends.
@@ -114,12 +127,13 @@ impl State {
     /// Whether the rate limit of `kind` lets this request through; refused
     /// ones get `rate_limited`, and too many refusals close with 4029.
     fn admit(&mut self, kind: RateKind, id: Option<&str>) -> Result<bool, ReadEnd> {
+        let limit = kind.limit(&self.env.config);
         let (limiter, what) = match kind {
             RateKind::Message => (&mut self.rate, "too many messages"),
             RateKind::Request => (&mut self.requests, "too many requests"),
             RateKind::Signal => (&mut self.signals, "too many typing, read or status frames"),
         };
-        match limiter.check(Instant::now()) {
+        match limiter.check(limit, Instant::now()) {
             Verdict::Allow => Ok(true),
             Verdict::Refuse => {
                 self.error(ErrorCode::RateLimited, what, id);
@@ -139,7 +153,7 @@ impl State {
         let cfg = self.env.config.clone();
         // One check for every request that names a room, whatever it asks.
         if let Some(room) = m.room() {
-            if let Some(why) = refusal(room, &peer.user, self.grant.as_ref()) {
+            if let Some(why) = refusal(room, &peer.user, self.grant.as_deref()) {
                 self.error(ErrorCode::Forbidden, why, id);
                 return Ok(());
             }
@@ -324,7 +338,7 @@ impl State {
                 .ok()
                 .map(|d| d.as_millis() as u64)
         });
-        self.grant = Some(grant);
+        self.grant = Some(Box::new(grant));
         self.refreshed = true;
         for room in revoked {
             self.joined.remove(&room);

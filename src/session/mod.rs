@@ -24,7 +24,6 @@ use futures_util::FutureExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::auth::{Auth, Grant};
 use crate::config::Config;
@@ -168,9 +167,6 @@ where
         peer: Arc::new(peer),
         writer_done: Notify::new(),
     });
-    // At debug level only: a span per session costs every idle connection
-    // a few hundred bytes in the subscriber.
-    let span = tracing::debug_span!("session", client_id = %session.peer.client_name(), user = %session.peer.user);
     let peer = &session.peer;
     let registered = env.register(peer);
     env.metrics.connections.inc();
@@ -199,7 +195,7 @@ where
         liveness.clone(),
         env.metrics.clone(),
     );
-    let writer = tokio::spawn(writer.instrument(span.clone()));
+    let writer = tokio::spawn(writer);
     let reader = reader::run(
         read,
         session.clone(),
@@ -219,10 +215,12 @@ where
                 env.metrics.slow_consumer_cuts.inc();
             }
             env.metrics.closed(code);
-            tracing::debug!(?end, close = code, "session reader ended");
+            // No span per session: it would cost every idle connection its
+            // size in both of its futures, for this one event.
+            let peer = &session.peer;
+            tracing::debug!(client_id = %peer.client_name(), user = %peer.user, ?end, close = code, "session reader ended");
             let _ = writer.await;
             env.metrics.connections.dec();
             drop(registered);
         })
-        .instrument(span)
 }
