@@ -1,6 +1,8 @@
 //! Fan-out of one committed message to 1k / 10k / 100k members' in-memory
 //! outboxes, through the room core's own `fanout::broadcast`, sequentially
-//! and on the fan-out pool. Measures what the shard spends per delivery.
+//! and on the fan-out pool. Measures what the shard spends per delivery;
+//! and one frame's trip through an outbox, the per-message cost of a quiet
+//! session.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,5 +80,31 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fanout);
+/// One frame through an idle session's outbox: pushed, then taken and
+/// marked written as the writer does. The paced case: every message finds
+/// the outbox empty, so this is what a quiet session pays per delivery for
+/// keeping no buffer between messages.
+fn outbox_cycle(c: &mut Criterion) {
+    let frame = parlor::protocol::frame::frame(fastwebsockets::OpCode::Text, &[b'x'; 64]);
+    let (outbox, mut rx) = Outbox::new(4096, 8 << 20);
+    let mut g = c.benchmark_group("outbox");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_take_one", |b| {
+        b.iter(|| {
+            outbox.try_push(frame.clone()).unwrap();
+            rx.drain(&outbox);
+        })
+    });
+    g.bench_function("push_take_16", |b| {
+        b.iter(|| {
+            for _ in 0..16 {
+                outbox.try_push(frame.clone()).unwrap();
+            }
+            rx.drain(&outbox);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, fanout, outbox_cycle);
 criterion_main!(benches);

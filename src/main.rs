@@ -6,15 +6,21 @@ use parlor::config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// With `--features dhat-heap`: every allocation is tracked, and a heap
-/// profile is written to `dhat-heap.json` when the server stops (memory
-/// work only: it costs a lot of speed).
+/// profile is written to `dhat-heap.json` at the first signal, before the
+/// shutdown lets go of the connections, so its "t-end" is what the live
+/// connections hold (memory work only: it costs a lot of speed).
 #[cfg(feature = "dhat-heap")]
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+#[cfg(feature = "dhat-heap")]
+static PROFILER: parking_lot::Mutex<Option<dhat::Profiler>> = parking_lot::Mutex::new(None);
+
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "dhat-heap")]
-    let _profiler = dhat::Profiler::new_heap();
+    {
+        *PROFILER.lock() = Some(dhat::Profiler::new_heap());
+    }
     let config = match Invocation::parse_from(std::env::args_os()) {
         Ok(Invocation::Serve(config)) => config,
         Ok(Invocation::PrintConfig(config)) => {
@@ -52,6 +58,8 @@ fn main() -> std::process::ExitCode {
     };
     let first_signal = async {
         shutdown_signal().await;
+        #[cfg(feature = "dhat-heap")]
+        drop(PROFILER.lock().take());
         tokio::spawn(async {
             shutdown_signal().await;
             tracing::warn!("second signal: exiting at once");

@@ -109,30 +109,28 @@ impl OutboxReceiver {
         self.taken.drain(..)
     }
 
-    /// Returns the room of what was written to the bounds.
+    /// Returns the room of what was written to the bounds. If nothing more
+    /// was queued meanwhile, the session is quiet: both deques are freed, so
+    /// an idle connection keeps no queue memory (the next push makes one, a
+    /// small allocation beside the write's syscall). While frames keep
+    /// coming, the taken deque keeps its room for the next swap, up to
+    /// `KEEP_CAPACITY`, so a busy session does not allocate per write.
     pub(crate) fn written(&mut self, outbox: &Outbox, frames: usize, bytes: usize) {
-        {
+        debug_assert!(
+            self.taken.is_empty(),
+            "written before the taken frames were"
+        );
+        let quiet = {
             let mut q = outbox.queue.lock();
             q.frames -= frames;
             q.bytes -= bytes;
-        }
-        if self.taken.capacity() > KEEP_CAPACITY {
+            q.items.is_empty().then(|| std::mem::take(&mut q.items))
+        };
+        if quiet.is_some() || self.taken.capacity() > KEEP_CAPACITY {
             self.taken = VecDeque::new();
         }
+        drop(quiet);
         outbox.space.notify_waiters();
-    }
-
-    /// Gives back the queue's memory while nothing is queued: a connection
-    /// that went quiet keeps no buffer.
-    pub(crate) fn release(&mut self, outbox: &Outbox) {
-        let mut q = outbox.queue.lock();
-        if q.items.is_empty() && q.items.capacity() > 0 {
-            q.items = VecDeque::new();
-        }
-        drop(q);
-        if self.taken.is_empty() {
-            self.taken = VecDeque::new();
-        }
     }
 
     /// Takes and drops whatever is queued, as a writer that wrote it would

@@ -150,7 +150,10 @@ impl Room {
         }
         let slot = &mut self.snapshots.frames[format.index()];
         slot.get_or_insert_with(|| {
-            presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED)
+            // Kept while it serves: copied out of the encoder's grown
+            // buffer (up to twice its size) into one of its own length.
+            let frame = presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED);
+            Bytes::copy_from_slice(&frame)
         })
         .clone()
     }

@@ -6,11 +6,10 @@
 //! deadline, and split with `into_split`, which needs no lock per poll,
 //! unlike `tokio::io::split` (which TLS streams still need).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::upgrade::Upgraded;
@@ -18,10 +17,11 @@ use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_util::task::TaskTracker;
 
 use super::http::{full, json_error, Body, Conn, Query};
 use super::io::WriteDeadline;
-use super::Ctx;
+use super::{ConnSlot, Ctx, UserSlot};
 use crate::auth::Grant;
 use crate::error::ErrorCode;
 use crate::protocol::{user, Format};
@@ -138,8 +138,8 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
         echo,
         grant,
     };
+    let session_tasks = tasks.clone();
     tasks.spawn(async move {
-        let _slots = (slot, conn_slot);
         let ws = match upgraded.await {
             Ok(ws) => ws,
             Err(e) => {
@@ -147,30 +147,44 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
                 return;
             }
         };
-        session_over(ws.into_inner().into_inner(), params, ctx.env.clone()).await;
+        let slots = (slot, conn_slot);
+        session_over(
+            ws.into_inner().into_inner(),
+            params,
+            ctx.env.clone(),
+            slots,
+            &session_tasks,
+        );
     });
     response
 }
 
-/// The session on an upgraded connection, boxed at its own size: each way
-/// of taking the socket back (plain TCP, TLS) makes a future of a different
-/// size, and an idle session should carry only its own, not the largest.
+/// Starts the session on an upgraded connection as a task of its own, sized
+/// to its own future: each way of taking the socket back (plain TCP, TLS)
+/// makes a future of a different size, and an idle session should carry
+/// only its own, not the largest, nor the upgrade's state (the handshake's
+/// parameters, hyper's upgrade future), which ends here.
 ///
 /// hyper served the connection through the write deadline; the session
 /// takes the socket out of it and keeps its own deadlines. Bytes hyper read
 /// past the handshake start the frame reader, and hyper's read buffer is
-/// dropped with `parts`.
+/// dropped with `parts`. `slots` are held until the session ends.
 fn session_over(
     upgraded: Upgraded,
     params: Params,
     env: Arc<Env>,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    slots: (UserSlot, ConnSlot),
+    tasks: &TaskTracker,
+) {
     let max_frame = env.config.max_frame_bytes;
+    // The slots ride on the session's future, given back when it ends.
+    let release = move |()| drop(slots);
     let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_inner().into_split();
             let frames = FrameReader::new(read, &parts.read_buf, max_frame);
-            return Box::pin(session::run(frames, write, params, env));
+            tasks.spawn(session::run(frames, write, params, env).map(release));
+            return;
         }
         Err(upgraded) => upgraded,
     };
@@ -180,13 +194,13 @@ fn session_over(
             let tls = parts.io.into_inner().into_inner();
             let (read, write) = tokio::io::split(tls);
             let frames = FrameReader::new(Stream(read), &parts.read_buf, max_frame);
-            Box::pin(session::run(frames, write, params, env))
+            tasks.spawn(session::run(frames, write, params, env).map(release));
         }
         Err(upgraded) => {
             tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let frames = FrameReader::new(Stream(read), &[], max_frame);
-            Box::pin(session::run(frames, write, params, env))
+            tasks.spawn(session::run(frames, write, params, env).map(release));
         }
     }
 }

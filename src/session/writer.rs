@@ -87,8 +87,6 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
         let outbox = &session.peer.outbox;
         let silence = heartbeat.as_ref().map(|h| h.interval * 2);
         let mut next_beat = heartbeat.as_ref().map(|h| Instant::now() + h.interval);
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut wrote_since_beat = false;
         let guard = Guard {
             outbox,
             liveness: &liveness,
@@ -109,16 +107,15 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                     if !more {
                         break WriterEnd::Gone;
                     }
+                    // Made for this write and dropped after it: an idle
+                    // writer keeps no batch.
                     let mut closing = false;
-                    for item in rx.taken() {
-                        closing |= push(&mut batch, item);
-                    }
+                    let batch: Vec<Bytes> = rx.taken().map(|item| unpack(item, &mut closing)).collect();
                     let bytes = batched_bytes(&batch);
                     let frames = batch.len();
-                    metrics.outbox_depth.observe(batch.len() as f64);
+                    metrics.outbox_depth.observe(frames as f64);
                     let outcome = guard.write(&mut io, &batch).await;
-                    batch.clear();
-                    wrote_since_beat = true;
+                    drop(batch);
                     rx.written(outbox, frames, bytes);
                     match outcome {
                         Written::Done if closing => {
@@ -141,12 +138,6 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                         continue;
                     }
                     next_beat = Some(Instant::now() + hb.interval);
-                    if !wrote_since_beat {
-                        // Quiet for a whole interval: keep no buffer.
-                        rx.release(outbox);
-                        batch = Vec::new();
-                    }
-                    wrote_since_beat = false;
                     match guard.write(&mut io, &[hb.frame.clone(), frame::ping()]).await {
                         Written::Done => {}
                         Written::Failed => break WriterEnd::Gone,
@@ -264,15 +255,13 @@ fn unwritten(bufs: &[Bytes], mut written: usize) -> Vec<Bytes> {
     rest
 }
 
-fn push(batch: &mut Vec<Bytes>, item: Out) -> bool {
+/// A taken item's bytes; notes whether it is the close frame.
+fn unpack(item: Out, closing: &mut bool) -> Bytes {
     match item {
-        Out::Frame(b) => {
-            batch.push(b);
-            false
-        }
+        Out::Frame(b) => b,
         Out::Close(b) => {
-            batch.push(b);
-            true
+            *closing = true;
+            b
         }
     }
 }
