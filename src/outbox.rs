@@ -347,6 +347,34 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_outbox_keeps_no_buffer() {
+        let (o, mut rx) = Outbox::new(64, 1 << 20);
+        o.try_push(Bytes::from_static(b"a")).unwrap();
+        rx.drain(&o);
+        assert_eq!(o.queue.lock().items.capacity(), 0);
+        assert_eq!(rx.taken.capacity(), 0);
+    }
+
+    #[test]
+    fn a_busy_outbox_keeps_the_taken_deque_for_the_next_swap() {
+        let (o, mut rx) = Outbox::new(64, 1 << 20);
+        for _ in 0..8 {
+            o.try_push(Bytes::from_static(b"a")).unwrap();
+        }
+        // The writer takes a batch; more is queued while it writes.
+        let (frames, bytes) = {
+            let mut q = o.queue.lock();
+            std::mem::swap(&mut q.items, &mut rx.taken);
+            (rx.taken.len(), rx.taken.len())
+        };
+        rx.taken.clear();
+        o.try_push(Bytes::from_static(b"b")).unwrap();
+        rx.written(&o, frames, bytes);
+        assert!(rx.taken.capacity() >= 8);
+        assert_eq!(o.depth(), 1);
+    }
+
+    #[test]
     fn nothing_is_accepted_after_the_close_frame() {
         let (o, _rx) = Outbox::new(8, 100);
         o.push_close(Bytes::from_static(b"bye")).unwrap();
