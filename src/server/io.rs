@@ -8,6 +8,14 @@
 //! the page. This bounds how long an unread response holds its memory and
 //! its connection slot. An upgraded WebSocket is taken out
 //! of this wrapper (`into_inner`): sessions keep their own deadlines.
+//!
+//! A `101 Switching Protocols` head is held, not written: whoever takes the
+//! socket back after the upgrade gets it from `into_inner` and sends it with
+//! the session's first frame (`connected`), in one write. A connection that
+//! joins then costs the server two writes (101 and `connected`, then
+//! `joined`), not three — in a join storm, each write is a loopback transmit
+//! and a wake-up of the client. The head is released before anything else
+//! written through this wrapper, and on shutdown; a flush leaves it held.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -26,7 +35,12 @@ pub struct WriteDeadline<I> {
     timer: Option<Pin<Box<Sleep>>>,
     /// Counts connections ended by the deadline.
     expired: IntCounter,
+    /// A 101 head hyper wrote, not yet on the wire.
+    held: Option<Bytes>,
 }
+
+/// How hyper's answer to an upgrade starts.
+const SWITCHING: &[u8] = b"HTTP/1.1 101 ";
 
 impl<I> WriteDeadline<I> {
     pub fn new(io: I, timeout: Duration, expired: IntCounter) -> Self {
@@ -35,11 +49,13 @@ impl<I> WriteDeadline<I> {
             timeout,
             timer: None,
             expired,
+            held: None,
         }
     }
 
-    pub fn into_inner(self) -> I {
-        self.io
+    /// The socket, and the 101 head still to be sent on it, if any.
+    pub fn into_inner(self) -> (I, Option<Bytes>) {
+        (self.io, self.held)
     }
 
     /// The inner write is pending: wait on the deadline too, and fail
@@ -72,12 +88,37 @@ impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> WriteDeadline<I> {
+    /// Writes out a held head before anything else goes on the wire.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(held) = self.held.as_mut() {
+            match Pin::new(&mut self.io).poll_write(cx, held) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    held.advance(n);
+                    if held.is_empty() {
+                        self.held = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.blocked(cx),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.held.is_none() && buf.starts_with(SWITCHING) {
+            self.held = Some(Bytes::copy_from_slice(buf));
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::task::ready!(self.poll_release(cx))?;
         match Pin::new(&mut self.io).poll_write(cx, buf) {
             Poll::Pending => self.blocked(cx),
             ready => ready,
@@ -89,6 +130,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.held.is_none() && first.is_some_and(|b| b.starts_with(SWITCHING)) {
+            let mut head = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
+            for b in bufs {
+                head.extend_from_slice(b);
+            }
+            let n = head.len();
+            self.held = Some(head.into());
+            return Poll::Ready(Ok(n));
+        }
+        std::task::ready!(self.poll_release(cx))?;
         match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.blocked(cx),
             ready => ready,
@@ -111,6 +163,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_release(cx))?;
         match Pin::new(&mut self.io).poll_shutdown(cx) {
             Poll::Pending => self.blocked(cx),
             ready => ready,
@@ -133,6 +186,53 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert_eq!(expired.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_switching_head_is_held_until_taken_back() {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1024);
+        let expired = IntCounter::new("t", "t").unwrap();
+        let mut io = WriteDeadline::new(near, Duration::from_secs(30), expired);
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+        io.write_all(head).await.unwrap();
+        io.flush().await.unwrap();
+        let (mut near, held) = io.into_inner();
+        assert_eq!(held.as_deref(), Some(&head[..]));
+        // Nothing reached the peer: the head goes out with the first frame.
+        near.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(far.read(&mut buf).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_head_goes_out_before_a_later_write() {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1024);
+        let expired = IntCounter::new("t", "t").unwrap();
+        let mut io = WriteDeadline::new(near, Duration::from_secs(30), expired);
+        io.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        io.write_all(b"after").await.unwrap();
+        let (_near, held) = io.into_inner();
+        assert!(held.is_none());
+        let mut buf = vec![0u8; 41];
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[..], b"HTTP/1.1 101 Switching Protocols\r\n\r\nafter");
+    }
+
+    #[tokio::test]
+    async fn other_responses_are_written_at_once() {
+        use tokio::io::AsyncReadExt;
+        let (near, mut far) = tokio::io::duplex(1024);
+        let expired = IntCounter::new("t", "t").unwrap();
+        let mut io = WriteDeadline::new(near, Duration::from_secs(30), expired);
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 19];
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(io.into_inner().1.is_none());
     }
 
     #[tokio::test(start_paused = true)]

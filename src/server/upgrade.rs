@@ -168,7 +168,8 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
 /// hyper served the connection through the write deadline; the session
 /// takes the socket out of it and keeps its own deadlines. Bytes hyper read
 /// past the handshake start the frame reader, and hyper's read buffer is
-/// dropped with `parts`. `slots` are held until the session ends.
+/// dropped with `parts`. The 101 head `WriteDeadline` held back goes out
+/// with the session's first frame. `slots` are held until the session ends.
 fn session_over(
     upgraded: Upgraded,
     params: Params,
@@ -181,9 +182,10 @@ fn session_over(
     let release = move |()| drop(slots);
     let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
         Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_inner().into_split();
+            let (tcp, head) = parts.io.into_inner().into_inner();
+            let (read, write) = tcp.into_split();
             let frames = FrameReader::new(read, &parts.read_buf, max_frame);
-            tasks.spawn(session::run(frames, write, params, env).map(release));
+            tasks.spawn(session::run(frames, write, head, params, env).map(release));
             return;
         }
         Err(upgraded) => upgraded,
@@ -191,16 +193,17 @@ fn session_over(
     match upgraded.downcast::<TokioIo<WriteDeadline<TlsStream<TcpStream>>>>() {
         Ok(parts) => {
             // TLS: one stream for both directions, split with a lock.
-            let tls = parts.io.into_inner().into_inner();
+            let (tls, head) = parts.io.into_inner().into_inner();
             let (read, write) = tokio::io::split(tls);
             let frames = FrameReader::new(Stream(read), &parts.read_buf, max_frame);
-            tasks.spawn(session::run(frames, write, params, env).map(release));
+            tasks.spawn(session::run(frames, write, head, params, env).map(release));
         }
         Err(upgraded) => {
             tracing::debug!("upgraded connection of an unknown type; splitting with a lock");
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
             let frames = FrameReader::new(Stream(read), &[], max_frame);
-            tasks.spawn(session::run(frames, write, params, env).map(release));
+            // Not through `WriteDeadline`, so hyper's 101 went out itself.
+            tasks.spawn(session::run(frames, write, None, params, env).map(release));
         }
     }
 }

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
@@ -137,7 +138,8 @@ pub(crate) struct Session {
 }
 
 /// Runs a session to its end. `read` and `write` are the two halves of an
-/// upgraded connection; the writer runs on its own task.
+/// upgraded connection, `head` the handshake answer still to be sent on
+/// it; the writer runs on its own task.
 ///
 /// What is set up once happens before the returned future, so an idle
 /// session's future carries only what its reader waits with (its size is
@@ -145,6 +147,7 @@ pub(crate) struct Session {
 pub fn run<S, W>(
     read: FrameReader<S>,
     write: W,
+    head: Option<Bytes>,
     params: Params,
     env: Arc<Env>,
 ) -> impl Future<Output = ()> + Send
@@ -189,6 +192,7 @@ where
     }
     let writer = writer::run(
         write,
+        head,
         rx,
         session.clone(),
         heartbeat,

@@ -16,6 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
@@ -77,6 +78,7 @@ pub enum WriterEnd {
 #[allow(clippy::manual_async_fn)]
 pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
     mut io: W,
+    head: Option<Bytes>,
     mut rx: OutboxReceiver,
     session: Arc<Session>,
     heartbeat: Option<Heartbeat>,
@@ -92,57 +94,53 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
             liveness: &liveness,
             silence,
         };
-        let end = loop {
-            // The next heartbeat, or the silence deadline if it comes first.
-            let wake = next_beat.map(|beat| match silence {
-                Some(s) => beat.min(liveness.last() + s),
-                None => beat,
-            });
-            tokio::select! {
-                biased;
-                _ = outbox.cut_signalled() => {
-                    break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await
+        let end = 'run: {
+            if let Some(head) = head {
+                // The handshake's 101 goes out first, whatever follows, and
+                // in one write with what is queued already (`connected`);
+                // alone when nothing is (echo), or after a cut.
+                if !outbox.is_cut() {
+                    let _ = rx.take(outbox).now_or_never();
                 }
-                more = rx.take(outbox) => {
-                    if !more {
-                        break WriterEnd::Gone;
+                let wrote = write_taken(&mut io, Some(head), &mut rx, &guard, &metrics);
+                if let Some(end) = wrote.await {
+                    break 'run end;
+                }
+            }
+            loop {
+                // The next heartbeat, or the silence deadline if it comes first.
+                let wake = next_beat.map(|beat| match silence {
+                    Some(s) => beat.min(liveness.last() + s),
+                    None => beat,
+                });
+                tokio::select! {
+                    biased;
+                    _ = outbox.cut_signalled() => {
+                        break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await
                     }
-                    // Made for this write and dropped after it: an idle
-                    // writer keeps no batch.
-                    let mut closing = false;
-                    let batch: Vec<Bytes> = rx.taken().map(|item| unpack(item, &mut closing)).collect();
-                    let bytes = batched_bytes(&batch);
-                    let frames = batch.len();
-                    metrics.outbox_depth.observe(frames as f64);
-                    let outcome = guard.write(&mut io, &batch).await;
-                    drop(batch);
-                    rx.written(outbox, frames, bytes);
-                    match outcome {
-                        Written::Done if closing => {
-                            let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-                            break WriterEnd::Closed;
+                    more = rx.take(outbox) => {
+                        if !more {
+                            break WriterEnd::Gone;
                         }
-                        Written::Done => {}
-                        Written::Failed => break WriterEnd::Gone,
-                        Written::CutMeanwhile(deadline) => {
-                            break Box::pin(send_cut(&mut io, &mut rx, outbox, deadline)).await
+                        if let Some(end) = write_taken(&mut io, None, &mut rx, &guard, &metrics).await {
+                            break end;
                         }
                     }
-                }
-                _ = sleep_until_opt(wake) => {
-                    if guard.silent() {
-                        break WriterEnd::Dead;
-                    }
-                    let (Some(beat), Some(hb)) = (next_beat, &heartbeat) else { continue };
-                    if Instant::now() < beat {
-                        continue;
-                    }
-                    next_beat = Some(Instant::now() + hb.interval);
-                    match guard.write(&mut io, &[hb.frame.clone(), frame::ping()]).await {
-                        Written::Done => {}
-                        Written::Failed => break WriterEnd::Gone,
-                        Written::CutMeanwhile(deadline) => {
-                            break Box::pin(send_cut(&mut io, &mut rx, outbox, deadline)).await
+                    _ = sleep_until_opt(wake) => {
+                        if guard.silent() {
+                            break WriterEnd::Dead;
+                        }
+                        let (Some(beat), Some(hb)) = (next_beat, &heartbeat) else { continue };
+                        if Instant::now() < beat {
+                            continue;
+                        }
+                        next_beat = Some(Instant::now() + hb.interval);
+                        match guard.write(&mut io, &[hb.frame.clone(), frame::ping()]).await {
+                            Written::Done => {}
+                            Written::Failed => break WriterEnd::Gone,
+                            Written::CutMeanwhile(deadline) => {
+                                break Box::pin(send_cut(&mut io, &mut rx, outbox, deadline)).await
+                            }
                         }
                     }
                 }
@@ -153,6 +151,42 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
         outbox.cut(crate::error::close::GOING_AWAY);
         session.writer_done.notify_one();
         end
+    }
+}
+
+/// Writes the frames the last `take` took, after `head` if there is one
+/// (not a frame of the outbox: not counted against it); `Some` when the
+/// writer is done.
+async fn write_taken<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    head: Option<Bytes>,
+    rx: &mut OutboxReceiver,
+    guard: &Guard<'_>,
+    metrics: &crate::metrics::Metrics,
+) -> Option<WriterEnd> {
+    let outbox = guard.outbox;
+    // Made for this write and dropped after it: an idle writer keeps no
+    // batch.
+    let mut closing = false;
+    let mut batch: Vec<Bytes> = head.into_iter().collect();
+    let skip = batch.len();
+    batch.extend(rx.taken().map(|item| unpack(item, &mut closing)));
+    let bytes = batched_bytes(&batch[skip..]);
+    let frames = batch.len() - skip;
+    if frames > 0 {
+        metrics.outbox_depth.observe(frames as f64);
+    }
+    let outcome = guard.write(io, &batch).await;
+    drop(batch);
+    rx.written(outbox, frames, bytes);
+    match outcome {
+        Written::Done if closing => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+            Some(WriterEnd::Closed)
+        }
+        Written::Done => None,
+        Written::Failed => Some(WriterEnd::Gone),
+        Written::CutMeanwhile(deadline) => Some(Box::pin(send_cut(io, rx, outbox, deadline)).await),
     }
 }
 
@@ -357,6 +391,114 @@ mod tests {
         }
     }
 
+    /// A socket that takes everything and keeps each write's bytes apart.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<parking_lot::Mutex<Vec<Vec<u8>>>>);
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.lock().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let write: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = write.len();
+            self.0.lock().push(write);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+
+    /// Starts a writer with the 101 head on a recording socket; returns
+    /// the socket once the writer has made `n` writes, and the writer.
+    async fn writes_after(
+        session: Arc<Session>,
+        rx: OutboxReceiver,
+        n: usize,
+    ) -> (Recorder, tokio::task::JoinHandle<WriterEnd>) {
+        let socket = Recorder::default();
+        let writer = tokio::spawn(run(
+            socket.clone(),
+            Some(Bytes::from_static(HEAD)),
+            rx,
+            session,
+            None,
+            Arc::new(Liveness::new()),
+            Arc::new(crate::metrics::Metrics::new()),
+        ));
+        while socket.0.lock().len() < n {
+            tokio::task::yield_now().await;
+        }
+        (socket, writer)
+    }
+
+    #[tokio::test]
+    async fn the_held_head_goes_out_with_the_queued_frames_in_one_write() {
+        let (session, rx) = session();
+        session
+            .peer
+            .outbox
+            .try_push(Bytes::from_static(b"connected"))
+            .unwrap();
+        let (socket, writer) = writes_after(session.clone(), rx, 1).await;
+        assert_eq!(*socket.0.lock(), vec![[HEAD, b"connected"].concat()]);
+        assert_eq!(session.peer.outbox.depth(), 0);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn the_held_head_goes_out_alone_when_nothing_is_queued() {
+        let (session, rx) = session();
+        let (socket, writer) = writes_after(session.clone(), rx, 1).await;
+        assert_eq!(*socket.0.lock(), vec![HEAD.to_vec()]);
+        session
+            .peer
+            .outbox
+            .try_push(Bytes::from_static(b"later"))
+            .unwrap();
+        while socket.0.lock().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*socket.0.lock(), vec![HEAD.to_vec(), b"later".to_vec()]);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn the_held_head_goes_out_before_the_close_of_a_cut_session() {
+        let (session, rx) = session();
+        session
+            .peer
+            .outbox
+            .try_push(Bytes::from_static(b"connected"))
+            .unwrap();
+        session.peer.outbox.cut(crate::error::close::SLOW_CONSUMER);
+        let (socket, writer) = writes_after(session.clone(), rx, 2).await;
+        let writes = socket.0.lock().clone();
+        assert_eq!(writes[0], HEAD);
+        // The close frame follows; the dropped frame does not.
+        assert_eq!(writes[1][0], 0x88);
+        assert!(!writes.concat().windows(9).any(|w| w == b"connected"));
+        assert_eq!(writer.await.unwrap(), WriterEnd::Closed);
+    }
+
     fn session() -> (Arc<Session>, OutboxReceiver) {
         let (outbox, rx) = Outbox::new(16, 1 << 16);
         let peer = Arc::new(Peer::new(1, "u".into(), Format::Json, outbox));
@@ -383,6 +525,7 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let run = run(
             Stalled { accepts: 0 },
+            None,
             rx,
             session,
             heartbeat(),
@@ -415,6 +558,7 @@ mod tests {
         let started = Instant::now();
         let run = run(
             Stalled { accepts: 0 },
+            None,
             rx,
             session,
             heartbeat(),
