@@ -2,55 +2,137 @@
 //! sequence each got, so a retry is acked with the original sequence and not
 //! stored twice (PROTOCOL.md §5). Keyed by (user, id): ids are the client's
 //! and two users may pick the same one.
+//!
+//! Every message with an id costs a lookup and an insert that evicts the
+//! oldest id, so each id is kept once, in a ring in insertion order, with
+//! its hash; the index holds ring positions only. A lookup allocates
+//! nothing, each operation hashes its key once (SipHash with a random key:
+//! ids and user names are chosen by clients), and eviction and the index's
+//! growth reuse the stored hashes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-type Key = (Arc<str>, String);
+use hashbrown::HashTable;
+
+struct Entry {
+    user: Arc<str>,
+    id: String,
+    seq: u64,
+    hash: u64,
+}
 
 pub struct Dedup {
     cap: usize,
-    seqs: HashMap<Key, u64>,
-    /// Insertion order, for eviction; `(key, seq)` so a stale entry of a
-    /// removed id never evicts a newer one.
-    order: VecDeque<(Key, u64)>,
+    hasher: RandomState,
+    /// Ids in insertion order, the oldest first; `ring[i]` is at position
+    /// `evicted + i`. May hold stale entries (an id inserted again, or
+    /// removed), which the index no longer points at.
+    ring: VecDeque<Entry>,
+    /// Position of `ring[0]`: the ids evicted so far.
+    evicted: u64,
+    /// Invariant: for each remembered (user, id), exactly one position, that
+    /// of its newest entry in `ring`.
+    index: HashTable<u64>,
 }
 
 impl Dedup {
     pub fn new(cap: usize) -> Dedup {
         Dedup {
             cap,
-            seqs: HashMap::new(),
-            order: VecDeque::new(),
+            hasher: RandomState::new(),
+            ring: VecDeque::new(),
+            evicted: 0,
+            index: HashTable::new(),
         }
     }
 
+    fn hash(&self, user: &str, id: &str) -> u64 {
+        self.hasher.hash_one((user, id))
+    }
+
+    fn entry(&self, position: u64) -> &Entry {
+        &self.ring[(position - self.evicted) as usize]
+    }
+
+    /// The index slot of (user, id), if remembered.
+    fn find(&self, hash: u64, user: &str, id: &str) -> Option<u64> {
+        self.index
+            .find(hash, |&p| {
+                let e = self.entry(p);
+                &*e.user == user && e.id == id
+            })
+            .copied()
+    }
+
     pub fn get(&self, user: &Arc<str>, id: &str) -> Option<u64> {
-        // A borrowed-key lookup would need a custom Borrow impl; ids are short.
-        self.seqs.get(&(user.clone(), id.to_owned())).copied()
+        let p = self.find(self.hash(user, id), user, id)?;
+        Some(self.entry(p).seq)
     }
 
     pub fn insert(&mut self, user: Arc<str>, id: String, seq: u64) {
         if self.cap == 0 {
             return;
         }
-        let key = (user, id);
-        self.seqs.insert(key.clone(), seq);
-        self.order.push_back((key, seq));
-        while self.order.len() > self.cap {
-            let (old, old_seq) = self.order.pop_front().expect("non-empty");
-            if self.seqs.get(&old) == Some(&old_seq) {
-                self.seqs.remove(&old);
+        let hash = self.hash(&user, &id);
+        let position = self.evicted + self.ring.len() as u64;
+        let Dedup {
+            ring,
+            evicted,
+            index,
+            ..
+        } = self;
+        let at = |p: u64| &ring[(p - *evicted) as usize];
+        match index.find_mut(hash, |&p| {
+            let e = at(p);
+            e.user == user && e.id == id
+        }) {
+            Some(p) => *p = position,
+            None => {
+                index.insert_unique(hash, position, |&p| at(p).hash);
             }
+        }
+        self.ring.push_back(Entry {
+            user,
+            id,
+            seq,
+            hash,
+        });
+        while self.ring.len() > self.cap {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let old = self.ring.pop_front().expect("non-empty");
+        let position = self.evicted;
+        self.evicted += 1;
+        if let Ok(slot) = self.index.find_entry(old.hash, |&p| p == position) {
+            slot.remove();
         }
     }
 
     /// Forgets an id whose message was not stored (failed commit).
     pub fn remove(&mut self, user: &Arc<str>, id: &str, seq: u64) {
-        let key = (user.clone(), id.to_owned());
-        if self.seqs.get(&key) == Some(&seq) {
-            self.seqs.remove(&key);
+        let hash = self.hash(user, id);
+        let Some(p) = self.find(hash, user, id) else {
+            return;
+        };
+        if self.entry(p).seq == seq {
+            if let Ok(slot) = self.index.find_entry(hash, |&q| q == p) {
+                slot.remove();
+            }
         }
+    }
+
+    /// Ids remembered.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 }
 
@@ -80,5 +162,94 @@ mod tests {
         assert_eq!(d.get(&u, "a"), Some(1));
         d.remove(&u, "a", 1);
         assert_eq!(d.get(&u, "a"), None);
+    }
+
+    #[test]
+    fn an_id_inserted_again_outlives_its_first_entry() {
+        let u: Arc<str> = "u".into();
+        let mut d = Dedup::new(2);
+        d.insert(u.clone(), "a".into(), 1);
+        d.insert(u.clone(), "a".into(), 2);
+        // Evicts the first entry of "a": the newer one stays.
+        d.insert(u.clone(), "b".into(), 3);
+        assert_eq!(d.get(&u, "a"), Some(2));
+        assert_eq!(d.len(), 2);
+        d.insert(u.clone(), "c".into(), 4);
+        assert_eq!(d.get(&u, "a"), None);
+        assert_eq!(d.get(&u, "b"), Some(3));
+    }
+
+    #[test]
+    fn a_removed_id_inserted_again_is_not_evicted_by_its_old_entry() {
+        let u: Arc<str> = "u".into();
+        let mut d = Dedup::new(3);
+        d.insert(u.clone(), "a".into(), 1);
+        d.remove(&u, "a", 1);
+        d.insert(u.clone(), "a".into(), 2);
+        d.insert(u.clone(), "b".into(), 3);
+        // Evicts the removed entry of "a" (position 0), not the live one.
+        d.insert(u.clone(), "c".into(), 4);
+        assert_eq!(d.get(&u, "a"), Some(2));
+    }
+
+    #[test]
+    fn a_zero_window_remembers_nothing() {
+        let u: Arc<str> = "u".into();
+        let mut d = Dedup::new(0);
+        d.insert(u.clone(), "a".into(), 1);
+        assert_eq!(d.get(&u, "a"), None);
+        assert!(d.is_empty());
+    }
+
+    /// Random inserts, retries and removals against the plainest model of
+    /// the window: the last `cap` inserts, newest first.
+    #[test]
+    fn agrees_with_a_list_of_the_last_inserts() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..50u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let cap = rng.random_range(1..20usize);
+            let users: Vec<Arc<str>> = ["a", "b", "ab"].iter().map(|&u| u.into()).collect();
+            let ids = ["", "1", "b", "ab", "x", "11"];
+            let mut d = Dedup::new(cap);
+            // (user, id, seq, removed), oldest first; at most `cap`.
+            let mut model: Vec<(Arc<str>, &str, u64, bool)> = Vec::new();
+            let lookup = |model: &[(Arc<str>, &str, u64, bool)], u: &Arc<str>, id: &str| {
+                let newest = model.iter().rev().find(|e| e.0 == *u && e.1 == id)?;
+                (!newest.3).then_some(newest.2)
+            };
+            for step in 0..400u64 {
+                let u = &users[rng.random_range(0..users.len())];
+                let id = ids[rng.random_range(0..ids.len())];
+                match rng.random_range(0..4) {
+                    0 => {
+                        // A failed commit: forget the newest sequence, or a wrong one.
+                        let seq = lookup(&model, u, id).unwrap_or(step) + rng.random_range(0..2);
+                        d.remove(u, id, seq);
+                        if let Some(e) = model.iter_mut().rev().find(|e| e.0 == *u && e.1 == id) {
+                            if !e.3 && e.2 == seq {
+                                e.3 = true;
+                            }
+                        }
+                    }
+                    _ => {
+                        d.insert(u.clone(), id.to_owned(), step);
+                        model.push((u.clone(), id, step, false));
+                        if model.len() > cap {
+                            model.remove(0);
+                        }
+                    }
+                }
+                for u in &users {
+                    for id in ids {
+                        assert_eq!(
+                            d.get(u, id),
+                            lookup(&model, u, id),
+                            "seed {seed} step {step}: {u}/{id}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

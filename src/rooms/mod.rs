@@ -45,6 +45,7 @@ use std::sync::Arc;
 pub use account::Account;
 pub use catchup::{Chunk, ReadRequest};
 pub use commit::{Origin, Publish};
+pub use dedup::Dedup;
 pub use ephemeral::TYPING_EVERY_MS;
 pub use interface::{
     Command, Effect, Fill, Limits, Millis, PresenceChange, ReadDone, Relay, RoomRelay, RoomStats,
