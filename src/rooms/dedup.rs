@@ -37,6 +37,11 @@ pub struct Dedup {
     index: HashTable<u64>,
 }
 
+/// The entry at `position` of a ring whose first entry is at `evicted`.
+fn at(ring: &VecDeque<Entry>, evicted: u64, position: u64) -> &Entry {
+    &ring[(position - evicted) as usize]
+}
+
 impl Dedup {
     pub fn new(cap: usize) -> Dedup {
         Dedup {
@@ -53,7 +58,7 @@ impl Dedup {
     }
 
     fn entry(&self, position: u64) -> &Entry {
-        &self.ring[(position - self.evicted) as usize]
+        at(&self.ring, self.evicted, position)
     }
 
     /// The index slot of (user, id), if remembered.
@@ -83,7 +88,7 @@ impl Dedup {
             index,
             ..
         } = self;
-        let at = |p: u64| &ring[(p - *evicted) as usize];
+        let at = |p: u64| at(ring, *evicted, p);
         match index.find_mut(hash, |&p| {
             let e = at(p);
             e.user == user && e.id == id
@@ -116,13 +121,18 @@ impl Dedup {
     /// Forgets an id whose message was not stored (failed commit).
     pub fn remove(&mut self, user: &Arc<str>, id: &str, seq: u64) {
         let hash = self.hash(user, id);
-        let Some(p) = self.find(hash, user, id) else {
-            return;
-        };
-        if self.entry(p).seq == seq {
-            if let Ok(slot) = self.index.find_entry(hash, |&q| q == p) {
-                slot.remove();
-            }
+        let Dedup {
+            ring,
+            evicted,
+            index,
+            ..
+        } = self;
+        let found = index.find_entry(hash, |&p| {
+            let e = at(ring, *evicted, p);
+            e.user == *user && e.id == id && e.seq == seq
+        });
+        if let Ok(slot) = found {
+            slot.remove();
         }
     }
 
