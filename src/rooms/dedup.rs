@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
+use hashbrown::hash_table::Entry as Slot;
 use hashbrown::HashTable;
 
 struct Entry {
@@ -89,13 +90,19 @@ impl Dedup {
             ..
         } = self;
         let at = |p: u64| at(ring, *evicted, p);
-        match index.find_mut(hash, |&p| {
-            let e = at(p);
-            e.user == user && e.id == id
-        }) {
-            Some(p) => *p = position,
-            None => {
-                index.insert_unique(hash, position, |&p| at(p).hash);
+        // One probe: an id seen before moves to its new entry.
+        let slot = index.entry(
+            hash,
+            |&p| {
+                let e = at(p);
+                e.user == user && e.id == id
+            },
+            |&p| at(p).hash,
+        );
+        match slot {
+            Slot::Occupied(mut o) => *o.get_mut() = position,
+            Slot::Vacant(v) => {
+                v.insert(position);
             }
         }
         self.ring.push_back(Entry {
