@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 /// only those who were waiting already, so publishers would split into
 /// alternate commits, each half as full. After a commit the driver waits
 /// until as many messages wait as were outstanding (those accumulated and
-/// those just acked), for at most half the time the commit took (and never
-/// over 2 ms) — a small delay against a commit that costs a sync, and
-/// nothing when commits are quick.
+/// those just acked), for at most `wait_after(commit time)`: one and a half
+/// times the commit, never over 3 ms, nothing when commits are quick.
+///
+/// Why that long: the acks of one commit go out one after another, so the
+/// last released publisher answers about (publishers × CPU per message)
+/// after the first — on a loaded machine as long as a commit that syncs.
+/// Waiting half a commit left a fifth to a third of them to the next one;
+/// the wait ends as soon as they are all back, and a publisher that does
+/// not come back costs the others at most that wait.
 #[derive(Default)]
 pub struct Gather {
     /// When the batch in flight was handed on.
@@ -31,9 +37,7 @@ impl Gather {
     pub fn committed(&mut self, outstanding: usize) {
         let took = self.sent_at.take().map_or(Duration::ZERO, |t| t.elapsed());
         self.expect = outstanding;
-        let wait = (took / 2).min(Duration::from_millis(2));
-        self.until =
-            (wait >= Duration::from_micros(50)).then(|| tokio::time::Instant::now() + wait);
+        self.until = wait_after(took).map(|wait| tokio::time::Instant::now() + wait);
     }
 
     /// Whether to keep accumulating rather than hand the batch on now.
@@ -41,5 +45,54 @@ impl Gather {
         accumulated > 0
             && accumulated < self.expect
             && self.until.is_some_and(|u| tokio::time::Instant::now() < u)
+    }
+}
+
+/// The longest to keep accumulating after a commit that took `took` (also
+/// how long the log writer waits for the other active shards' batches).
+pub fn wait_after(took: Duration) -> Option<Duration> {
+    let wait = (took * 3 / 2).min(MAX_WAIT);
+    (wait >= MIN_WAIT).then_some(wait)
+}
+
+/// A longer wait would add more latency than a sync saves.
+const MAX_WAIT: Duration = Duration::from_millis(3);
+/// Commits this quick (no sync) are not worth waiting for.
+const MIN_WAIT: Duration = Duration::from_micros(50);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_follows_the_commit_time_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(wait_after(ms(1)), Some(Duration::from_micros(1500)));
+        assert_eq!(wait_after(ms(10)), Some(MAX_WAIT), "capped");
+        assert_eq!(wait_after(Duration::from_micros(20)), None, "no sync");
+        assert_eq!(wait_after(Duration::ZERO), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_until_the_outstanding_are_back_or_the_wait_ends() {
+        let mut g = Gather::default();
+        g.sent();
+        // A commit that took 2 ms came back with 4 messages outstanding.
+        g.sent_at = Some(Instant::now() - Duration::from_millis(2));
+        g.committed(4);
+        assert!(!g.holds(0), "nothing to send: nothing held");
+        assert!(g.holds(1));
+        assert!(g.holds(3));
+        assert!(!g.holds(4), "all back: sent at once");
+        tokio::time::advance(Duration::from_micros(2900)).await;
+        assert!(g.holds(3), "within 1.5 × 2 ms");
+        tokio::time::advance(Duration::from_micros(200)).await;
+        assert!(!g.holds(3), "the wait is over");
+        // Handing the batch on ends the wait.
+        g.sent_at = Some(Instant::now() - Duration::from_millis(2));
+        g.committed(4);
+        assert!(g.holds(1));
+        g.sent();
+        assert!(!g.holds(1));
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::gather::wait_after;
 use crate::metrics::Metrics;
 use crate::store::{Batch, Store, StoreError};
 
@@ -98,9 +99,11 @@ fn run(rx: std::sync::mpsc::Receiver<Job>, store: &dyn Store, metrics: &Metrics)
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
-        // Wait a little for the other active shards, so one sync covers
-        // them all instead of each shard's batch taking a sync of its own.
-        let deadline = Instant::now() + (took / 2).min(MAX_GATHER);
+        // Wait for the other active shards, so one sync covers them all
+        // instead of each shard's batch taking a sync of its own; as long
+        // as a shard may itself gather after a commit (`gather`), so one
+        // still gathering is not left to the next commit.
+        let deadline = Instant::now() + wait_after(took).unwrap_or_default();
         while active.missing(&jobs) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -145,9 +148,6 @@ impl Active {
         }
     }
 }
-
-/// The longest a commit waits for the other shards' batches.
-const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// Commits every job queued at once in one transaction, and answers each.
 fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
