@@ -5,7 +5,8 @@
 //! - a room load runs on the blocking pool and parks only that room;
 //! - a catch-up read waits (as a task) for room in the member's outbox, then
 //!   reads and encodes on the blocking pool;
-//! - a batch goes to the log writer thread;
+//! - a batch goes to the log writer thread, or, for a store that only
+//!   changes memory (`Store::appends_in_memory`), is committed right here;
 //! - cluster mode: subscriptions and presence changes go to the cluster's
 //!   tasks (`cluster`), fills read the shared log on the blocking pool,
 //!   and the cluster's live events come in like completions.
@@ -23,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::gather::Gather;
-use super::log_writer::{Committed, Job, LogWriter};
+use super::log_writer::{commit, Committed, Job, LogWriter};
 use super::pool::Pool;
 use super::ShardEnv;
 use crate::cluster::{Event, FeedRequest, Outgoing, ShardLink};
@@ -239,6 +240,12 @@ impl Driver {
         while let Some(effect) = self.rooms.poll_effect() {
             match effect {
                 Effect::Load(room) => self.load(room),
+                Effect::Commit(mut batch) if self.env.store.appends_in_memory() => {
+                    // The outcome comes back like the log writer's, so the
+                    // core sees it in the next turn of the loop either way.
+                    let result = commit(&*self.env.store, &self.env.metrics, &mut batch);
+                    let _ = self.commit_done.0.send(Committed { batch, result });
+                }
                 Effect::Commit(batch) => {
                     let done = self.commit_done.0.clone();
                     self.log.send(Job::new(self.shard, batch, done));

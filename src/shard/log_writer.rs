@@ -204,7 +204,11 @@ fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
 /// the batch instead of the thread (the server's store is a `GuardedStore`,
 /// which catches and counts it first; this keeps the writer alive over any
 /// store).
-fn commit(store: &dyn Store, metrics: &Metrics, batch: &mut Batch) -> Result<(), Arc<StoreError>> {
+pub fn commit(
+    store: &dyn Store,
+    metrics: &Metrics,
+    batch: &mut Batch,
+) -> Result<(), Arc<StoreError>> {
     let started = Instant::now();
     let result = match catch_unwind(AssertUnwindSafe(|| store.append(batch))) {
         Ok(r) => r,

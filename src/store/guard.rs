@@ -287,6 +287,10 @@ impl Store for GuardedStore {
         self.inner.unsynced()
     }
 
+    fn appends_in_memory(&self) -> bool {
+        self.inner.appends_in_memory()
+    }
+
     fn describe(&self) -> String {
         self.file.clone()
     }
@@ -447,6 +451,16 @@ mod tests {
         assert!(store.health().is_ok());
         assert_eq!(metrics.store_writes_failing.get(), 0);
         assert_eq!(metrics.store_errors.get(), 1);
+    }
+
+    #[test]
+    fn says_whether_appends_only_change_memory_as_its_store_does() {
+        // A store that may block on writes is committed off the shards.
+        let (store, _, _) = guarded();
+        assert!(!store.appends_in_memory());
+        let metrics = Arc::new(Metrics::new());
+        let memory = GuardedStore::new(Arc::new(MemoryStore::new()), metrics);
+        assert!(memory.appends_in_memory());
     }
 
     #[test]

@@ -80,6 +80,10 @@ fn recent_ids(log: &Log, window: usize) -> Vec<(Arc<str>, String, u64)> {
 }
 
 impl Store for MemoryStore {
+    fn appends_in_memory(&self) -> bool {
+        true
+    }
+
     fn sequencing(&self) -> Sequencing {
         if self.numbering {
             Sequencing::Log

@@ -357,6 +357,14 @@ pub trait Store: Send + Sync + 'static {
     /// room's last sequence across restarts).
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError>;
 
+    /// Whether `append` only changes memory: it never waits on a disk or a
+    /// network, and there is no sync for a group commit to share. A shard
+    /// then commits its batch on its own thread, where a hand-off to the log
+    /// writer would cost two thread wake-ups per round.
+    fn appends_in_memory(&self) -> bool {
+        false
+    }
+
     /// Makes everything committed so far durable, whatever the durability
     /// mode (called once at shutdown).
     fn flush(&self) -> Result<(), StoreError> {
