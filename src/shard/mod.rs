@@ -8,7 +8,9 @@
 //! the completions of its effects, and performs those effects off the shard
 //! thread — room loads and catch-up reads on the blocking pool, commits on
 //! the one log writer shared by all shards (`log_writer`), which merges what
-//! every shard has waiting into one transaction (group commit).
+//! every shard has waiting into one transaction (group commit). A store
+//! that only changes memory has no sync to share: each shard commits on its
+//! own thread (`Store::appends_in_memory`).
 
 mod driver;
 mod gather;

@@ -360,7 +360,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `append` only changes memory: it never waits on a disk or a
     /// network, and there is no sync for a group commit to share. A shard
     /// then commits its batch on its own thread, where a hand-off to the log
-    /// writer would cost two thread wake-ups per round.
+    /// writer would cost two thread wake-ups per round. The shard holds up
+    /// its rooms for as long as `append` takes (the store's lock included).
     fn appends_in_memory(&self) -> bool {
         false
     }
