@@ -74,7 +74,7 @@ pub fn plan(
 }
 
 /// A read of the log for one catching-up member; the driver performs it off
-/// the shard thread and hands the `Chunk` back with the same `join`.
+/// the shard and hands the `Chunk` back with the same `join`.
 pub struct ReadRequest {
     pub room: RoomName,
     pub epoch: Arc<str>,
@@ -100,7 +100,7 @@ impl ReadRequest {
     }
 
     /// Performs the read against the log (blocking: the driver runs it off
-    /// the shard thread) and makes the chunk.
+    /// the shard) and makes the chunk.
     pub fn read(&self, store: &dyn Store) -> Result<Chunk, StoreError> {
         let limit = ReadLimit {
             messages: self.max_messages,

@@ -161,9 +161,9 @@ impl Running {
                 "connections still open after the shutdown timeout; stopping anyway"
             );
         }
+        env.shards.stop().await;
         let cluster = self.cluster.clone();
         let landed = tokio::task::spawn_blocking(move || {
-            env.shards.stop();
             // The others see this node's users leave at once.
             if let Some(cluster) = cluster {
                 cluster.stop();
@@ -174,7 +174,7 @@ impl Running {
         match landed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(cause = %e, "flushing the store at shutdown failed"),
-            Err(e) => tracing::error!(cause = %e, "stopping the shards failed"),
+            Err(e) => tracing::error!(cause = %e, "flushing the store at shutdown panicked"),
         }
     }
 }
@@ -263,7 +263,7 @@ async fn start_with(
         pool,
         cluster: cluster.clone(),
     })
-    .context("cannot start the shard threads")?;
+    .context("cannot start the log writer")?;
     if let Some(cluster) = &cluster {
         cluster.start();
     }

@@ -1,6 +1,6 @@
 //! The thin driver of one shard: feeds its room core (`rooms::Rooms`)
 //! commands, the time and the completions of its effects, and performs those
-//! effects without ever blocking the shard thread:
+//! effects without ever blocking the shard (a task on the server's runtime):
 //!
 //! - a room load runs on the blocking pool and parks only that room;
 //! - a catch-up read waits (as a task) for room in the member's outbox, then
@@ -38,7 +38,7 @@ use crate::store::{ReadLimit, RoomLog, StoreError, Tail};
 /// Most commands handled in one round before the batch is handed on.
 const MAX_ROUND: usize = 1024;
 
-/// Completions of effects, back on the shard thread.
+/// Completions of effects, back on the shard.
 enum Done {
     Loaded(RoomName, Result<RoomLog, Arc<StoreError>>),
     Committed(Committed),
@@ -46,17 +46,17 @@ enum Done {
     Filled(RoomName, Result<Tail, Arc<StoreError>>),
 }
 
-pub fn run(
+/// Drives shard `id` until its senders are gone or `stop` is cancelled and
+/// every accepted batch has landed. A task on the server's runtime: what it
+/// does between awaits is bounded (a round of at most `MAX_ROUND` commands,
+/// a memory store's commit, a fan-out), and the rest runs elsewhere.
+pub async fn run(
     id: usize,
     env: ShardEnv,
     log: LogWriter,
     rx: mpsc::Receiver<Command>,
     stop: CancellationToken,
 ) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("shard runtime");
     let spread: Box<dyn Spread> = match &env.pool {
         Some(pool) => Box::new(Pool(pool.clone())),
         None => Box::new(Sequential),
@@ -92,7 +92,7 @@ pub fn run(
         control,
         gather: Gather::default(),
     };
-    rt.block_on(driver.run(rx, stop));
+    driver.run(rx, stop).await;
     tracing::debug!(shard = id, "shard stopped");
 }
 
@@ -325,7 +325,7 @@ impl Driver {
         });
     }
 
-    /// Reads a shared log's tail for a room behind it, off the shard thread.
+    /// Reads a shared log's tail for a room behind it, off the shard.
     fn fill(&self, fill: Fill) {
         let store = self.env.store.clone();
         let done = self.done.0.clone();

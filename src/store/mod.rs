@@ -2,8 +2,9 @@
 //! small synchronous trait and its implementations.
 //!
 //! Calls block (a redb commit syncs to disk), so they run only on the log
-//! writer thread or in `spawn_blocking`, never on a shard thread or the async
-//! runtime's workers. Invariants every implementation keeps:
+//! writer thread or in `spawn_blocking`, never on a shard or elsewhere on the
+//! async runtime's workers — except the appends of a store that only changes
+//! memory (`Store::appends_in_memory`). Invariants every implementation keeps:
 //! - `append` is all-or-nothing for its batch; when it returns `Ok`, every
 //!   message in it is durable to the configured degree and visible to reads.
 //! - A room's sequences are 1, 2, 3 … with no gap. A log with
@@ -359,8 +360,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether `append` only changes memory: it never waits on a disk or a
     /// network, and there is no sync for a group commit to share. A shard
-    /// then commits its batch on its own thread, where a hand-off to the log
-    /// writer would cost two thread wake-ups per round. The shard holds up
+    /// then commits its batch itself, where a hand-off to the log writer
+    /// thread would cost two thread wake-ups per round. The shard holds up
     /// its rooms for as long as `append` takes (the store's lock included).
     fn appends_in_memory(&self) -> bool {
         false
