@@ -1,6 +1,7 @@
 //! The thin driver of one shard: feeds its room core (`rooms::Rooms`)
 //! commands, the time and the completions of its effects, and performs those
-//! effects without ever blocking the shard (a task on the server's runtime):
+//! effects without ever blocking the shard (a task on the server's runtime,
+//! or a thread of its own: see `shard`):
 //!
 //! - a room load runs on the blocking pool and parks only that room;
 //! - a catch-up read waits (as a task) for room in the member's outbox, then
@@ -47,9 +48,10 @@ enum Done {
 }
 
 /// Drives shard `id` until its senders are gone or `stop` is cancelled and
-/// every accepted batch has landed. A task on the server's runtime: what it
-/// does between awaits is bounded (a round of at most `MAX_ROUND` commands,
-/// a memory store's commit, a fan-out), and the rest runs elsewhere.
+/// every accepted batch has landed. What it does between awaits is bounded
+/// (a round of at most `MAX_ROUND` commands, a memory store's commit, a
+/// fan-out), so it may run as a task among the sessions; the rest runs
+/// elsewhere.
 pub async fn run(
     id: usize,
     env: ShardEnv,
