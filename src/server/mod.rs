@@ -263,7 +263,7 @@ async fn start_with(
         pool,
         cluster: cluster.clone(),
     })
-    .context("cannot start the log writer")?;
+    .context("cannot start the shards")?;
     if let Some(cluster) = &cluster {
         cluster.start();
     }

@@ -362,7 +362,8 @@ pub trait Store: Send + Sync + 'static {
     /// network, and there is no sync for a group commit to share. A shard
     /// then commits its batch itself, where a hand-off to the log writer
     /// thread would cost two thread wake-ups per round. The shard holds up
-    /// its rooms for as long as `append` takes (the store's lock included).
+    /// its rooms for as long as `append` takes (the store's lock included),
+    /// and, running as a task (`shard`), the runtime worker it runs on.
     fn appends_in_memory(&self) -> bool {
         false
     }
