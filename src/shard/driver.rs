@@ -55,7 +55,7 @@ enum Done {
 pub async fn run(
     id: usize,
     env: ShardEnv,
-    log: LogWriter,
+    log: Option<LogWriter>,
     rx: mpsc::Receiver<Command>,
     stop: CancellationToken,
 ) {
@@ -102,7 +102,9 @@ struct Driver {
     shard: usize,
     rooms: Rooms,
     env: ShardEnv,
-    log: LogWriter,
+    /// Where batches are committed; `None`: here, by a store whose appends
+    /// only change memory (`Store::appends_in_memory`).
+    log: Option<LogWriter>,
     /// Completions of loads and reads.
     done: (mpsc::UnboundedSender<Done>, mpsc::UnboundedReceiver<Done>),
     /// Completions of commits (the log writer's channel type).
@@ -242,16 +244,18 @@ impl Driver {
         while let Some(effect) = self.rooms.poll_effect() {
             match effect {
                 Effect::Load(room) => self.load(room),
-                Effect::Commit(mut batch) if self.env.store.appends_in_memory() => {
-                    // The outcome comes back like the log writer's, so the
-                    // core sees it in the next turn of the loop either way.
-                    let result = commit(&*self.env.store, &self.env.metrics, &mut batch);
-                    let _ = self.commit_done.0.send(Committed { batch, result });
-                }
-                Effect::Commit(batch) => {
-                    let done = self.commit_done.0.clone();
-                    self.log.send(Job::new(self.shard, batch, done));
-                }
+                Effect::Commit(mut batch) => match &self.log {
+                    Some(log) => {
+                        let done = self.commit_done.0.clone();
+                        log.send(Job::new(self.shard, batch, done));
+                    }
+                    None => {
+                        // The outcome comes back like the log writer's, so the
+                        // core sees it in the next turn of the loop either way.
+                        let result = commit(&*self.env.store, &self.env.metrics, &mut batch);
+                        let _ = self.commit_done.0.send(Committed { batch, result });
+                    }
+                },
                 Effect::Read(read) => self.read(read),
                 Effect::Fill(fill) => self.fill(fill),
                 Effect::Subscribe(room) => match &self.cluster {

@@ -202,8 +202,8 @@ fn commit_jobs(store: &dyn Store, metrics: &Metrics, mut jobs: Vec<Job>) {
 
 /// One store transaction, timed and counted; a panic in store code fails
 /// the batch instead of the thread (the server's store is a `GuardedStore`,
-/// which catches and counts it first; this keeps the writer alive over any
-/// store).
+/// which catches and counts it first; this keeps the writer, or a shard
+/// that commits in place, alive over any store).
 pub fn commit(
     store: &dyn Store,
     metrics: &Metrics,

@@ -10,7 +10,7 @@
 //! log writer thread shared by all shards (`log_writer`), which merges what
 //! every shard has waiting into one transaction (group commit). A store
 //! that only changes memory has no sync to share: each shard commits its
-//! batch itself (`Store::appends_in_memory`).
+//! batch itself (`Store::appends_in_memory`), and no log writer runs.
 //!
 //! Where a shard runs follows from where its commits complete:
 //! - With a store that only changes memory, a shard is a task on the
@@ -84,7 +84,7 @@ pub struct Shards {
     ended: parking_lot::Mutex<Option<Ended>>,
 }
 
-type Ended = (Vec<Runner>, std::thread::JoinHandle<()>);
+type Ended = (Vec<Runner>, Option<std::thread::JoinHandle<()>>);
 
 /// Where a shard's driver runs (see the module doc).
 enum Runner {
@@ -93,16 +93,23 @@ enum Runner {
 }
 
 impl Shards {
-    /// Starts the log writer thread and the shards: tasks on the current
-    /// runtime (call it from within one) or threads, as the store commits.
+    /// Starts the shards: tasks on the current runtime (call it from within
+    /// one) or threads with the log writer's, as the store commits.
     pub fn start(env: ShardEnv) -> std::io::Result<Shards> {
         let n = env.config.workers();
         let as_tasks = env.store.appends_in_memory();
         let mut senders = Vec::with_capacity(n);
         let mut runners = Vec::with_capacity(n);
         let stop = CancellationToken::new();
-        let (log, log_thread) =
-            log_writer::LogWriter::start(env.store.clone(), env.metrics.clone())?;
+        // A store whose appends only change memory has no sync to share:
+        // each shard commits its batches itself, and no log writer runs.
+        let (log, log_thread) = if as_tasks {
+            (None, None)
+        } else {
+            let (log, thread) =
+                log_writer::LogWriter::start(env.store.clone(), env.metrics.clone())?;
+            (Some(log), Some(thread))
+        };
         for i in 0..n {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let (env, log, stop) = (env.clone(), log.clone(), stop.clone());
@@ -190,6 +197,8 @@ impl Shards {
                 tracing::error!("a shard ended abnormally");
             }
         }
-        let _ = tokio::task::spawn_blocking(move || log_thread.join()).await;
+        if let Some(log_thread) = log_thread {
+            let _ = tokio::task::spawn_blocking(move || log_thread.join()).await;
+        }
     }
 }
