@@ -5,6 +5,17 @@
 use parlor::config::{Invocation, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not the system's malloc: every message frame is allocated by
+/// one thread (the shard, or a session) and freed by another (the last
+/// writer to send it), and glibc takes the allocating arena's lock for
+/// such a free once the freeing thread's small cache is full. With
+/// jemalloc, 100 rooms × 10 cost 11–16 % less CPU per delivery (medians of
+/// interleaved runs), with the same idle memory per connection and the
+/// same tail in a mass reconnect.
+#[cfg(not(feature = "dhat-heap"))]
+#[global_allocator]
+static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// With `--features dhat-heap`: every allocation is tracked, and a heap
 /// profile is written to `dhat-heap.json` at the first signal, before the
 /// shutdown lets go of the connections, so its "t-end" is what the live
