@@ -120,6 +120,12 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                     }
                     more = rx.take(outbox) => {
                         if !more {
+                            // Closed and empty: cut after the select looked at
+                            // the cut signal (only a cut empties a closed
+                            // outbox), and the close frame is still owed.
+                            if outbox.is_cut() {
+                                break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await;
+                            }
                             break WriterEnd::Gone;
                         }
                         if let Some(end) = write_taken(&mut io, None, &mut rx, &guard, &metrics).await {
@@ -534,6 +540,57 @@ mod tests {
         );
         let end = tokio::time::timeout(Duration::from_secs(3600), run).await;
         assert_eq!(end.expect("the writer ends"), WriterEnd::Gone);
+    }
+
+    /// Found from outside (a publisher at shutdown got EOF with no close
+    /// frame): a cut landing after the writer's select looked at the cut
+    /// signal and before it took from the outbox found the outbox closed
+    /// and empty, and the writer ended without the close frame. The window
+    /// is a few instructions wide, so the cut races a busy writer from
+    /// another thread many times.
+    #[test]
+    fn a_cut_racing_a_busy_writer_still_sends_the_close_frame() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        for round in 0..300u32 {
+            let (session, rx) = session();
+            let socket = Recorder::default();
+            let writer = rt.spawn(run(
+                socket.clone(),
+                None,
+                rx,
+                session.clone(),
+                None,
+                Arc::new(Liveness::new()),
+                Arc::new(crate::metrics::Metrics::new()),
+            ));
+            // Keep the writer cycling: a frame queued as soon as there is room.
+            let pusher = {
+                let session = session.clone();
+                std::thread::spawn(move || loop {
+                    match session.peer.outbox.try_push(Bytes::from_static(b"frame")) {
+                        Err(crate::outbox::PushError::Closed) => break,
+                        _ => std::hint::spin_loop(),
+                    }
+                })
+            };
+            while socket.0.lock().len() < 1 + (round as usize % 7) {
+                std::hint::spin_loop();
+            }
+            session.peer.outbox.cut(crate::error::close::GOING_AWAY);
+            pusher.join().unwrap();
+            let end = rt.block_on(writer).unwrap();
+            let writes = socket.0.lock().clone();
+            assert_eq!(end, WriterEnd::Closed, "round {round}");
+            assert_eq!(
+                writes.last().unwrap()[0],
+                0x88,
+                "round {round}: close frame last"
+            );
+        }
     }
 
     /// A cut during a stuck heartbeat ends the session within the close
