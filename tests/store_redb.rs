@@ -631,3 +631,184 @@ fn a_scan_cut_short_by_a_damaged_page_is_an_error() {
         assert_eq!(s.read(r, 0, u64::MAX, lim(10_000)).unwrap().len(), 300);
     }
 }
+
+/// Every room's log as the store reads it back: whole, in order, with the
+/// right content, its newest in `rooms` and at load, its dedup ids.
+fn check_logs(s: &RedbStore, rooms: &[RoomName], n: u64) {
+    for r in rooms {
+        let all = s.read(r, 0, u64::MAX, lim(100_000)).unwrap();
+        assert_eq!(seqs(&all), (1..=n).collect::<Vec<_>>(), "{r}");
+        for m in &all {
+            assert_eq!(m.content, format!("{r}:{}", m.sequence));
+        }
+        // A range in the middle, and one that ends at the newest.
+        let mid = s.read(r, n / 3, n / 2, lim(100_000)).unwrap();
+        assert_eq!(seqs(&mid), (n / 3 + 1..=n / 2).collect::<Vec<_>>(), "{r}");
+        let tail = s.read(r, n - 5, u64::MAX, lim(3)).unwrap();
+        assert_eq!(seqs(&tail), vec![n - 4, n - 3, n - 2], "{r}");
+        assert_eq!(s.first_retained(r).unwrap(), 1, "{r}");
+        let log = s.load_room(r, 4).unwrap();
+        assert_eq!(log.last, n, "{r}");
+        let ids: Vec<u64> = log.recent_ids.iter().map(|(_, _, seq)| *seq).collect();
+        assert_eq!(ids, (n - 3..=n).collect::<Vec<_>>(), "{r}");
+    }
+    let listed = s.rooms(None, 100).unwrap();
+    for r in rooms {
+        let found = listed.iter().find(|x| &x.room == r).unwrap();
+        assert_eq!(found.last, n, "{r}");
+    }
+}
+
+/// Appends go to the journal, in commit order, and are moved to the
+/// messages table every few hundred: reads take a room's log from both,
+/// before and after a fold, and across reopens that find the journal full
+/// (a store dropped without `flush`) or empty (after `flush`).
+#[test]
+fn logs_read_whole_across_the_journal_its_folds_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let rooms: Vec<RoomName> = (0..3).map(|i| room(&format!("j{i}"))).collect();
+    let one = |r: &RoomName, seq: u64| {
+        let mut m = msg(seq, Some(&format!("id{seq}")));
+        m.content = format!("{r}:{seq}");
+        Append::new(r.clone(), m)
+    };
+    // A group commit's batch: the next message of every room.
+    let commit = |s: &RedbStore, seq: u64| {
+        put(s, rooms.iter().map(|r| one(r, seq)).collect()).unwrap();
+    };
+    let mut n = 0;
+    {
+        let s = open(dir.path());
+        for r in &rooms {
+            open_room(&s, r, 0);
+        }
+        // Checked while the journal holds part of the logs, then all of a
+        // room's newest, over several folds.
+        for upto in [10, 100, 171, 400, 437] {
+            while n < upto {
+                n += 1;
+                commit(&s, n);
+            }
+            check_logs(&s, &rooms, n);
+        }
+        // A gap is refused when the room's newest is in the journal.
+        let err = put(&s, vec![one(&rooms[0], n + 2)]).unwrap_err();
+        assert!(matches!(err, StoreError::OutOfSequence { expected, .. } if expected == n + 1));
+    }
+    {
+        // Dropped without a flush: the journal is read at open, and the
+        // next append follows the newest in it.
+        let s = open(dir.path());
+        check_logs(&s, &rooms, n);
+        let err = put(&s, vec![one(&rooms[1], n)]).unwrap_err();
+        assert!(matches!(err, StoreError::OutOfSequence { expected, .. } if expected == n + 1));
+        for _ in 0..300 {
+            n += 1;
+            commit(&s, n);
+        }
+        check_logs(&s, &rooms, n);
+        s.flush().unwrap();
+        check_logs(&s, &rooms, n);
+    }
+    let s = open(dir.path());
+    check_logs(&s, &rooms, n);
+    n += 1;
+    commit(&s, n);
+    check_logs(&s, &rooms, n);
+
+    // A room with many messages in a batch goes to the messages table
+    // directly, except while it has entries in the journal: then after
+    // them. Alternating batches of one and of a hundred take both ways.
+    let bulk = [room("bulk")];
+    open_room(&s, &bulk[0], 0);
+    let mut b = 0;
+    for size in [100, 1, 100, 100, 1, 1, 100, 1, 100] {
+        put(
+            &s,
+            (b + 1..=b + size).map(|seq| one(&bulk[0], seq)).collect(),
+        )
+        .unwrap();
+        b += size;
+        check_logs(&s, &bulk, b);
+        // The journal fills and folds meanwhile.
+        for _ in 0..40 {
+            n += 1;
+            commit(&s, n);
+        }
+    }
+    drop(s);
+    let s = open(dir.path());
+    check_logs(&s, &bulk, b);
+    check_logs(&s, &rooms, n);
+}
+
+/// A store written before the journal (format 1: every message in the
+/// messages table) opens, reads, goes on and is format 2 from then on.
+#[test]
+fn a_format_1_store_is_upgraded_in_place() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let meta: TableDefinition<&str, u64> = TableDefinition::new("parlor_meta");
+    let rooms: TableDefinition<&str, (u64, &str)> = TableDefinition::new("parlor_rooms");
+    let messages: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("parlor_messages");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(parlor::store::redb::FILE_NAME);
+    let write_v1 = |format: u64| {
+        let _ = std::fs::remove_file(&file);
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(meta).unwrap();
+            t.insert("format", format).unwrap();
+            t.insert("next_room_id", 2).unwrap();
+            txn.open_table(rooms)
+                .unwrap()
+                .insert("old", (1, "e-old"))
+                .unwrap();
+            let mut t = txn.open_table(messages).unwrap();
+            for seq in 1..=2u64 {
+                let record = serde_json::json!({"t": 7, "u": "ann", "c": format!("v1 #{seq}")});
+                t.insert(
+                    (1, seq),
+                    rmp_serde::to_vec_named(&record).unwrap().as_slice(),
+                )
+                .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    };
+    // A format this parlor does not know is refused.
+    write_v1(9);
+    let err = RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10))
+        .err()
+        .expect("format 9 is refused");
+    assert!(err.to_string().contains("format Some(9)"), "{err}");
+
+    write_v1(1);
+    let old = room("old");
+    {
+        let s = open(dir.path());
+        let log = open_room(&s, &old, 0);
+        assert_eq!((log.epoch.as_str(), log.last), ("e-old", 2));
+        let all = s.read(&old, 0, u64::MAX, lim(10)).unwrap();
+        let contents: Vec<_> = all.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["v1 #1", "v1 #2"]);
+        put(&s, appends(&old, [3])).unwrap();
+    }
+    let db = redb::Database::open(&file).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn
+        .open_table(meta)
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(format, 2);
+    drop(txn);
+    drop(db);
+    let s = open(dir.path());
+    assert_eq!(
+        seqs(&s.read(&old, 0, u64::MAX, lim(10)).unwrap()),
+        [1, 2, 3]
+    );
+}

@@ -97,6 +97,10 @@ struct Inner {
     lost: OnceLock<String>,
     /// Room name → room id, for the rooms seen so far.
     room_ids: RwLock<HashMap<RoomName, u64>>,
+    /// Room id → its newest sequence in the journal, for the rooms with
+    /// entries there, as of the last commit; `None`: to be read from the
+    /// journal (at open, after a failed write). Only used under `writer`.
+    journal_tails: Mutex<Option<HashMap<u64, u64>>>,
 }
 
 /// Names the operation that failed on a redb error.
@@ -156,6 +160,7 @@ impl RedbStore {
             room_count: AtomicUsize::new(0),
             lost: OnceLock::new(),
             room_ids: RwLock::new(HashMap::new()),
+            journal_tails: Mutex::new(None),
         });
         let rooms = inner.count_rooms().map_err(|e| OpenError::Io {
             path: inner.path.clone(),
@@ -248,13 +253,18 @@ impl Store for RedbStore {
     }
 
     fn apply_retention(&self, policy: &Retention, max_delete: usize) -> Result<usize, StoreError> {
+        // Planned on the messages table alone: the journal goes there first.
+        self.inner.fold()?;
         let plan = self
             .inner
             .reading(|| self.inner.retention_plan(policy, max_delete))?;
         self.inner.delete(&plan)
     }
 
+    /// Also folds the journal, so a store stopped cleanly opens with an
+    /// empty one.
     fn flush(&self) -> Result<(), StoreError> {
+        self.inner.fold()?;
         self.inner.sync_now()
     }
 

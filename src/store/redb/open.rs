@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use ::redb::{Database, DatabaseError, ReadableTable, StorageError, TableHandle};
 
 use super::schema::{
-    FORMAT_VERSION, MESSAGES, META, META_FORMAT, META_NEXT_ROOM, READ_MARKERS, REDB_MAGIC, ROOMS,
+    FORMAT_V1, FORMAT_VERSION, JOURNAL, MESSAGES, META, META_FORMAT, META_NEXT_ROOM, READ_MARKERS,
+    REDB_MAGIC, ROOMS,
 };
 
 /// Why the store cannot be opened; each names the file or dir.
@@ -26,7 +27,7 @@ pub enum OpenError {
     Foreign { path: PathBuf, why: String },
     #[error("{} is corrupt: {why}", path.display())]
     Corrupt { path: PathBuf, why: String },
-    #[error("{} has store format {found:?}; this parlor reads format {FORMAT_VERSION}", path.display())]
+    #[error("{} has store format {found:?}; this parlor reads formats {FORMAT_V1} and {FORMAT_VERSION}", path.display())]
     Format { path: PathBuf, found: Option<u64> },
     #[error("cannot open {}: {source}", path.display())]
     Io {
@@ -112,7 +113,8 @@ fn open_error(path: &Path, e: DatabaseError) -> OpenError {
 }
 
 /// Checks that the file is a parlor store (or an empty database, which it
-/// makes one) and creates the tables.
+/// makes one) and creates the tables; a format 1 store gets its journal
+/// and becomes format 2.
 pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
     let redb = |e: ::redb::Error| OpenError::Redb {
         path: path.to_owned(),
@@ -129,6 +131,7 @@ pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
         ROOMS.name(),
         MESSAGES.name(),
         READ_MARKERS.name(),
+        JOURNAL.name(),
     ];
     let foreign = tables.iter().any(|t| !ours.contains(&t.as_str()));
     let has_meta = tables.iter().any(|t| t == META.name());
@@ -146,14 +149,29 @@ pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
             .map_err(|e| redb(e.into()))?
             .map(|v| v.value());
         drop(meta);
-        let _ = txn.abort();
-        if version != Some(FORMAT_VERSION) {
-            return Err(OpenError::Format {
-                path: path.to_owned(),
-                found: version,
-            });
+        match version {
+            Some(FORMAT_VERSION) => {
+                let _ = txn.abort();
+                return Ok(());
+            }
+            Some(FORMAT_V1) => {
+                // Every message is in the messages table: an empty journal
+                // beside it is the same log.
+                let mut meta = txn.open_table(META).map_err(|e| redb(e.into()))?;
+                meta.insert(META_FORMAT, FORMAT_VERSION)
+                    .map_err(|e| redb(e.into()))?;
+                drop(meta);
+                txn.open_table(JOURNAL).map_err(|e| redb(e.into()))?;
+                return txn.commit().map_err(|e| redb(e.into()));
+            }
+            found => {
+                let _ = txn.abort();
+                return Err(OpenError::Format {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
         }
-        return Ok(());
     }
     {
         let mut meta = txn.open_table(META).map_err(|e| redb(e.into()))?;
@@ -162,6 +180,7 @@ pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
         meta.insert(META_NEXT_ROOM, 1).map_err(|e| redb(e.into()))?;
         txn.open_table(ROOMS).map_err(|e| redb(e.into()))?;
         txn.open_table(MESSAGES).map_err(|e| redb(e.into()))?;
+        txn.open_table(JOURNAL).map_err(|e| redb(e.into()))?;
     }
     txn.commit().map_err(|e| redb(e.into()))
 }

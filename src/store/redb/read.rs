@@ -4,11 +4,17 @@
 //! failure waits for it; a read that failed on a handle broken under it is
 //! retried once (`reading`).
 //!
+//! A room's log is its entries in the messages table followed by its
+//! entries in the journal (`schema`): each read takes both from one
+//! snapshot.
+//!
 //! redb does not check page checksums when reading, so a damaged page can
 //! also end a range scan early or skip entries without an error: a read
 //! checks that the sequences it returns follow each other and that it did
-//! not stop short of the room's newest, and reports a gap as `Corrupt`.
+//! not stop short of the room's newest, and reports a gap as `Corrupt`; a
+//! pass over the journal must see as many entries as the journal holds.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
@@ -18,7 +24,7 @@ use ::redb::{
 };
 use parking_lot::RwLockReadGuard;
 
-use super::schema::{decode, marker_range, MESSAGES, READ_MARKERS, ROOMS};
+use super::schema::{decode, marker_range, JOURNAL, MESSAGES, READ_MARKERS, ROOMS};
 use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
@@ -28,6 +34,10 @@ use crate::store::{
 
 pub type RoomsTable = ReadOnlyTable<&'static str, (u64, &'static str)>;
 pub type MessagesTable = ReadOnlyTable<(u64, u64), &'static [u8]>;
+pub type JournalTable = ReadOnlyTable<u64, (u64, u64, &'static [u8])>;
+
+/// A room's entries in the journal, as (sequence, record), oldest first.
+type RoomJournal = Vec<(u64, Vec<u8>)>;
 
 /// Front ranges of rooms to delete: (room id, from, to exclusive).
 pub type RetentionPlan = Vec<(u64, u64, u64)>;
@@ -74,6 +84,58 @@ impl Inner {
         let rooms = txn.open_table(ROOMS).op("open the rooms table")?;
         let messages = txn.open_table(MESSAGES).op("open the messages table")?;
         Ok((rooms, messages))
+    }
+
+    pub(super) fn journal(&self, txn: &ReadTransaction) -> Result<JournalTable, StoreError> {
+        txn.open_table(JOURNAL).op("open the journal")
+    }
+
+    /// A room's entries in the journal: one pass over it, which holds at
+    /// most `FOLD_AT` entries (and copies only the room's).
+    fn journal_of(&self, journal: &JournalTable, id: u64) -> Result<RoomJournal, StoreError> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        for entry in journal.iter().op("read the journal")? {
+            let (_, v) = entry.op("read the journal")?;
+            seen += 1;
+            let (room, sequence, record) = v.value();
+            if room == id {
+                out.push((sequence, record.to_vec()));
+            }
+        }
+        whole(journal, seen)?;
+        Ok(out)
+    }
+
+    /// Every room's newest entry in the journal: room id → (sequence,
+    /// record).
+    fn journal_newest(
+        &self,
+        journal: &JournalTable,
+    ) -> Result<HashMap<u64, (u64, Vec<u8>)>, StoreError> {
+        let mut newest = HashMap::new();
+        let mut seen = 0;
+        for entry in journal.iter().op("read the journal")? {
+            let (_, v) = entry.op("read the journal")?;
+            seen += 1;
+            let (room, sequence, record) = v.value();
+            newest.insert(room, (sequence, record.to_vec()));
+        }
+        whole(journal, seen)?;
+        Ok(newest)
+    }
+
+    /// A room's newest sequence (0: none), the journal's part given.
+    fn last_of(
+        &self,
+        messages: &MessagesTable,
+        id: u64,
+        journal: &RoomJournal,
+    ) -> Result<u64, StoreError> {
+        match journal.last() {
+            Some((sequence, _)) => Ok(*sequence),
+            None => self.last_in(messages, id),
+        }
     }
 
     /// A room's (id, epoch) as stored, if it exists.
@@ -162,15 +224,23 @@ impl Inner {
             });
         };
         self.room_ids.write().insert(room.clone(), id);
-        let last = self.last_in(&messages, id)?;
+        let journal = self.journal_of(&self.journal(&snap.txn)?, id)?;
+        let last = self.last_of(&messages, id, &journal)?;
         let mut recent_ids = Vec::new();
         if dedup_window > 0 && last > 0 {
             // Bounded: look at no more than twice the window of newest messages.
             let scan = dedup_window.saturating_mul(2);
             let range = messages.range((id, 0)..=(id, last)).op("read messages")?;
-            for entry in range.rev().take(scan) {
-                let (k, v) = entry.op("read messages")?;
-                let m = decode(k.value().1, v.value())?;
+            let newest_first = journal
+                .iter()
+                .rev()
+                .map(|(sequence, record)| decode(*sequence, record))
+                .chain(range.rev().map(|entry| {
+                    let (k, v) = entry.op("read messages")?;
+                    decode(k.value().1, v.value())
+                }));
+            for m in newest_first.take(scan) {
+                let m = m?;
                 if let Some(client_id) = m.client_msg_id {
                     recent_ids.push((m.user, client_id, m.sequence));
                     if recent_ids.len() >= dedup_window {
@@ -238,29 +308,43 @@ impl Inner {
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(Vec::new());
         };
+        let journal = self.journal_of(&self.journal(&snap.txn)?, id)?;
         let range = messages
             .range((id, after + 1)..=(id, upto))
             .op("read messages")?;
+        let in_journal = journal
+            .iter()
+            .filter(|(sequence, _)| (after + 1..=upto).contains(sequence))
+            .map(|(sequence, record)| Ok((*sequence, record.as_slice())));
+        let entries = range
+            .map(|entry| {
+                let (k, v) = entry.op("read messages")?;
+                Ok((k.value().1, v))
+            })
+            .map(|entry: Result<_, StoreError>| entry.map(Record::Table))
+            .chain(in_journal.map(|entry| entry.map(|(s, r)| Record::Journal(s, r))));
         let mut out: Vec<StoredMessage> = Vec::with_capacity(limit.messages.min(1024));
         let mut bytes = 0;
-        for entry in range {
+        for entry in entries {
             if limit.reached(out.len(), bytes) {
                 return Ok(out);
             }
-            let (k, v) = entry.op("read messages")?;
-            let sequence = k.value().1;
+            let (sequence, m) = match entry? {
+                Record::Table((sequence, v)) => (sequence, decode(sequence, v.value())),
+                Record::Journal(sequence, record) => (sequence, decode(sequence, record)),
+            };
             if let Some(prev) = out.last() {
                 if sequence != prev.sequence + 1 {
                     return Err(missing(prev.sequence + 1));
                 }
             }
-            let m = decode(sequence, v.value())?;
+            let m = m?;
             bytes += read_cost(&m);
             out.push(m);
         }
         // The scan ended: nothing may be left in the range.
         if let Some(last) = out.last().map(|m| m.sequence) {
-            if last < upto && self.last_in(&messages, id)?.min(upto) > last {
+            if last < upto && self.last_of(&messages, id, &journal)?.min(upto) > last {
                 return Err(missing(last + 1));
             }
         }
@@ -273,8 +357,12 @@ impl Inner {
         let Some(id) = self.room_id_in(&rooms, room)? else {
             return Ok(1);
         };
-        match self.first_in(&messages, id)? {
-            Some(first) => Ok(first),
+        if let Some(first) = self.first_in(&messages, id)? {
+            return Ok(first);
+        }
+        let journal = self.journal_of(&self.journal(&snap.txn)?, id)?;
+        match journal.first() {
+            Some((first, _)) => Ok(*first),
             None => Ok(self.last_in(&messages, id)? + 1),
         }
     }
@@ -286,6 +374,7 @@ impl Inner {
     ) -> Result<Vec<RoomSummary>, StoreError> {
         let snap = self.read_txn()?;
         let (rooms, messages) = self.tables(&snap.txn)?;
+        let journal = self.journal_newest(&self.journal(&snap.txn)?)?;
         let mut out = Vec::new();
         let from = after.map_or(Bound::Unbounded, |r| Bound::Excluded(r.as_str()));
         let iter = rooms
@@ -303,7 +392,11 @@ impl Inner {
                 );
                 continue;
             };
-            let last = self.last_in(&messages, v.value().0)?;
+            let id = v.value().0;
+            let last = match journal.get(&id) {
+                Some((last, _)) => *last,
+                None => self.last_in(&messages, id)?,
+            };
             out.push(RoomSummary { room, last });
         }
         Ok(out)
@@ -322,6 +415,7 @@ impl Inner {
     ) -> Result<Vec<RoomName>, StoreError> {
         let snap = self.read_txn()?;
         let (rooms, messages) = self.tables(&snap.txn)?;
+        let journal = self.journal_newest(&self.journal(&snap.txn)?)?;
         let mut out = Vec::new();
         for entry in rooms.iter().op("read the rooms table")? {
             if out.len() >= limit {
@@ -329,14 +423,19 @@ impl Inner {
             }
             let (name, v) = entry.op("read the rooms table")?;
             let id = v.value().0;
-            let mut newest = messages
-                .range((id, 0)..=(id, u64::MAX))
-                .op("read messages")?;
-            let Some(last) = newest.next_back() else {
-                continue;
+            let m = match journal.get(&id) {
+                Some((sequence, record)) => decode(*sequence, record)?,
+                None => {
+                    let mut newest = messages
+                        .range((id, 0)..=(id, u64::MAX))
+                        .op("read messages")?;
+                    let Some(last) = newest.next_back() else {
+                        continue;
+                    };
+                    let (k, v) = last.op("read messages")?;
+                    decode(k.value().1, v.value())?
+                }
             };
-            let (k, v) = last.op("read messages")?;
-            let m = decode(k.value().1, v.value())?;
             if m.timestamp < before_ms {
                 if let Ok(room) = RoomName::parse(name.value()) {
                     out.push(room);
@@ -348,7 +447,10 @@ impl Inner {
 
     /// What retention would delete, planned under a read transaction (so it
     /// does not block appends). Appends only add at the end of a room, so
-    /// the planned front ranges stay valid until they are deleted.
+    /// the planned front ranges stay valid until they are deleted. Planned
+    /// on the messages table alone, just after a fold: what reached the
+    /// journal since only makes a room longer than the plan counts, so it
+    /// deletes no more than the policy allows.
     pub(super) fn retention_plan(
         &self,
         policy: &Retention,
@@ -398,6 +500,26 @@ impl Inner {
         }
         Ok(plan)
     }
+}
+
+/// One entry of a room's log, from either table.
+enum Record<'a> {
+    Table((u64, ::redb::AccessGuard<'a, &'static [u8]>)),
+    Journal(u64, &'a [u8]),
+}
+
+/// A pass over the journal saw all of it (a damaged page can end a scan
+/// early without an error).
+fn whole(journal: &JournalTable, seen: u64) -> Result<(), StoreError> {
+    let holds = journal.len().op("read the journal")?;
+    if seen == holds {
+        return Ok(());
+    }
+    let why = format!("a pass over the journal saw {seen} of its {holds} entries");
+    Err(StoreError::storage(
+        "read the journal",
+        ::redb::StorageError::Corrupted(why),
+    ))
 }
 
 /// A sequence a scan should have found (sequences have no gaps; retention

@@ -8,6 +8,16 @@
 //!   timestamp, user, content and client id). Room names never appear in
 //!   message keys, and the key order makes a range read one B-tree scan and
 //!   a room's newest sequence one `next_back()`.
+//! - `parlor_journal` (format 2): `commit order → (room_id, sequence,
+//!   record)`, the newest messages of rooms. A synced commit writes a
+//!   room's few messages here, at the end of one B-tree, so a commit of
+//!   messages to many rooms rewrites one or two leaves instead of one per
+//!   room (less than half the time of a synced commit to 48 rooms); every
+//!   `FOLD_AT` messages a commit also moves the journal into
+//!   `parlor_messages`, sorted, many messages to a leaf. A message is in
+//!   exactly one of the two tables in any snapshot, and a room's journal
+//!   entries come after its messages in the table: reads take the room's
+//!   part of the journal after its part of the table.
 
 use std::sync::Arc;
 
@@ -22,6 +32,15 @@ pub const FILE_NAME: &str = "parlor.redb";
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("parlor_meta");
 pub const ROOMS: TableDefinition<&str, (u64, &str)> = TableDefinition::new("parlor_rooms");
 pub const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("parlor_messages");
+pub const JOURNAL: TableDefinition<u64, (u64, u64, &[u8])> = TableDefinition::new("parlor_journal");
+/// A room with this many messages in a batch fills leaves of its own in
+/// the messages table: they go there directly (unless the room has
+/// entries in the journal), not through the journal and a second insert.
+pub const DIRECT_AT: usize = 64;
+/// A commit that leaves the journal this long also folds it. It bounds
+/// what a read scans of the journal (one pass, keeping the room's entries)
+/// and how many commits in a row skip `parlor_messages`.
+pub const FOLD_AT: u64 = 512;
 /// `marker_key(room, user)` → the highest sequence the user has read. Made
 /// by the first marker written (a file without one is still format 1).
 pub const READ_MARKERS: TableDefinition<&str, u64> = TableDefinition::new("parlor_read_markers");
@@ -41,7 +60,11 @@ pub const META_FORMAT: &str = "format";
 pub const META_NEXT_ROOM: &str = "next_room_id";
 /// Written and removed again by a write probe (never left in the file).
 pub const META_PROBE: &str = "write_probe";
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: the journal. A format 1 file (no journal) is upgraded at open; a
+/// parlor that reads only format 1 refuses a format 2 file, whose newest
+/// messages it would not see.
+pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_V1: u64 = 1;
 
 /// The first bytes of every redb file.
 pub const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ::redb::{ReadableTable, WriteTransaction};
+use ::redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::read::RetentionPlan;
 use super::schema::{
-    encode, marker_key, marker_range, MESSAGES, META, META_NEXT_ROOM, META_PROBE, READ_MARKERS,
-    ROOMS,
+    encode, marker_key, marker_range, DIRECT_AT, FOLD_AT, JOURNAL, MESSAGES, META, META_NEXT_ROOM,
+    META_PROBE, READ_MARKERS, ROOMS,
 };
 use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
@@ -106,8 +106,16 @@ impl Inner {
                 state.failure = None;
                 Ok(out)
             }
-            Err(e) if io_failure(&e) => Err(self.failed(&mut state, e)),
-            Err(e) => Err(e),
+            Err(e) => {
+                // Whatever the failed write knew of the journal is read
+                // again from the file by the next one.
+                *self.journal_tails.lock() = None;
+                if io_failure(&e) {
+                    Err(self.failed(&mut state, e))
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
@@ -234,8 +242,10 @@ impl Inner {
             }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        // Rooms created by lost commits may have left ids behind.
+        // Rooms created by lost commits may have left ids behind, and
+        // messages in the journal.
         self.room_ids.write().clear();
+        *self.journal_tails.lock() = None;
         let db = open::open_database(&self.path, CACHE_BYTES)
             .map_err(|e| StoreError::storage("reopen the database", e))?;
         *slot = Some(db);
@@ -316,6 +326,11 @@ impl Inner {
 
     /// Creates the batch's new rooms, then appends its messages, checking
     /// that each room's sequence goes on without a gap; all or nothing.
+    /// A room's messages go to the journal if it has entries there, or if
+    /// every commit syncs and the batch has fewer than `DIRECT_AT` of
+    /// them; else to the messages table. Folds the journal when it has
+    /// grown to `FOLD_AT`, or when rooms expire (their messages are then in
+    /// one table).
     pub(super) fn append(&self, batch: &Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -348,10 +363,30 @@ impl Inner {
                 created.push((new.room.clone(), id));
             }
             let mut messages = txn.open_table(MESSAGES).op("open the messages table")?;
-            // Room → (id, next expected sequence), for the rooms of this batch.
-            let mut next: HashMap<&RoomName, (u64, u64)> = HashMap::new();
+            let mut journal = txn.open_table(JOURNAL).op("open the journal")?;
+            // Brought up to this commit here, under the writer's lock: if
+            // the commit fails, `write` forgets them before letting go.
+            let mut tails = self.journal_tails.lock();
+            let known = match &mut *tails {
+                Some(known) => known,
+                unknown => unknown.insert(journal_tails(&journal)?),
+            };
+            let mut key = match journal.last().op("read the journal")? {
+                Some((k, _)) => k.value() + 1,
+                None => 0,
+            };
+            let per_room = self.journal_by_default().then(|| {
+                let mut n: HashMap<&RoomName, usize> = HashMap::new();
+                for a in &batch.appends {
+                    *n.entry(&a.room).or_default() += 1;
+                }
+                n
+            });
+            // Room → (id, next expected sequence, to the journal), for the
+            // rooms of this batch.
+            let mut next: HashMap<&RoomName, (u64, u64, bool)> = HashMap::new();
             for a in &batch.appends {
-                let (id, expected) = match next.get(&a.room) {
+                let (id, expected, journaled) = match next.get(&a.room) {
                     Some(v) => *v,
                     None => {
                         let id = match created.iter().find(|(r, _)| *r == a.room) {
@@ -360,7 +395,16 @@ impl Inner {
                                 .room_id_in(&rooms, &a.room)?
                                 .ok_or_else(|| StoreError::UnknownRoom(a.room.clone()))?,
                         };
-                        (id, self.last_in(&messages, id)? + 1)
+                        // A room with entries in the journal goes on there,
+                        // after them (see `schema`).
+                        let (last, journaled) = match known.get(&id) {
+                            Some(&last) => (last, true),
+                            None => {
+                                let few = per_room.as_ref().is_some_and(|n| n[&a.room] < DIRECT_AT);
+                                (self.last_in(&messages, id)?, few)
+                            }
+                        };
+                        (id, last + 1, journaled)
                     }
                 };
                 if a.message.sequence != expected {
@@ -371,11 +415,28 @@ impl Inner {
                         got: a.message.sequence,
                     });
                 }
-                messages
-                    .insert((id, expected), encode(&a.message).as_slice())
-                    .op("insert a message")?;
-                next.insert(&a.room, (id, expected + 1));
+                let record = encode(&a.message);
+                if journaled {
+                    journal
+                        .insert(key, (id, expected, record.as_slice()))
+                        .op("append to the journal")?;
+                    key += 1;
+                } else {
+                    messages
+                        .insert((id, expected), record.as_slice())
+                        .op("insert a message")?;
+                }
+                next.insert(&a.room, (id, expected + 1, journaled));
             }
+            if journal.len().op("read the journal")? >= FOLD_AT || !batch.expired.is_empty() {
+                drop(journal);
+                fold(txn, &mut messages)?;
+                known.clear();
+            } else {
+                let journaled = next.values().filter(|(_, _, journaled)| *journaled);
+                known.extend(journaled.map(|&(id, next, _)| (id, next - 1)));
+            }
+            drop(tails);
             if !batch.read_markers.is_empty() {
                 let mut markers = txn.open_table(READ_MARKERS).op("open the markers table")?;
                 for m in &batch.read_markers {
@@ -423,6 +484,43 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether a room's messages go to the journal when it has none there
+    /// and few in the batch: when every commit syncs. A commit that does
+    /// not sync writes no pages yet, so the journal saves it little and
+    /// costs it a second insert of each message at the fold.
+    fn journal_by_default(&self) -> bool {
+        self.durability == Durability::Immediate
+    }
+
+    /// Moves the journal into the messages table, in a commit of its own
+    /// (before retention, which plans on the messages table).
+    pub(super) fn fold(&self) -> Result<(), StoreError> {
+        // Not even an empty commit for an empty journal: a commit is a
+        // sync in `immediate`, and leaves the file to be repaired after a
+        // crash (a retention pass at start must not).
+        if self
+            .journal_tails
+            .lock()
+            .as_ref()
+            .is_some_and(HashMap::is_empty)
+        {
+            return Ok(());
+        }
+        let empty = self.reading(|| {
+            let snap = self.read_txn()?;
+            self.journal(&snap.txn)?.is_empty().op("read the journal")
+        })?;
+        if empty {
+            return Ok(());
+        }
+        self.write(false, |txn| {
+            let mut messages = txn.open_table(MESSAGES).op("open the messages table")?;
+            fold(txn, &mut messages)?;
+            *self.journal_tails.lock() = Some(HashMap::new());
+            Ok(())
+        })
+    }
+
     /// Whether the markers table exists yet (opening it in a write
     /// transaction would create it).
     fn has_markers_table(&self, txn: &WriteTransaction) -> Result<bool, StoreError> {
@@ -452,4 +550,42 @@ impl Inner {
             Ok(deleted)
         })
     }
+}
+
+type MessagesTable<'t> = Table<'t, (u64, u64), &'static [u8]>;
+
+/// Each room's newest sequence in the journal.
+fn journal_tails(
+    journal: &Table<'_, u64, (u64, u64, &'static [u8])>,
+) -> Result<HashMap<u64, u64>, StoreError> {
+    let mut tails = HashMap::new();
+    for entry in journal.iter().op("read the journal")? {
+        let (_, v) = entry.op("read the journal")?;
+        let (id, sequence, _) = v.value();
+        tails.insert(id, sequence);
+    }
+    Ok(tails)
+}
+
+/// Moves every journal entry to the messages table, in key order there,
+/// and empties the journal: dropped whole and made again, which frees its
+/// pages at once instead of deleting entry by entry.
+fn fold(txn: &WriteTransaction, messages: &mut MessagesTable<'_>) -> Result<(), StoreError> {
+    let journal = txn.open_table(JOURNAL).op("open the journal")?;
+    let mut entries = Vec::with_capacity(journal.len().op("read the journal")? as usize);
+    for entry in journal.iter().op("read the journal")? {
+        let (_, v) = entry.op("read the journal")?;
+        let (id, sequence, record) = v.value();
+        entries.push(((id, sequence), record.to_vec()));
+    }
+    drop(journal);
+    txn.delete_table(JOURNAL).op("empty the journal")?;
+    txn.open_table(JOURNAL).op("make the journal")?;
+    entries.sort_unstable_by_key(|(key, _)| *key);
+    for (key, record) in &entries {
+        messages
+            .insert(*key, record.as_slice())
+            .op("move the journal to the messages table")?;
+    }
+    Ok(())
 }
