@@ -99,7 +99,8 @@ struct Inner {
     room_ids: RwLock<HashMap<RoomName, u64>>,
     /// Room id → its newest sequence in the journal, for the rooms with
     /// entries there, as of the last commit; `None`: to be read from the
-    /// journal (at open, after a failed write). Only used under `writer`.
+    /// journal (at open, after a failed write). Changed only under
+    /// `writer`.
     journal_tails: Mutex<Option<HashMap<u64, u64>>>,
 }
 

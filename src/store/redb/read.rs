@@ -90,20 +90,15 @@ impl Inner {
         txn.open_table(JOURNAL).op("open the journal")
     }
 
-    /// A room's entries in the journal: one pass over it, which holds at
-    /// most `FOLD_AT` entries (and copies only the room's).
+    /// A room's entries in the journal: one pass over it, which holds
+    /// about `FOLD_AT` entries at most (and copies only the room's).
     fn journal_of(&self, journal: &JournalTable, id: u64) -> Result<RoomJournal, StoreError> {
         let mut out = Vec::new();
-        let mut seen = 0;
-        for entry in journal.iter().op("read the journal")? {
-            let (_, v) = entry.op("read the journal")?;
-            seen += 1;
-            let (room, sequence, record) = v.value();
+        each_in_journal(journal, |room, sequence, record| {
             if room == id {
                 out.push((sequence, record.to_vec()));
             }
-        }
-        whole(journal, seen)?;
+        })?;
         Ok(out)
     }
 
@@ -114,14 +109,9 @@ impl Inner {
         journal: &JournalTable,
     ) -> Result<HashMap<u64, (u64, Vec<u8>)>, StoreError> {
         let mut newest = HashMap::new();
-        let mut seen = 0;
-        for entry in journal.iter().op("read the journal")? {
-            let (_, v) = entry.op("read the journal")?;
-            seen += 1;
-            let (room, sequence, record) = v.value();
+        each_in_journal(journal, |room, sequence, record| {
             newest.insert(room, (sequence, record.to_vec()));
-        }
-        whole(journal, seen)?;
+        })?;
         Ok(newest)
     }
 
@@ -508,9 +498,20 @@ enum Record<'a> {
     Journal(u64, &'a [u8]),
 }
 
-/// A pass over the journal saw all of it (a damaged page can end a scan
-/// early without an error).
-fn whole(journal: &JournalTable, seen: u64) -> Result<(), StoreError> {
+/// Visits every journal entry, (room id, sequence, record) in commit
+/// order, and checks that the pass saw all of them (a damaged page can end
+/// a scan early without an error).
+fn each_in_journal(
+    journal: &JournalTable,
+    mut visit: impl FnMut(u64, u64, &[u8]),
+) -> Result<(), StoreError> {
+    let mut seen = 0;
+    for entry in journal.iter().op("read the journal")? {
+        let (_, v) = entry.op("read the journal")?;
+        seen += 1;
+        let (room, sequence, record) = v.value();
+        visit(room, sequence, record);
+    }
     let holds = journal.len().op("read the journal")?;
     if seen == holds {
         return Ok(());
