@@ -81,9 +81,10 @@ fn appends(c: &mut Criterion) {
 /// One durable commit of 48 messages spread over `rooms` rooms of a log
 /// that already holds 300 messages per room: redb copies every B-tree page
 /// a commit touches, so a commit over many rooms writes (and syncs) more
-/// pages than one over a single room.
+/// pages than one over a single room. `burst/100`: 512 messages over 100
+/// rooms, the commits of a burst into many small rooms (≈ 500 messages
+/// each in rooms-100x10).
 fn append_spread(c: &mut Criterion) {
-    const PER_COMMIT: u64 = 48;
     let mut group = c.benchmark_group("append_spread");
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(500));
@@ -92,7 +93,7 @@ fn append_spread(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store =
         RedbStore::open(dir.path(), Durability::Immediate, Duration::from_millis(10)).unwrap();
-    let all: Vec<RoomName> = (0..PER_COMMIT)
+    let all: Vec<RoomName> = (0..100)
         .map(|i| RoomName::parse(&format!("spread-{i}")).unwrap())
         .collect();
     let prefill = if test_mode() { 10 } else { 300 };
@@ -103,9 +104,14 @@ fn append_spread(c: &mut Criterion) {
             .unwrap();
         *next = 1 + prefill;
     }
-    for rooms in [1usize, 8, 48] {
-        group.throughput(Throughput::Elements(PER_COMMIT));
-        group.bench_function(BenchmarkId::new("rooms", rooms), |b| {
+    for (name, per_commit, rooms) in [
+        ("rooms", 48u64, 1usize),
+        ("rooms", 48, 8),
+        ("rooms", 48, 48),
+        ("burst", 512, 100),
+    ] {
+        group.throughput(Throughput::Elements(per_commit));
+        group.bench_function(BenchmarkId::new(name, rooms), |b| {
             b.iter_batched(
                 || {
                     let mut batch = Batch::default();
@@ -115,7 +121,7 @@ fn append_spread(c: &mut Criterion) {
                             epoch: "bench".into(),
                         });
                     }
-                    for i in 0..PER_COMMIT as usize {
+                    for i in 0..per_commit as usize {
                         let r = i % rooms;
                         let m = message(next[r], &user);
                         next[r] += 1;

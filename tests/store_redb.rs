@@ -736,6 +736,29 @@ fn logs_read_whole_across_the_journal_its_folds_and_reopens() {
             commit(&s, n);
         }
     }
+
+    // A batch of 256 messages or more goes to the messages table whole,
+    // the journal folded first in the same commit: rooms with entries in
+    // the journal (the three after a small commit) go on after them.
+    n += 1;
+    commit(&s, n);
+    let mut big = Vec::new();
+    for _ in 0..90 {
+        n += 1;
+        big.extend(rooms.iter().map(|r| one(r, n)));
+    }
+    big.extend((b + 1..=b + 30).map(|seq| one(&bulk[0], seq)));
+    b += 30;
+    assert!(big.len() >= 256);
+    put(&s, big).unwrap();
+    check_logs(&s, &rooms, n);
+    check_logs(&s, &bulk, b);
+    // Small commits go to the journal again after it.
+    for _ in 0..5 {
+        n += 1;
+        commit(&s, n);
+    }
+    check_logs(&s, &rooms, n);
     drop(s);
     let s = open(dir.path());
     check_logs(&s, &bulk, b);

@@ -37,6 +37,12 @@ pub const JOURNAL: TableDefinition<u64, (u64, u64, &[u8])> = TableDefinition::ne
 /// the messages table: they go there directly (unless the room has
 /// entries in the journal), not through the journal and a second insert.
 pub const DIRECT_AT: usize = 64;
+/// A batch of this many messages goes to the messages table whole (the
+/// journal folded first): at ≈ 5 messages per room, as in a burst into
+/// many small rooms, the journal fills in a commit or two, and each fold
+/// inserted every message a second time (a synced commit of 512 messages
+/// over 100 rooms: see `append_spread/burst` in `benches/store.rs`).
+pub const DIRECT_BATCH_AT: usize = 256;
 /// A commit that leaves the journal this long also folds it. It bounds
 /// what a read scans of the journal (one pass, keeping the room's entries)
 /// and how many commits in a row skip `parlor_messages`.
@@ -96,7 +102,13 @@ pub fn encode(m: &StoredMessage) -> Vec<u8> {
         c: &m.content,
         i: m.client_msg_id.as_deref(),
     };
-    rmp_serde::to_vec_named(&r).expect("a record of strings and an integer encodes")
+    // Room for the strings, the keys, the map's and the strings' headers
+    // and the timestamp: one allocation, never grown.
+    let strings = m.user.len() + m.content.len() + m.client_msg_id.as_ref().map_or(0, String::len);
+    let mut buf = Vec::with_capacity(strings + 32);
+    rmp_serde::encode::write_named(&mut buf, &r)
+        .expect("a record of strings and an integer encodes");
+    buf
 }
 
 pub fn decode(sequence: u64, bytes: &[u8]) -> Result<StoredMessage, StoreError> {

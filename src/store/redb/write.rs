@@ -13,8 +13,8 @@ use ::redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::read::RetentionPlan;
 use super::schema::{
-    encode, marker_key, marker_range, DIRECT_AT, FOLD_AT, JOURNAL, MESSAGES, META, META_NEXT_ROOM,
-    META_PROBE, READ_MARKERS, ROOMS,
+    encode, marker_key, marker_range, DIRECT_AT, DIRECT_BATCH_AT, FOLD_AT, JOURNAL, MESSAGES, META,
+    META_NEXT_ROOM, META_PROBE, READ_MARKERS, ROOMS,
 };
 use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
@@ -328,7 +328,9 @@ impl Inner {
     /// that each room's sequence goes on without a gap; all or nothing.
     /// A room's messages go to the journal if it has entries there, or if
     /// every commit syncs and the batch has fewer than `DIRECT_AT` of
-    /// them; else to the messages table. Folds the journal when it has
+    /// them; else to the messages table. A batch of `DIRECT_BATCH_AT` or
+    /// more goes to the messages table whole, after the journal is folded
+    /// (in the same commit). Folds the journal when it has
     /// grown to `FOLD_AT`, or when rooms expire (their messages are then in
     /// one table).
     pub(super) fn append(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -371,11 +373,23 @@ impl Inner {
                 Some(known) => known,
                 unknown => unknown.insert(journal_tails(&journal)?),
             };
+            // A batch this big fills leaves of the messages table by
+            // itself: the journal would save it few pages and cost each
+            // message a second insert at the fold. It goes there directly,
+            // the journal folded first (in this commit), so that no room
+            // has entries left in it to come after.
+            let direct_only = batch.appends.len() >= DIRECT_BATCH_AT;
+            if direct_only && !known.is_empty() {
+                drop(journal);
+                fold(txn, &mut messages)?;
+                known.clear();
+                journal = txn.open_table(JOURNAL).op("open the journal")?;
+            }
             let mut key = match journal.last().op("read the journal")? {
                 Some((k, _)) => k.value() + 1,
                 None => 0,
             };
-            let per_room = self.journal_by_default().then(|| {
+            let per_room = (self.journal_by_default() && !direct_only).then(|| {
                 let mut n: HashMap<&RoomName, usize> = HashMap::new();
                 for a in &batch.appends {
                     *n.entry(&a.room).or_default() += 1;
