@@ -2,7 +2,8 @@
 //! 256 under each durability mode (one `append` = one write transaction,
 //! as the shard's group commit does it), what one durable commit of 48
 //! messages costs when they belong to 1, 8 or 48 rooms (each room a
-//! separate part of the B-tree), and range-read throughput.
+//! separate part of the B-tree) and one of 512 over 100 rooms (a burst
+//! into many small rooms), and range-read throughput.
 //!
 //! `cargo bench --bench store` measures; `cargo bench --bench store -- --test`
 //! runs each once (with a smaller log to read from).
