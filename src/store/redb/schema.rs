@@ -102,10 +102,11 @@ pub fn encode(m: &StoredMessage) -> Vec<u8> {
         c: &m.content,
         i: m.client_msg_id.as_deref(),
     };
-    // Room for the strings, the keys, the map's and the strings' headers
-    // and the timestamp: one allocation, never grown.
+    // Room for the strings and at most 33 bytes around them (the map's
+    // header, four one-letter keys, the timestamp, three string headers):
+    // one allocation, never grown.
     let strings = m.user.len() + m.content.len() + m.client_msg_id.as_ref().map_or(0, String::len);
-    let mut buf = Vec::with_capacity(strings + 32);
+    let mut buf = Vec::with_capacity(strings + 40);
     rmp_serde::encode::write_named(&mut buf, &r)
         .expect("a record of strings and an integer encodes");
     buf
