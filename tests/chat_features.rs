@@ -15,7 +15,7 @@ const SECRET: &str = "feature-secret-0123456789";
 
 fn cfg() -> Config {
     let mut cfg = config();
-    cfg.workers = Some(1);
+    cfg.shards = Some(1);
     cfg.presence_window_ms = 20;
     cfg
 }

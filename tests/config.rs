@@ -89,6 +89,7 @@ fn help_documents_every_flag_with_its_env_var() {
         "--store",
         "--durability",
         "--workers",
+        "--shards",
         "--max-frame-bytes",
         "--outbox-bytes",
         "--heartbeat-ms",

@@ -2,8 +2,8 @@
 //! other members on a user's first join and last leave, never to the joiner
 //! about itself, and not at all in rooms above the size threshold.
 //!
-//! Absence of a diff is shown with a barrier, not a sleep: with one shard
-//! worker, every room's pending changes are flushed in the same presence
+//! Absence of a diff is shown with a barrier, not a sleep: with one shard,
+//! every room's pending changes are flushed in the same presence
 //! tick, so once a diff of a barrier room that was caused later has
 //! arrived, any diff of the room under test would have arrived before it.
 
@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 fn cfg_one_shard() -> Config {
     let mut cfg = config();
-    cfg.workers = Some(1);
+    cfg.shards = Some(1);
     cfg.presence_window_ms = 20;
     cfg
 }

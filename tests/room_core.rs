@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 fn one_shard() -> Config {
     let mut cfg = config();
-    cfg.workers = Some(1);
+    cfg.shards = Some(1);
     cfg
 }
 
@@ -95,7 +95,7 @@ async fn a_room_with_a_commit_in_flight_is_not_unloaded() {
 async fn a_failed_commit_fails_only_the_batch_that_caused_it() {
     let store = FaultyStore::new();
     let mut cfg = config();
-    cfg.workers = Some(3);
+    cfg.shards = Some(3);
     let server = start_with_store(cfg, store.clone()).await;
     let addr = server.addr;
     let shards = &server.ctx.env.shards;
@@ -165,7 +165,7 @@ async fn a_cold_room_does_not_stall_its_shard() {
 async fn a_slow_commit_does_not_stall_the_shards() {
     let store = FaultyStore::new();
     let mut cfg = config();
-    cfg.workers = Some(2);
+    cfg.shards = Some(2);
     let server = start_with_store(cfg, store.clone()).await;
     let addr = server.addr;
     for i in 1..=3 {

@@ -126,7 +126,7 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 async fn a_store_panic_fails_only_its_room_and_is_counted_and_reported() {
     let store = FaultyStore::new();
     let mut cfg = config();
-    cfg.workers = Some(1); // every room on the one shard the panic hits
+    cfg.shards = Some(1); // every room on the one shard the panic hits
     let server = start_with_store(cfg, store.clone()).await;
     *store.panic_load.lock().unwrap() = Some(parlor::protocol::RoomName::parse("doomed").unwrap());
     assert_eq!(get(server.addr, "/healthz").await.status, 200);

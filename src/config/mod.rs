@@ -109,9 +109,14 @@ pub struct Config {
     #[arg(long, env = "PARLOR_QUICK_REPAIR")]
     pub quick_repair: bool,
 
-    /// Room shard workers [default: number of cores].
+    /// Threads that run connections and fan big rooms out [default: number of cores].
     #[arg(long, env = "PARLOR_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Room shards, each sequencing its share of the rooms on a thread of
+    /// its own (durable store) [default: one per three workers].
+    #[arg(long, env = "PARLOR_SHARDS")]
+    pub shards: Option<usize>,
 
     /// Largest WebSocket message, in bytes, also when fragmented (larger: close 1009).
     #[arg(long, env = "PARLOR_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -351,6 +356,14 @@ impl Config {
             .max(1)
     }
 
+    /// One shard per three workers unless set (see `shard` for why not
+    /// one per worker).
+    pub fn shards(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| self.workers().div_ceil(3))
+            .max(1)
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.max(10))
     }
@@ -397,5 +410,24 @@ impl Config {
             store: StoreKind::Memory,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn shards_default_to_one_per_three_workers_and_never_to_none() {
+        let with = |workers, shards| Config {
+            workers: Some(workers),
+            shards,
+            ..Config::for_tests()
+        };
+        for (workers, shards) in [(1, 1), (2, 1), (3, 1), (4, 2), (8, 3), (16, 6)] {
+            assert_eq!(with(workers, None).shards(), shards, "{workers} workers");
+        }
+        assert_eq!(with(2, Some(5)).shards(), 5, "set, it wins");
+        assert_eq!(with(2, Some(0)).shards(), 1);
     }
 }

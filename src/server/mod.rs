@@ -219,7 +219,7 @@ pub async fn start_cluster(config: Config) -> anyhow::Result<Running> {
     let log = RedisLog::connect(settings, metrics.clone())
         .await
         .with_context(|| format!("cannot reach Redis at {}", shown.join(",")))?;
-    let cluster = Cluster::new(log.clone(), config.workers(), config.cluster_heartbeat());
+    let cluster = Cluster::new(log.clone(), config.shards(), config.cluster_heartbeat());
     tracing::info!(node = %cluster.node, redis = %shown.join(","), "cluster mode");
     start_with(config, log, Some(cluster), metrics).await
 }

@@ -86,7 +86,7 @@ impl LogWriter {
     }
 
     /// Queues a batch. Unbounded, but each shard has at most one job in
-    /// flight, so at most `workers` jobs ever wait here.
+    /// flight, so at most `--shards` jobs ever wait here.
     pub fn send(&self, job: Job) {
         // A send to a stopped writer drops the job, which answers for itself.
         let _ = self.tx.send(job);
