@@ -7,7 +7,7 @@
 //! is broadcast and acked only after its batch is committed, so no client is
 //! ever shown a message the log does not have.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -209,8 +209,9 @@ impl Rooms {
         // A shared log is told every room's epoch, to say back the one it has.
         let every_room = self.limits.sequencing == Sequencing::Log;
         let mut new_rooms: Vec<NewRoom> = Vec::new();
+        let mut seen: HashSet<&RoomName> = HashSet::new();
         for a in &appends {
-            if new_rooms.iter().any(|n| n.room == a.room) {
+            if !seen.insert(&a.room) {
                 continue;
             }
             match self.room_ref(&a.room) {
@@ -286,25 +287,19 @@ impl Rooms {
     ) {
         // Deliver first, then answer the senders: a sender that has its ack
         // has been sent its own copy already.
-        let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64)> = Vec::new();
+        let mut by_room: ByRoom<RoomStored> = ByRoom::default();
         let mut replies = Vec::with_capacity(origins.len());
         for (a, origin) in batch.appends.into_iter().zip(origins) {
             let id = a.message.client_msg_id.clone();
             replies.push((origin, id, a.room.clone(), a.message.sequence));
-            let i = match by_room.iter().position(|(r, _, _)| *r == a.room) {
-                Some(i) => i,
-                None => {
-                    by_room.push((a.room.clone(), Vec::new(), 0));
-                    by_room.len() - 1
-                }
-            };
-            by_room[i].2 += 1;
+            let group = by_room.group(&a.room);
+            group.handed += 1;
             if !a.duplicate {
-                by_room[i].1.push(a.message);
+                group.messages.push(a.message);
             }
         }
-        for (name, messages, handed) in by_room {
-            self.stored(&name, messages, handed, now);
+        for (name, group) in by_room.groups {
+            self.stored(&name, group.messages, group.handed, now);
         }
         for (origin, id, room, sequence) in replies {
             self.tally.acks += u64::from(id.is_some());
@@ -362,52 +357,43 @@ impl Rooms {
                 .count();
             tracing::error!(cause = %e, messages = lost, "store append failed; not acked");
         }
+        let mut by_room: ByRoom<RoomStored> = ByRoom::default();
+        let mut replies = Vec::with_capacity(origins.len());
+        for (a, origin) in batch.appends.into_iter().zip(origins) {
+            let group = by_room.group(&a.room);
+            let id = a.message.client_msg_id.clone();
+            let sequence = a.message.sequence;
+            replies.push((origin, id, a.room.clone(), sequence));
+            group.handed += 1;
+            if sequence > 0 {
+                group.stored = true;
+                if !a.duplicate {
+                    group.messages.push(a.message);
+                }
+            }
+        }
         let mut replaced = Vec::new();
         for n in &batch.new_rooms {
-            let stored_here = batch
-                .appends
-                .iter()
-                .any(|a| a.room == n.room && a.message.sequence > 0);
+            let stored_here = by_room.get(&n.room).is_some_and(|g| g.stored);
             if let Some(room) = self.room_ref(&n.room) {
                 if stored_here && *room.epoch != *n.epoch {
                     replaced.push(n.room.clone());
                 }
             }
         }
-        let mut by_room: Vec<(RoomName, Vec<StoredMessage>, u64, bool)> = Vec::new();
-        let mut replies = Vec::with_capacity(origins.len());
-        for (a, origin) in batch.appends.into_iter().zip(origins) {
-            let i = match by_room.iter().position(|(r, ..)| *r == a.room) {
-                Some(i) => i,
-                None => {
-                    by_room.push((a.room.clone(), Vec::new(), 0, false));
-                    by_room.len() - 1
-                }
-            };
-            let id = a.message.client_msg_id.clone();
-            let sequence = a.message.sequence;
-            replies.push((origin, id, a.room.clone(), sequence));
-            by_room[i].2 += 1;
-            if sequence > 0 {
-                by_room[i].3 = true;
-                if !a.duplicate {
-                    by_room[i].1.push(a.message);
-                }
-            }
-        }
         for name in &replaced {
             self.log_replaced(name, now);
         }
-        for (name, messages, handed, stored) in by_room {
+        for (name, group) in by_room.groups {
             let Some(room) = self.room_mut(&name) else {
                 continue;
             };
-            room.seq.stored(handed, 0);
-            if stored {
+            room.seq.stored(group.handed, 0);
+            if group.stored {
                 room.persisted = true;
                 room.last_active = now;
             }
-            self.deliver_numbered(&name, messages, now);
+            self.deliver_numbered(&name, group.messages, now);
         }
         for (origin, id, room, sequence) in replies {
             if sequence > 0 {
@@ -513,4 +499,51 @@ pub fn reply_error(origin: Origin, code: ErrorCode, id: Option<&str>, room: &Roo
             let _ = tx.send(Err(code));
         }
     }
+}
+
+/// A committed batch's appends grouped by room, in the order each room
+/// first comes. A batch carries up to thousands of appends over as many
+/// rooms: a search of the groups per append made that quadratic.
+struct ByRoom<T> {
+    index: HashMap<RoomName, usize>,
+    groups: Vec<(RoomName, T)>,
+}
+
+impl<T> Default for ByRoom<T> {
+    fn default() -> Self {
+        ByRoom {
+            index: HashMap::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> ByRoom<T> {
+    fn group(&mut self, room: &RoomName) -> &mut T {
+        let i = match self.index.get(room) {
+            Some(&i) => i,
+            None => {
+                let i = self.groups.len();
+                self.groups.push((room.clone(), T::default()));
+                self.index.insert(room.clone(), i);
+                i
+            }
+        };
+        &mut self.groups[i].1
+    }
+
+    fn get(&self, room: &RoomName) -> Option<&T> {
+        self.index.get(room).map(|&i| &self.groups[i].1)
+    }
+}
+
+/// One room's part of a committed batch.
+#[derive(Default)]
+struct RoomStored {
+    /// Its messages to deliver (not those that were duplicates of stored ones).
+    messages: Vec<StoredMessage>,
+    /// How many appends it had in the batch.
+    handed: u64,
+    /// Whether any of them was stored (a numbering log may store part).
+    stored: bool,
 }
