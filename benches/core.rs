@@ -116,6 +116,7 @@ impl World {
 
     /// Handles the publishes, commits the batch and delivers it.
     fn round(&mut self, publishes: Vec<Command>) {
+        let n = publishes.len() as u64;
         for cmd in publishes {
             self.core.handle(cmd, NOW);
         }
@@ -125,6 +126,11 @@ impl World {
                 self.core.committed(batch, Ok(()), NOW);
             }
         }
+        // Every message reached every member and was acked: the round
+        // measured is the whole one, not refusals.
+        let tally = self.core.take_tally();
+        assert_eq!(tally.deliveries, n * MEMBERS as u64);
+        assert_eq!(tally.acks, n);
         self.drain();
     }
 
