@@ -82,25 +82,27 @@ pub trait ByteSource: Send {
 const READ_CHUNK: usize = 4096;
 
 /// A plain TCP read half: waits for readiness with no buffer, then reads.
+///
+/// The read goes through `AsyncRead::poll_read`, not `try_read_buf`: a read
+/// that fills less than the buffer shows the socket is drained, and only
+/// `poll_read` then clears the readiness tokio keeps. After `try_read_buf`
+/// the readiness stayed set, so every read of a client's frames was
+/// followed by a second `recv` that found nothing (`EAGAIN`): one wasted
+/// syscall per wake-up of every reader, one per connection in a join storm.
 impl ByteSource for OwnedReadHalf {
     fn poll_read_more(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.as_ref().poll_read_ready(cx))?;
-            buf.reserve(READ_CHUNK);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Readiness was stale: wait again without the buffer.
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
-                    }
-                }
-                other => return Poll::Ready(other),
-            }
+        ready!(self.as_ref().poll_read_ready(cx))?;
+        buf.reserve(READ_CHUNK);
+        let read = tokio_util::io::poll_read_buf(Pin::new(self), cx, buf);
+        if read.is_pending() && buf.is_empty() {
+            // Readiness was stale: wait again without the buffer.
+            *buf = BytesMut::new();
         }
+        read
     }
 }
 
