@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gate::Gate;
 use super::gather::Gather;
 use super::log_writer::{commit, Committed, Job, LogWriter};
 use super::pool::Pool;
@@ -57,6 +58,7 @@ pub async fn run(
     env: ShardEnv,
     log: Option<LogWriter>,
     rx: mpsc::Receiver<Command>,
+    gate: Arc<Gate>,
     stop: CancellationToken,
 ) {
     let spread: Box<dyn Spread> = match &env.pool {
@@ -93,6 +95,7 @@ pub async fn run(
         live,
         control,
         gather: Gather::default(),
+        gate,
     };
     driver.run(rx, stop).await;
     tracing::debug!(shard = id, "shard stopped");
@@ -113,6 +116,9 @@ struct Driver {
         mpsc::UnboundedReceiver<Committed>,
     ),
     gather: Gather,
+    /// While the gather holds, senders of messages wake the shard only once
+    /// what it waits for is queued.
+    gate: Arc<Gate>,
     /// Cluster mode: where subscriptions and presence changes go.
     cluster: Option<ClusterEnds>,
     /// Cluster mode: live events (bounded), and control events.
@@ -133,6 +139,8 @@ impl Driver {
         let mut stopping = false;
         loop {
             let timer = self.rooms.poll_timeout().map(deadline);
+            let quiet = !stopping && self.quiet(&rx);
+            let gate = self.gate.clone();
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stopping => {
@@ -157,25 +165,19 @@ impl Driver {
                         }
                     }
                 }
-                cmd = rx.recv(), if !self.rooms.backpressured() => {
+                cmd = rx.recv(), if !quiet && !self.rooms.backpressured() => {
                     let Some(cmd) = cmd else { break };
-                    let now = now_ms();
-                    self.rooms.handle(cmd, now);
-                    for _ in 1..MAX_ROUND {
-                        if self.rooms.backpressured() {
-                            break;
-                        }
-                        match rx.try_recv() {
-                            Ok(cmd) => self.rooms.handle(cmd, now),
-                            Err(_) => break,
-                        }
-                    }
+                    self.rooms.handle(cmd, now_ms());
+                    self.take_queued(&mut rx, MAX_ROUND - 1);
                 }
+                _ = gate.notified(), if quiet => self.take_queued(&mut rx, MAX_ROUND),
                 _ = sleep_until(timer), if timer.is_some() => {
                     self.rooms.handle_timeout(now_ms());
                 }
                 _ = sleep_until(self.gather.until), if self.gather.until.is_some() => {
                     self.gather.until = None;
+                    // What queued while the gate was down goes in this batch.
+                    self.take_queued(&mut rx, MAX_ROUND);
                 }
             }
             if !self.gather.holds(self.rooms.accumulated()) {
@@ -193,6 +195,42 @@ impl Driver {
             };
             self.apply(Done::Committed(done));
             self.end_round();
+        }
+    }
+
+    /// Whether to wait for the gate rather than each command: the gather
+    /// holds, and fewer commands are queued than it waits for (at most a
+    /// round's worth, which the queue always has room for).
+    fn quiet(&self, rx: &mpsc::Receiver<Command>) -> bool {
+        let missing = self.gather.missing(self.rooms.accumulated());
+        match missing.map(|m| m.min(MAX_ROUND)) {
+            Some(missing) if rx.len() < missing && !self.rooms.backpressured() => {
+                self.gate.wait_for(missing);
+                // Commands queued before the gate went down woke no one.
+                if rx.len() < missing {
+                    return true;
+                }
+                self.gate.open();
+                false
+            }
+            _ => {
+                self.gate.open();
+                false
+            }
+        }
+    }
+
+    /// Handles up to `most` queued commands without waiting.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Command>, most: usize) {
+        let now = now_ms();
+        for _ in 0..most {
+            if self.rooms.backpressured() {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(cmd) => self.rooms.handle(cmd, now),
+                Err(_) => break,
+            }
         }
     }
 

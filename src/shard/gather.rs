@@ -50,6 +50,11 @@ impl Gather {
             && accumulated < self.expect
             && self.until.is_some_and(|u| tokio::time::Instant::now() < u)
     }
+
+    /// While it holds: how many more messages it waits for.
+    pub fn missing(&self, accumulated: usize) -> Option<usize> {
+        self.holds(accumulated).then(|| self.expect - accumulated)
+    }
 }
 
 /// The longest to keep accumulating after a commit that took `took` (also
@@ -87,7 +92,9 @@ mod tests {
         assert!(!g.holds(0), "nothing to send: nothing held");
         assert!(g.holds(1));
         assert!(g.holds(3));
+        assert_eq!(g.missing(1), Some(3));
         assert!(!g.holds(4), "all back: sent at once");
+        assert_eq!(g.missing(4), None);
         tokio::time::advance(Duration::from_micros(1800)).await;
         assert!(g.holds(3), "within 2 × 1 ms");
         tokio::time::advance(Duration::from_micros(400)).await;
