@@ -158,6 +158,11 @@ impl Rooms {
         self.commits.accumulated() >= MAX_BATCH || self.parked >= MAX_PARKED
     }
 
+    /// A batch is with the log: the next one waits for it to come back.
+    pub fn committing(&self) -> bool {
+        self.commits.in_flight()
+    }
+
     /// Messages waiting for the next batch to be handed to the log.
     pub fn accumulated(&self) -> usize {
         self.commits.accumulated()

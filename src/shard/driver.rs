@@ -150,6 +150,10 @@ impl Driver {
                     self.rooms.stop();
                 }
                 Some(done) = self.commit_done.1.recv() => {
+                    // Messages that queued behind the gate count as waiting.
+                    if quiet {
+                        self.take_queued(&mut rx, MAX_ROUND);
+                    }
                     let waiting = self.rooms.accumulated() + done.batch.appends.len();
                     self.gather.committed(waiting);
                     self.apply(Done::Committed(done));
@@ -198,12 +202,18 @@ impl Driver {
         }
     }
 
-    /// Whether to wait for the gate rather than each command: the gather
-    /// holds, and fewer commands are queued than it waits for (at most a
-    /// round's worth, which the queue always has room for).
+    /// Whether to wait for the gate rather than each command: while a batch
+    /// is with the log (messages can only accumulate until it is back) or
+    /// while the gather holds, until as many commands have queued as it
+    /// waits for — at most a round's worth, which the queue has room for.
     fn quiet(&self, rx: &mpsc::Receiver<Command>) -> bool {
-        let missing = self.gather.missing(self.rooms.accumulated());
-        match missing.map(|m| m.min(MAX_ROUND)) {
+        let missing = match self.gather.missing(self.rooms.accumulated()) {
+            Some(missing) => Some(missing.min(MAX_ROUND)),
+            // (A store that only changes memory commits within the round.)
+            None if self.log.is_some() && self.rooms.committing() => Some(MAX_ROUND),
+            None => None,
+        };
+        match missing {
             Some(missing) if rx.len() < missing && !self.rooms.backpressured() => {
                 self.gate.wait_for(missing);
                 // Commands queued before the gate went down woke no one.

@@ -29,9 +29,10 @@
 //! Big rooms' fan-out spreads over the fan-out pool (`pool`) either way, so
 //! every core delivers a big room's traffic.
 //!
-//! While a shard gathers its next batch after a commit (`gather`), the
-//! sessions queue messages for it without waking it, until as many have
-//! queued as it waits for (`gate`): a thread is not woken once per message.
+//! While a shard's batch is with the log writer, and while it gathers the
+//! next one after a commit (`gather`), the sessions queue messages for it
+//! without waking it, until as many have queued as it waits for (`gate`):
+//! its thread is not woken once per message.
 //!
 //! How many shards (`Config::shards`): one per three workers by default.
 //! Many small rooms are the shards' heaviest load, and there a shard does
