@@ -116,8 +116,8 @@ struct Driver {
         mpsc::UnboundedReceiver<Committed>,
     ),
     gather: Gather,
-    /// While the gather holds, senders of messages wake the shard only once
-    /// what it waits for is queued.
+    /// While a batch is with the log writer or the gather holds, senders of
+    /// messages wake the shard only once what it waits for is queued.
     gate: Arc<Gate>,
     /// Cluster mode: where subscriptions and presence changes go.
     cluster: Option<ClusterEnds>,
@@ -216,7 +216,9 @@ impl Driver {
         match missing {
             Some(missing) if rx.len() < missing && !self.rooms.backpressured() => {
                 self.gate.wait_for(missing);
-                // Commands queued before the gate went down woke no one.
+                // Commands queued before the gate went down woke no one
+                // (`wait_for` fences: a sender either sees the gate down or
+                // its command is counted here).
                 if rx.len() < missing {
                     return true;
                 }

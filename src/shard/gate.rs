@@ -14,11 +14,13 @@
 //! per message, where the memory store makes almost none. In a burst into
 //! many small rooms the shard was woken for a few messages at a time.
 //!
-//! A wake can be missed only in a race between a sender's check and the
-//! shard's raising the gate; the gather's deadline (≤ 3 ms) bounds what
-//! that costs, and nothing is lost: every command stays in the queue.
+//! No wake is lost between a sender's check and the shard's lowering the
+//! gate: the sender queues, then reads the gate; the shard lowers the gate,
+//! then counts its queue; a fence on each side between the two (the
+//! store-buffering pattern) makes at least one of them see the other. And
+//! nothing is lost in any case: every command stays in the queue.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -32,15 +34,17 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// The shard waits until `queued` commands are in its queue.
+    /// The shard waits until `queued` commands are in its queue. It counts
+    /// its queue after this (see the module doc).
     pub fn wait_for(&self, queued: usize) {
-        self.want.store(queued.max(1), Ordering::SeqCst);
+        self.want.store(queued.max(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
     }
 
     /// The shard looks at every command again.
     pub fn open(&self) {
         if self.want.load(Ordering::Relaxed) != 0 {
-            self.want.store(0, Ordering::SeqCst);
+            self.want.store(0, Ordering::Relaxed);
         }
     }
 
@@ -53,12 +57,13 @@ impl Gate {
     /// if it waits for this many, or at all for an `urgent` command. One
     /// sender wakes it; the others see the gate open.
     pub fn queued(&self, queued: usize, urgent: bool) {
-        let want = self.want.load(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let want = self.want.load(Ordering::Relaxed);
         if want != 0
             && (urgent || queued >= want)
             && self
                 .want
-                .compare_exchange(want, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange(want, 0, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
             self.notify.notify_one();
