@@ -3,7 +3,7 @@
 //! that queue messages for it do not wake it one by one: messages can only
 //! accumulate until then. It waits for a number of queued commands; the
 //! sender whose command reaches that number wakes it, as does any command
-//! that is not a message (a join or a history request is answered at
+//! that is not a message (a join or a presence request is answered at
 //! once), the commit's return and the gather's deadline.
 //!
 //! Why: with the log writer, the shard is a thread of its own, and waking
