@@ -765,10 +765,109 @@ fn logs_read_whole_across_the_journal_its_folds_and_reopens() {
     check_logs(&s, &rooms, n);
 }
 
-/// A store written before the journal (format 1: every message in the
-/// messages table) opens, reads, goes on and is format 2 from then on.
+/// A commit of many messages to each of many rooms stores one run per
+/// room (format 3): reads start and end anywhere inside runs, retention
+/// cuts a run and keeps its newer part, and the file holds the runs.
 #[test]
-fn a_format_1_store_is_upgraded_in_place() {
+fn bursts_are_stored_in_runs_read_from_any_point_and_cut_by_retention() {
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+    let stored: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("parlor_messages");
+    // Each room's keys in the file, and whether each is a run of several.
+    let layout = |dir: &Path| -> Vec<(u64, bool)> {
+        let db = redb::Database::open(dir.join(parlor::store::redb::FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(stored).unwrap();
+        let mut out = Vec::new();
+        for entry in t.iter().unwrap() {
+            let (k, v) = entry.unwrap();
+            out.push((k.value().1, v.value()[0] == 0xdc));
+        }
+        assert_eq!(out.len() as u64, t.len().unwrap());
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rooms: Vec<RoomName> = (0..20).map(|i| room(&format!("run{i:02}"))).collect();
+    let one = |r: &RoomName, seq: u64| {
+        let mut m = msg(seq, Some(&format!("id{seq}")));
+        m.content = format!("{r}:{seq}");
+        Append::new(r.clone(), m)
+    };
+    let s = open(dir.path());
+    for r in &rooms {
+        open_room(&s, r, 0);
+    }
+    // Two bursts of 15 messages to each room, 300 to a commit.
+    let mut n = 0;
+    for _ in 0..2 {
+        let batch = (n + 1..=n + 15)
+            .flat_map(|seq| rooms.iter().map(move |r| one(r, seq)))
+            .collect();
+        put(&s, batch).unwrap();
+        n += 15;
+    }
+    check_logs(&s, &rooms, n);
+    for r in &rooms {
+        for after in 0..n {
+            for upto in [after + 1, (after + 7).min(n), n] {
+                let got = s.read(r, after, upto, lim(100)).unwrap();
+                assert_eq!(seqs(&got), (after + 1..=upto).collect::<Vec<_>>(), "{r}");
+            }
+            let got = s.read(r, after, u64::MAX, lim(3)).unwrap();
+            let want: Vec<u64> = (after + 1..=(after + 3).min(n)).collect();
+            assert_eq!(seqs(&got), want, "{r}");
+        }
+    }
+    drop(s);
+    let runs: Vec<(u64, bool)> = rooms.iter().flat_map(|_| [(1, true), (16, true)]).collect();
+    assert_eq!(layout(dir.path()), runs, "one run per room and burst");
+
+    // Keeping 20 of 30 cuts each room's first run: 11..=15 stay.
+    let s = open(dir.path());
+    assert_eq!(s.apply_retention(&keep(20), 1000).unwrap(), 20 * 10);
+    for r in &rooms {
+        assert_eq!(s.first_retained(r).unwrap(), 11, "{r}");
+        let all = s.read(r, 0, u64::MAX, lim(100)).unwrap();
+        assert_eq!(seqs(&all), (11..=30).collect::<Vec<_>>(), "{r}");
+        assert_eq!(all[0].content, format!("{r}:11"));
+        assert_eq!(seqs(&s.read(r, 12, 14, lim(100)).unwrap()), [13, 14]);
+        assert_eq!(s.load_room(r, 100).unwrap().recent_ids.len(), 20);
+    }
+    // A budget smaller than a run still deletes, and no more than it says.
+    assert_eq!(s.apply_retention(&keep(18), 1).unwrap(), 1);
+    assert_eq!(s.first_retained(&rooms[0]).unwrap(), 12);
+    assert_eq!(s.first_retained(&rooms[1]).unwrap(), 11);
+    drop(s);
+    let mut runs = vec![(12, true), (16, true)];
+    runs.extend(rooms[1..].iter().flat_map(|_| [(11, true), (16, true)]));
+    assert_eq!(layout(dir.path()), runs);
+
+    // It goes on after the runs.
+    let s = open(dir.path());
+    for r in &rooms {
+        assert_eq!(s.load_room(r, 0).unwrap().last, n, "{r}");
+    }
+    put(&s, rooms.iter().map(|r| one(r, n + 1)).collect()).unwrap();
+    let err = put(&s, vec![one(&rooms[3], n + 1)]).unwrap_err();
+    assert!(matches!(err, StoreError::OutOfSequence { expected, .. } if expected == n + 2));
+    s.flush().unwrap();
+    for r in &rooms {
+        let all = s.read(r, 0, u64::MAX, lim(100)).unwrap();
+        assert_eq!(all.last().unwrap().sequence, n + 1, "{r}");
+        assert_eq!(s.load_room(r, 0).unwrap().last, n + 1, "{r}");
+    }
+}
+
+/// A store written before the journal (format 1: every message in the
+/// messages table) or before runs (format 2: runs of one only) opens,
+/// reads, goes on and is format 3 from then on.
+#[test]
+fn a_format_1_or_2_store_is_upgraded_in_place() {
+    for format in [1, 2] {
+        upgrade_in_place(format);
+    }
+}
+
+fn upgrade_in_place(old_format: u64) {
     use redb::{ReadableDatabase, TableDefinition};
     let meta: TableDefinition<&str, u64> = TableDefinition::new("parlor_meta");
     let rooms: TableDefinition<&str, (u64, &str)> = TableDefinition::new("parlor_rooms");
@@ -787,6 +886,11 @@ fn a_format_1_store_is_upgraded_in_place() {
                 .unwrap()
                 .insert("old", (1, "e-old"))
                 .unwrap();
+            if format == 2 {
+                let journal: TableDefinition<u64, (u64, u64, &[u8])> =
+                    TableDefinition::new("parlor_journal");
+                txn.open_table(journal).unwrap();
+            }
             let mut t = txn.open_table(messages).unwrap();
             for seq in 1..=2u64 {
                 let record = serde_json::json!({"t": 7, "u": "ann", "c": format!("v1 #{seq}")});
@@ -806,7 +910,7 @@ fn a_format_1_store_is_upgraded_in_place() {
         .expect("format 9 is refused");
     assert!(err.to_string().contains("format Some(9)"), "{err}");
 
-    write_v1(1);
+    write_v1(old_format);
     let old = room("old");
     {
         let s = open(dir.path());
@@ -826,7 +930,7 @@ fn a_format_1_store_is_upgraded_in_place() {
         .unwrap()
         .unwrap()
         .value();
-    assert_eq!(format, 2);
+    assert_eq!(format, 3);
     drop(txn);
     drop(db);
     let s = open(dir.path());

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use ::redb::{Database, DatabaseError, ReadableTable, StorageError, TableHandle};
 
 use super::schema::{
-    FORMAT_V1, FORMAT_VERSION, JOURNAL, MESSAGES, META, META_FORMAT, META_NEXT_ROOM, READ_MARKERS,
-    REDB_MAGIC, ROOMS,
+    FORMAT_V1, FORMAT_V2, FORMAT_VERSION, JOURNAL, MESSAGES, META, META_FORMAT, META_NEXT_ROOM,
+    READ_MARKERS, REDB_MAGIC, ROOMS,
 };
 
 /// Why the store cannot be opened; each names the file or dir.
@@ -27,7 +27,7 @@ pub enum OpenError {
     Foreign { path: PathBuf, why: String },
     #[error("{} is corrupt: {why}", path.display())]
     Corrupt { path: PathBuf, why: String },
-    #[error("{} has store format {found:?}; this parlor reads formats {FORMAT_V1} and {FORMAT_VERSION}", path.display())]
+    #[error("{} has store format {found:?}; this parlor reads formats {FORMAT_V1} to {FORMAT_VERSION}", path.display())]
     Format { path: PathBuf, found: Option<u64> },
     #[error("cannot open {}: {source}", path.display())]
     Io {
@@ -113,8 +113,8 @@ fn open_error(path: &Path, e: DatabaseError) -> OpenError {
 }
 
 /// Checks that the file is a parlor store (or an empty database, which it
-/// makes one) and creates the tables; a format 1 store gets its journal
-/// and becomes format 2.
+/// makes one) and creates the tables; a store of an earlier format is
+/// upgraded (`FORMAT_VERSION`).
 pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
     let redb = |e: ::redb::Error| OpenError::Redb {
         path: path.to_owned(),
@@ -154,9 +154,11 @@ pub fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
                 let _ = txn.abort();
                 return Ok(());
             }
-            Some(FORMAT_V1) => {
-                // Every message is in the messages table: an empty journal
-                // beside it is the same log.
+            Some(FORMAT_V1 | FORMAT_V2) => {
+                // Formats 1 and 2 stored runs of one only, which read the
+                // same in format 3. Every message of a format 1 store is
+                // in the messages table: an empty journal beside it is the
+                // same log.
                 let mut meta = txn.open_table(META).map_err(|e| redb(e.into()))?;
                 meta.insert(META_FORMAT, FORMAT_VERSION)
                     .map_err(|e| redb(e.into()))?;

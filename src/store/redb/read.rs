@@ -4,7 +4,7 @@
 //! failure waits for it; a read that failed on a handle broken under it is
 //! retried once (`reading`).
 //!
-//! A room's log is its entries in the messages table followed by its
+//! A room's log is its runs in the messages table followed by its
 //! entries in the journal (`schema`): each read takes both from one
 //! snapshot.
 //!
@@ -24,7 +24,9 @@ use ::redb::{
 };
 use parking_lot::RwLockReadGuard;
 
-use super::schema::{decode, marker_range, JOURNAL, MESSAGES, READ_MARKERS, ROOMS};
+use super::schema::{
+    decode, decode_run, marker_range, run_len, JOURNAL, MESSAGES, READ_MARKERS, ROOMS,
+};
 use super::write::{closed, handle_broken};
 use super::{Inner, Op};
 use crate::protocol::RoomName;
@@ -170,10 +172,35 @@ impl Inner {
             .op("read messages")?;
         match range.next_back() {
             Some(entry) => {
-                let (k, _) = entry.op("read messages")?;
-                Ok(k.value().1)
+                let (k, v) = entry.op("read messages")?;
+                let first = k.value().1;
+                Ok(first + run_len(first, v.value())? - 1)
             }
             None => Ok(0),
+        }
+    }
+
+    /// Where a read of a room from `sequence` on starts in the messages
+    /// table: the key of the run that holds it, if one does, else
+    /// `sequence` itself.
+    pub(super) fn run_start<T: ReadableTable<(u64, u64), &'static [u8]>>(
+        &self,
+        messages: &T,
+        id: u64,
+        sequence: u64,
+    ) -> Result<u64, StoreError> {
+        let mut range = messages
+            .range((id, 0)..=(id, sequence))
+            .op("read messages")?;
+        let Some(entry) = range.next_back() else {
+            return Ok(sequence);
+        };
+        let (k, v) = entry.op("read messages")?;
+        let first = k.value().1;
+        if first + run_len(first, v.value())? > sequence {
+            Ok(first)
+        } else {
+            Ok(sequence)
         }
     }
 
@@ -225,9 +252,11 @@ impl Inner {
                 .iter()
                 .rev()
                 .map(|(sequence, record)| decode(*sequence, record))
-                .chain(range.rev().map(|entry| {
-                    let (k, v) = entry.op("read messages")?;
-                    decode(k.value().1, v.value())
+                .chain(range.rev().flat_map(|entry| {
+                    let run = entry
+                        .op("read messages")
+                        .and_then(|(k, v)| decode_run(k.value().1, v.value()));
+                    oldest_first(run).rev()
                 }));
             for m in newest_first.take(scan) {
                 let m = m?;
@@ -299,36 +328,36 @@ impl Inner {
             return Ok(Vec::new());
         };
         let journal = self.journal_of(&self.journal(&snap.txn)?, id)?;
+        let start = self.run_start(&messages, id, after + 1)?;
         let range = messages
-            .range((id, after + 1)..=(id, upto))
+            .range((id, start)..=(id, upto))
             .op("read messages")?;
+        let wanted = after + 1..=upto;
+        let in_table = range.flat_map(|entry| {
+            let run = entry
+                .op("read messages")
+                .and_then(|(k, v)| decode_run(k.value().1, v.value()));
+            oldest_first(run)
+        });
         let in_journal = journal
             .iter()
-            .filter(|(sequence, _)| (after + 1..=upto).contains(sequence))
-            .map(|(sequence, record)| Ok((*sequence, record.as_slice())));
-        let entries = range
-            .map(|entry| {
-                let (k, v) = entry.op("read messages")?;
-                Ok((k.value().1, v))
-            })
-            .map(|entry: Result<_, StoreError>| entry.map(Record::Table))
-            .chain(in_journal.map(|entry| entry.map(|(s, r)| Record::Journal(s, r))));
+            .filter(|(sequence, _)| wanted.contains(sequence))
+            .map(|(sequence, record)| decode(*sequence, record));
+        let entries = in_table
+            .filter(|m| m.as_ref().map_or(true, |m| wanted.contains(&m.sequence)))
+            .chain(in_journal);
         let mut out: Vec<StoredMessage> = Vec::with_capacity(limit.messages.min(1024));
         let mut bytes = 0;
-        for entry in entries {
+        for m in entries {
             if limit.reached(out.len(), bytes) {
                 return Ok(out);
             }
-            let (sequence, m) = match entry? {
-                Record::Table((sequence, v)) => (sequence, decode(sequence, v.value())),
-                Record::Journal(sequence, record) => (sequence, decode(sequence, record)),
-            };
+            let m = m?;
             if let Some(prev) = out.last() {
-                if sequence != prev.sequence + 1 {
+                if m.sequence != prev.sequence + 1 {
                     return Err(missing(prev.sequence + 1));
                 }
             }
-            let m = m?;
             bytes += read_cost(&m);
             out.push(m);
         }
@@ -423,7 +452,8 @@ impl Inner {
                         continue;
                     };
                     let (k, v) = last.op("read messages")?;
-                    decode(k.value().1, v.value())?
+                    let run = decode_run(k.value().1, v.value())?;
+                    run.into_iter().next_back().expect("a run holds a message")
                 }
             };
             if m.timestamp < before_ms {
@@ -466,21 +496,23 @@ impl Inner {
                 .saturating_sub(policy.keep.max(1))
                 .min(budget);
             let mut end = first + by_count;
-            if policy.older_than_ms.is_some() {
-                let range = messages
-                    .range((id, end)..=(id, last))
+            if policy.older_than_ms.is_some() && end - first < budget {
+                let start = self.run_start(&messages, id, end)?;
+                let runs = messages
+                    .range((id, start)..=(id, last))
                     .op("read old messages")?;
-                for item in range {
-                    if end - first >= budget {
-                        break;
-                    }
+                'scan: for item in runs {
                     let (k, v) = item.op("read old messages")?;
-                    let seq = k.value().1;
-                    let m = decode(seq, v.value())?;
-                    if !policy.expired(last - seq, m.timestamp) {
-                        break;
+                    for m in decode_run(k.value().1, v.value())? {
+                        if m.sequence < end {
+                            continue;
+                        }
+                        if end - first >= budget || !policy.expired(last - m.sequence, m.timestamp)
+                        {
+                            break 'scan;
+                        }
+                        end = m.sequence + 1;
                     }
-                    end = seq + 1;
                 }
             }
             if end > first {
@@ -492,10 +524,15 @@ impl Inner {
     }
 }
 
-/// One entry of a room's log, from either table.
-enum Record<'a> {
-    Table((u64, ::redb::AccessGuard<'a, &'static [u8]>)),
-    Journal(u64, &'a [u8]),
+/// A run's messages, oldest first, or its error once.
+fn oldest_first(
+    run: Result<Vec<StoredMessage>, StoreError>,
+) -> impl DoubleEndedIterator<Item = Result<StoredMessage, StoreError>> {
+    let (messages, error) = match run {
+        Ok(messages) => (messages, None),
+        Err(e) => (Vec::new(), Some(Err(e))),
+    };
+    messages.into_iter().map(Ok).chain(error)
 }
 
 /// Visits every journal entry, (room id, sequence, record) in commit

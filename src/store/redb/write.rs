@@ -13,8 +13,8 @@ use ::redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::read::RetentionPlan;
 use super::schema::{
-    encode, marker_key, marker_range, DIRECT_AT, DIRECT_BATCH_AT, FOLD_AT, JOURNAL, MESSAGES, META,
-    META_NEXT_ROOM, META_PROBE, READ_MARKERS, ROOMS,
+    decode_run, encode_into, marker_key, marker_range, run_len, Run, DIRECT_AT, DIRECT_BATCH_AT,
+    FOLD_AT, JOURNAL, MESSAGES, META, META_NEXT_ROOM, META_PROBE, READ_MARKERS, ROOMS,
 };
 use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
@@ -399,6 +399,9 @@ impl Inner {
             // Room → (id, next expected sequence, to the journal), for the
             // rooms of this batch.
             let mut next: HashMap<&RoomName, (u64, u64, bool)> = HashMap::new();
+            // Room id → the run its messages for the messages table go to.
+            let mut runs: HashMap<u64, Run> = HashMap::new();
+            let mut record = Vec::new();
             for a in &batch.appends {
                 let (id, expected, journaled) = match next.get(&a.room) {
                     Some(v) => *v,
@@ -429,18 +432,27 @@ impl Inner {
                         got: a.message.sequence,
                     });
                 }
-                let record = encode(&a.message);
+                record.clear();
+                encode_into(&a.message, &mut record);
                 if journaled {
                     journal
                         .insert(key, (id, expected, record.as_slice()))
                         .op("append to the journal")?;
                     key += 1;
                 } else {
-                    messages
-                        .insert((id, expected), record.as_slice())
-                        .op("insert a message")?;
+                    let run = runs.entry(id).or_insert_with(|| Run::new(expected));
+                    if !run.try_push(&record) {
+                        insert_run(&mut messages, id, run)?;
+                        *run = Run::new(expected);
+                        run.try_push(&record);
+                    }
                 }
                 next.insert(&a.room, (id, expected + 1, journaled));
+            }
+            let mut rest: Vec<(u64, Run)> = runs.into_iter().collect();
+            rest.sort_unstable_by_key(|(id, _)| *id);
+            for (id, run) in &mut rest {
+                insert_run(&mut messages, *id, run)?;
             }
             if journal.len().op("read the journal")? >= FOLD_AT || !batch.expired.is_empty() {
                 drop(journal);
@@ -545,7 +557,9 @@ impl Inner {
             .any(|t| t.name() == READ_MARKERS.name()))
     }
 
-    /// Deletes planned front ranges in one write transaction.
+    /// Deletes planned front ranges in one write transaction. A run that
+    /// a range ends inside is cut: its messages past the range stay, as a
+    /// run of their own.
     pub(super) fn delete(&self, plan: &RetentionPlan) -> Result<usize, StoreError> {
         if plan.is_empty() {
             return Ok(0);
@@ -554,15 +568,53 @@ impl Inner {
             let mut messages = txn.open_table(MESSAGES).op("open the messages table")?;
             let mut deleted = 0usize;
             for &(id, from, to) in plan {
+                let kept = self.runs_past(&messages, id, to)?;
                 messages
-                    .retain_in((id, from)..(id, to), |_, _| {
-                        deleted += 1;
+                    .retain_in((id, from)..(id, to), |(_, first), run| {
+                        deleted += run_len(first, run).unwrap_or(1) as usize;
                         false
                     })
                     .op("delete old messages")?;
+                for mut run in kept {
+                    deleted -= run.len();
+                    insert_run(&mut messages, id, &mut run)?;
+                }
             }
             Ok(deleted)
         })
+    }
+
+    /// The messages from `to` on of the run that holds `to - 1`, if it
+    /// goes on past it, as runs (one: they are part of one).
+    fn runs_past(
+        &self,
+        messages: &MessagesTable<'_>,
+        id: u64,
+        to: u64,
+    ) -> Result<Vec<Run>, StoreError> {
+        let start = self.run_start(messages, id, to.saturating_sub(1))?;
+        let Some(v) = messages.get((id, start)).op("read old messages")? else {
+            return Ok(Vec::new());
+        };
+        if start >= to || start + run_len(start, v.value())? <= to {
+            return Ok(Vec::new());
+        }
+        let mut runs = vec![Run::new(to)];
+        let mut record = Vec::new();
+        for m in decode_run(start, v.value())? {
+            if m.sequence < to {
+                continue;
+            }
+            record.clear();
+            encode_into(&m, &mut record);
+            let run = runs.last_mut().expect("one at least");
+            if !run.try_push(&record) {
+                let mut next = Run::new(m.sequence);
+                next.try_push(&record);
+                runs.push(next);
+            }
+        }
+        Ok(runs)
     }
 }
 
@@ -596,10 +648,31 @@ fn fold(txn: &WriteTransaction, messages: &mut MessagesTable<'_>) -> Result<(), 
     txn.delete_table(JOURNAL).op("empty the journal")?;
     txn.open_table(JOURNAL).op("make the journal")?;
     entries.sort_unstable_by_key(|(key, _)| *key);
-    for (key, record) in &entries {
-        messages
-            .insert(*key, record.as_slice())
-            .op("move the journal to the messages table")?;
+    // A room's entries are consecutive: they go in runs.
+    let mut run: Option<(u64, Run)> = None;
+    for ((id, sequence), record) in &entries {
+        let pushed = match &mut run {
+            Some((room, r)) => room == id && r.next() == *sequence && r.try_push(record),
+            None => false,
+        };
+        if pushed {
+            continue;
+        }
+        if let Some((room, mut r)) = run.take() {
+            insert_run(messages, room, &mut r)?;
+        }
+        let mut r = Run::new(*sequence);
+        r.try_push(record);
+        run = Some((*id, r));
     }
+    if let Some((room, mut r)) = run {
+        insert_run(messages, room, &mut r)?;
+    }
+    Ok(())
+}
+
+fn insert_run(messages: &mut MessagesTable<'_>, id: u64, run: &mut Run) -> Result<(), StoreError> {
+    let (first, value) = run.entry();
+    messages.insert((id, first), value).op("insert messages")?;
     Ok(())
 }
