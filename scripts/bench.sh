@@ -105,9 +105,13 @@ if [ "$FDLIM" -lt $((BIG + 500)) ]; then BIG=$(( (FDLIM - 1000) / 100 * 100 )); 
 # member: M(M+1)/2 frames to fill a room), so their big room is capped and
 # they sit out the join storm; the table says so.
 FAN=1000; PACED_S=5; IDLE_HOLD=16; RC_MEMBERS=1000; RC_DROP=500; RC_SECS=6; DUR_MSGS=300; FAN3=3000
+# rooms-100x10's burst: 60 000 messages, ≈ 0.6 s of server CPU, so that the
+# 10 ms resolution of /proc's CPU times is ≈ 2 % of the figure (at 100
+# messages per sender a run moved by ±10 %, more than the changes measured).
+ROOMS_MSGS=300
 SEED_TS_BIG=2000; SEED_PY_BIG=1000
 if [ "$QUICK" = 1 ]; then
-  BIG=1900; FAN=200; PACED_S=2; IDLE_HOLD=2; RC_MEMBERS=200; RC_DROP=100; RC_SECS=3; DUR_MSGS=50; FAN3=600
+  BIG=1900; FAN=200; PACED_S=2; IDLE_HOLD=2; RC_MEMBERS=200; RC_DROP=100; RC_SECS=3; DUR_MSGS=50; FAN3=600; ROOMS_MSGS=100
   SEED_TS_BIG=200; SEED_PY_BIG=100
 fi
 
@@ -325,7 +329,7 @@ args_for() { # scenario server
   case $1 in
     idle-19k) echo "idle --connections $BIG --members 10 --hold $IDLE_HOLD" ;;
     join-storm) echo "join-storm --connections $BIG" ;;
-    rooms-100x10) echo "rooms --rooms 100 --members 10 --senders 2 --messages 100 --payload 64" ;;
+    rooms-100x10) echo "rooms --rooms 100 --members 10 --senders 2 --messages $ROOMS_MSGS --payload 64" ;;
     rooms-1kx10) echo "rooms --rooms 1000 --members 10 --senders 1 --messages 10 --payload 64" ;;
     paced-1) echo "fanout --rooms 1 --members $FAN --senders 10 --messages $PACED_S --rate 1 --payload 64" ;;
     paced-10) echo "fanout --rooms 1 --members $FAN --senders 10 --messages $((PACED_S * 10)) --rate 10 --payload 64" ;;
@@ -367,7 +371,7 @@ chart() { # scenario title metrics...
 }
 chart fanout-1k "fan-out burst: 1 room × $FAN members, 10 senders × 100 msgs" deliveries-per-sec cpu-us-per-delivery
 chart fanout-19k "fan-out burst: 1 room × $BIG members (seed-ts, seed-py: fewer), 10 senders × 10 msgs" deliveries-per-sec cpu-us-per-delivery
-chart rooms-100x10 "100 rooms × 10 members, 2 senders × 100 msgs each, burst" deliveries-per-sec cpu-us-per-delivery
+chart rooms-100x10 "100 rooms × 10 members, 2 senders × $ROOMS_MSGS msgs each, burst" deliveries-per-sec cpu-us-per-delivery
 chart rooms-1kx10 "1 000 rooms × 10 members, 1 sender × 10 msgs each, burst" deliveries-per-sec cpu-us-per-delivery
 chart paced-10 "paced: 10 senders × 10 msg/s into 1 room × $FAN" p99-ms deliveries-per-sec cpu-us-per-delivery
 chart paced-1 "paced: 10 senders × 1 msg/s into 1 room × $FAN" p99-ms deliveries-per-sec cpu-us-per-delivery
@@ -455,7 +459,7 @@ seed_caps = {"seed-ts": 200 if quick else 2000, "seed-py": 100 if quick else 100
 scen_desc = {
  "idle-19k": f"{big} idle connections joined to rooms of 10, held {2 if quick else 16} s (parlor's heartbeat is every 15 s, so one heartbeat round has run; limit has no heartbeats, the seeds' is every 30 s)",
  "join-storm": f"join storm: {big} connections connect and join ONE room, 128 handshakes in flight; seconds from the first connect to the last `joined` (the seeds sit out: each join announces itself to every member, ~10⁸ frames)",
- "rooms-100x10": "100 rooms × 10 members, 2 senders × 100 msgs per room, burst (window 10)",
+ "rooms-100x10": f"100 rooms × 10 members, 2 senders × {100 if quick else 300} msgs per room, burst (window 10)",
  "rooms-1kx10": "many rooms: 1 000 rooms × 10 members, 1 sender × 10 msgs per room",
  "paced-10": f"paced: 10 senders × 10 msg/s into 1 room × {fan} members ({fan*100//1000} k deliveries/s offered), {2 if quick else 5} s",
  "paced-1": f"paced: 10 senders × 1 msg/s into 1 room × {fan} members ({fan*10//1000} k deliveries/s offered), {2 if quick else 5} s",
@@ -502,7 +506,7 @@ L.append("Servers: `limit` = the machine's ceiling, a featureless fan-out server
 L.append(f"**Repeats and noise.** The short bursts (fanout-1k, rooms-100x10, durable-64, fanout-3k), paced-10 and join-storm ran {repeat}× per server "
          "(the seeds once: they are 30–100× off), interleaved (every server, then the next round); tables give the **median**, with the range in small print. "
          "The other scenarios ran once. Burst figures come from CPU seconds at 10 ms resolution over bursts of ~0.1–1 s: "
-         "differences under ~15 % are noise.\n")
+         "differences under ~15 % are noise (rooms-100x10, ≈ 0.6 s of server CPU: ~5 %).\n")
 note_f = os.path.join(out, "note")
 if os.path.exists(note_f) and open(note_f).read().strip():
     L.append(f"**Conditions of this run:** {open(note_f).read().strip()}\n")
