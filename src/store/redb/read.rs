@@ -25,7 +25,8 @@ use ::redb::{
 use parking_lot::RwLockReadGuard;
 
 use super::schema::{
-    decode, decode_run, marker_range, run_len, JOURNAL, MESSAGES, READ_MARKERS, ROOMS,
+    decode, decode_run, decode_run_in, marker_range, run_len, JOURNAL, MESSAGES, READ_MARKERS,
+    ROOMS,
 };
 use super::write::{closed, handle_broken};
 use super::{Inner, Op};
@@ -333,12 +334,25 @@ impl Inner {
             .range((id, start)..=(id, upto))
             .op("read messages")?;
         let wanted = after + 1..=upto;
-        let in_table = range.flat_map(|entry| {
-            let run = entry
-                .op("read messages")
-                .and_then(|(k, v)| decode_run(k.value().1, v.value()));
-            oldest_first(run)
-        });
+        // A room's messages follow each other from its oldest retained one
+        // (retention deletes a prefix): from the first the range holds, no
+        // more than `limit.messages` can be returned, so the scan stops at
+        // the first run past that and no run is decoded past it.
+        let mut reach_end = None;
+        let in_table = range
+            .map_while(|entry| {
+                let (k, v) = match entry.op("read messages") {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e)),
+                };
+                let first = k.value().1;
+                let end = *reach_end.get_or_insert_with(|| {
+                    let from = (after + 1).max(first);
+                    upto.min(from.saturating_add(limit.messages as u64 - 1))
+                });
+                (first <= end).then(|| decode_run_in(first, v.value(), after + 1..=end))
+            })
+            .flat_map(oldest_first);
         let in_journal = journal
             .iter()
             .filter(|(sequence, _)| wanted.contains(sequence))
@@ -361,7 +375,11 @@ impl Inner {
             bytes += read_cost(&m);
             out.push(m);
         }
-        // The scan ended: nothing may be left in the range.
+        // The scan ended (where `reach` ends, if the read is full): unless
+        // full, nothing may be left in the range.
+        if limit.reached(out.len(), bytes) {
+            return Ok(out);
+        }
         if let Some(last) = out.last().map(|m| m.sequence) {
             if last < upto && self.last_of(&messages, id, &journal)?.min(upto) > last {
                 return Err(missing(last + 1));
@@ -452,7 +470,9 @@ impl Inner {
                         continue;
                     };
                     let (k, v) = last.op("read messages")?;
-                    let run = decode_run(k.value().1, v.value())?;
+                    let (first, bytes) = (k.value().1, v.value());
+                    let newest = first + run_len(first, bytes)? - 1;
+                    let run = decode_run_in(first, bytes, newest..=newest)?;
                     run.into_iter().next_back().expect("a run holds a message")
                 }
             };
@@ -503,10 +523,7 @@ impl Inner {
                     .op("read old messages")?;
                 'scan: for item in runs {
                     let (k, v) = item.op("read old messages")?;
-                    for m in decode_run(k.value().1, v.value())? {
-                        if m.sequence < end {
-                            continue;
-                        }
+                    for m in decode_run_in(k.value().1, v.value(), end..=last)? {
                         if end - first >= budget || !policy.expired(last - m.sequence, m.timestamp)
                         {
                             break 'scan;

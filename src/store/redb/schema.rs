@@ -27,9 +27,11 @@
 //!   entries come after its messages in the table: reads take the room's
 //!   part of the journal after its part of the table.
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use ::redb::TableDefinition;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{StoreError, StoredMessage};
@@ -164,18 +166,47 @@ pub fn run_len(first: u64, bytes: &[u8]) -> Result<u64, StoreError> {
 
 /// The messages of the run stored under `first`, oldest first.
 pub fn decode_run(first: u64, bytes: &[u8]) -> Result<Vec<StoredMessage>, StoreError> {
+    decode_run_in(first, bytes, first..=u64::MAX)
+}
+
+/// The messages of the run stored under `first` whose sequences are in
+/// `wanted`, oldest first. The records before `wanted` are parsed but not
+/// copied out, and the run is not read past `wanted`'s end: a read of a
+/// few messages from inside a run of 64 pays for few. A run read to its
+/// end is checked to end where its header says.
+pub fn decode_run_in(
+    first: u64,
+    bytes: &[u8],
+    wanted: RangeInclusive<u64>,
+) -> Result<Vec<StoredMessage>, StoreError> {
     let n = run_len(first, bytes)?;
     if bytes.first() != Some(&RUN_MARKER) {
+        if !wanted.contains(&first) {
+            return Ok(Vec::new());
+        }
         return Ok(vec![decode(first, bytes)?]);
     }
+    let end = first + n;
+    let stop = end.min(wanted.end().saturating_add(1));
+    let from = (*wanted.start()).max(first);
+    let mut out = Vec::with_capacity(stop.saturating_sub(from) as usize);
     let mut rest = &bytes[RUN_HEADER..];
-    let mut out = Vec::with_capacity(n as usize);
-    for sequence in first..first + n {
-        let mut de = rmp_serde::Deserializer::new(&mut rest);
-        let r = Record::deserialize(&mut de).map_err(|e| corrupt(sequence, e.to_string()))?;
-        out.push(message(sequence, r));
+    // One deserializer for the run: its scratch buffer is reused.
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    for sequence in first..stop {
+        let parsed = if sequence < from {
+            IgnoredAny::deserialize(&mut de).map(|_| None)
+        } else {
+            Record::deserialize(&mut de).map(Some)
+        };
+        match parsed {
+            Ok(Some(r)) => out.push(message(sequence, r)),
+            Ok(None) => {}
+            Err(e) => return Err(corrupt(sequence, e.to_string())),
+        }
     }
-    if !rest.is_empty() {
+    drop(de);
+    if stop == end && !rest.is_empty() {
         let why = format!("{} bytes after the run's {n} records", rest.len());
         return Err(corrupt(first, why));
     }
@@ -323,6 +354,37 @@ mod tests {
             .map(|m| m.content.len() as u64)
             .collect();
         assert_eq!(back, sized.map(|n| n as u64));
+    }
+
+    #[test]
+    fn part_of_a_run_is_what_the_whole_run_holds_there() {
+        let contents: Vec<String> = (0..20).map(|i| "y".repeat(i * 7)).collect();
+        let (k, v) = runs(101, &contents).remove(0);
+        assert_eq!(run_len(k, &v).unwrap(), 20);
+        let whole = decode_run(k, &v).unwrap();
+        for from in 90..125 {
+            for to in from..125 {
+                let part = decode_run_in(k, &v, from..=to).unwrap();
+                let want: Vec<StoredMessage> = whole
+                    .iter()
+                    .filter(|m| (from..=to).contains(&m.sequence))
+                    .cloned()
+                    .collect();
+                assert_eq!(part, want, "{from}..={to}");
+            }
+        }
+        // A run of one, inside the range or not.
+        let one = encode(&msg(7, "one"));
+        assert_eq!(decode_run_in(7, &one, 7..=7).unwrap(), vec![msg(7, "one")]);
+        assert!(decode_run_in(7, &one, 8..=9).unwrap().is_empty());
+        // Trailing bytes are found by a read to the run's end, and a
+        // damaged record by any read that passes it, wanted or not.
+        let trailing = [&v[..], &[0xc0][..]].concat();
+        assert!(decode_run_in(k, &trailing, 101..=105).is_ok());
+        assert!(decode_run_in(k, &trailing, 115..=120).is_err());
+        let mut damaged = v.clone();
+        damaged[RUN_HEADER] = 0xc1; // never used in MessagePack
+        assert!(decode_run_in(k, &damaged, 110..=111).is_err());
     }
 
     #[test]
