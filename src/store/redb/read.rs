@@ -375,8 +375,8 @@ impl Inner {
             bytes += read_cost(&m);
             out.push(m);
         }
-        // The scan ended (where `reach` ends, if the read is full): unless
-        // full, nothing may be left in the range.
+        // The scan ended (at `reach_end`, if the read is full): unless the
+        // read is full, nothing may be left in the range.
         if limit.reached(out.len(), bytes) {
             return Ok(out);
         }
