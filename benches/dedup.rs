@@ -41,8 +41,8 @@ fn dedup(c: &mut Criterion) {
         b.iter(|| {
             let i = n % ids.len();
             let user = &users[i % users.len()];
-            assert!(d.get(user, &ids[i]).is_none());
-            d.insert(user.clone(), ids[i].clone(), n as u64 + 1);
+            let absent = d.check(user, &ids[i]).expect_err("a new id");
+            d.insert_absent(absent, user.clone(), ids[i].clone(), n as u64 + 1);
             n += 1;
         })
     });

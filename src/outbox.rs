@@ -56,9 +56,13 @@ pub struct Outbox {
     max_bytes: usize,
     /// 0 while open; else the close code the writer must send.
     cut_code: AtomicU16,
-    /// Wakes the writer when the session is cut.
+    /// Signals a cut to whoever waits on something else meanwhile (a write
+    /// stuck on the socket, an SSE stream); a writer waiting in `take` is
+    /// woken by the closed queue itself.
     cut_signal: Notify,
-    /// Wakes a waiting `push_wait` when the writer has written frames.
+    /// Wakes a waiting `push_wait` or `wait_below` when the writer has
+    /// written frames; notified only while `Queue::space_waiters` says
+    /// someone waits, so the writer's every write does not take its lock.
     space: Notify,
 }
 
@@ -71,6 +75,10 @@ struct Queue {
     closed: bool,
     /// The writer, when it waits for frames.
     waker: Option<Waker>,
+    /// Callers of `push_wait` and `wait_below` that may wait for `space`.
+    /// Counted under this lock before they look at the bounds, so a
+    /// writer that frees room after they looked sees them.
+    space_waiters: usize,
 }
 
 /// The writer's end of an outbox: the frames it has taken.
@@ -120,17 +128,20 @@ impl OutboxReceiver {
             self.taken.is_empty(),
             "written before the taken frames were"
         );
-        let quiet = {
+        let (quiet, waiters) = {
             let mut q = outbox.queue.lock();
             q.frames -= frames;
             q.bytes -= bytes;
-            q.items.is_empty().then(|| std::mem::take(&mut q.items))
+            let quiet = q.items.is_empty().then(|| std::mem::take(&mut q.items));
+            (quiet, q.space_waiters)
         };
         if quiet.is_some() || self.taken.capacity() > KEEP_CAPACITY {
             self.taken = VecDeque::new();
         }
         drop(quiet);
-        outbox.space.notify_waiters();
+        if waiters > 0 {
+            outbox.space.notify_waiters();
+        }
     }
 
     /// Takes and drops whatever is queued, as a writer that wrote it would
@@ -155,6 +166,7 @@ impl Outbox {
                 bytes: 0,
                 closed: false,
                 waker: None,
+                space_waiters: 0,
             }),
             max_frames: max_frames.max(1),
             max_bytes: max_bytes.max(1),
@@ -211,7 +223,11 @@ impl Outbox {
     /// own replay, whose pace the client sets; fails once the session closes.
     pub async fn push_wait(&self, frame: Bytes) -> Result<(), PushError> {
         loop {
+            // Made before the bounds are looked at: a write after that
+            // notifies it (`notify_waiters` reaches every `Notified` made
+            // before it, polled or not).
             let space = self.space.notified();
+            let _waiting = SpaceWaiter::count(self);
             match self.try_push(frame.clone()) {
                 Err(PushError::Full) => space.await,
                 other => return other,
@@ -225,6 +241,7 @@ impl Outbox {
     pub async fn wait_below(&self, frames: usize, bytes: usize) {
         loop {
             let space = self.space.notified();
+            let _waiting = SpaceWaiter::count(self);
             {
                 let q = self.queue.lock();
                 if q.closed || (q.frames <= frames && q.bytes <= bytes) {
@@ -265,14 +282,18 @@ impl Outbox {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            let dropped = {
+            let (dropped, writer) = {
                 let mut q = self.queue.lock();
                 q.closed = true;
                 q.frames -= q.items.len();
                 q.bytes -= q.items.iter().map(Out::len).sum::<usize>();
-                std::mem::take(&mut q.items)
+                (std::mem::take(&mut q.items), q.waker.take())
             };
             drop(dropped);
+            // A writer waiting for frames finds the outbox closed and empty.
+            if let Some(w) = writer {
+                w.wake();
+            }
             self.cut_signal.notify_one();
             self.space.notify_waiters();
         }
@@ -319,6 +340,23 @@ impl Outbox {
             .collect();
         rx.written(self, frames, bytes);
         out
+    }
+}
+
+/// One caller that may wait for `space`, counted while it exists (also
+/// when its future is dropped mid-wait).
+struct SpaceWaiter<'a>(&'a Outbox);
+
+impl<'a> SpaceWaiter<'a> {
+    fn count(outbox: &'a Outbox) -> SpaceWaiter<'a> {
+        outbox.queue.lock().space_waiters += 1;
+        SpaceWaiter(outbox)
+    }
+}
+
+impl Drop for SpaceWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.queue.lock().space_waiters -= 1;
     }
 }
 
@@ -379,6 +417,64 @@ mod tests {
         let (o, _rx) = Outbox::new(8, 100);
         o.push_close(Bytes::from_static(b"bye")).unwrap();
         assert_eq!(o.try_push(Bytes::new()), Err(PushError::Closed));
+    }
+
+    /// The writer waits in `take` alone: a cut must wake it there, with
+    /// the outbox closed and empty (what it then sends the close frame for).
+    #[test]
+    fn a_cut_wakes_a_writer_waiting_for_frames() {
+        use futures_util::task::{waker, ArcWake};
+        use std::future::Future;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        use std::task::Context;
+
+        #[derive(Default)]
+        struct Flag(AtomicBool);
+        impl ArcWake for Flag {
+            fn wake_by_ref(f: &Arc<Self>) {
+                f.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (o, mut rx) = Outbox::new(8, 100);
+        let flag = Arc::new(Flag::default());
+        let waker = waker(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut take = Box::pin(rx.take(&o));
+        assert!(take.as_mut().poll(&mut cx).is_pending());
+        o.cut(4008);
+        assert!(flag.0.load(Ordering::SeqCst), "the cut woke the writer");
+        assert_eq!(take.as_mut().poll(&mut cx), Poll::Ready(false));
+    }
+
+    /// A replay waiting for room is woken by the write that frees it, and a
+    /// waiter that gave up is no longer counted (writes stop notifying).
+    #[tokio::test]
+    async fn a_waiter_for_room_is_woken_by_a_write_and_uncounted_after() {
+        let o = std::sync::Arc::new(Outbox::new(1, 100));
+        o.0.try_push(Bytes::from_static(b"a")).unwrap();
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.0.push_wait(Bytes::from_static(b"b")).await })
+        };
+        while o.0.queue.lock().space_waiters == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (frames, bytes) = {
+            let mut q = o.0.queue.lock();
+            let taken = std::mem::take(&mut q.items);
+            (taken.len(), taken.iter().map(Out::len).sum())
+        };
+        // The receiver is only the writer's deque: a fresh one does.
+        let (_, mut rx) = Outbox::new(1, 1);
+        rx.written(&o.0, frames, bytes);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(o.0.depth(), 1);
+        assert_eq!(o.0.queue.lock().space_waiters, 0);
+
+        let gave_up = futures_util::FutureExt::now_or_never(o.0.wait_below(0, 0));
+        assert!(gave_up.is_none());
+        assert_eq!(o.0.queue.lock().space_waiters, 0);
     }
 
     #[test]

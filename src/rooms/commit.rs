@@ -155,26 +155,31 @@ impl Rooms {
         }
         room.last_active = now;
         room.presence.seen(&p.user, now);
+        let mut absent = None;
         if let Some(id) = &p.client_msg_id {
-            if let Some(sequence) = room.dedup.get(&p.user, id) {
-                if sequence <= room.seq.committed() {
+            match room.dedup.check(&p.user, id) {
+                Ok(sequence) if sequence <= room.seq.committed() => {
                     return reply_ok(p.origin, Some(id), &p.room, sequence);
                 }
-                let retry = Retry {
-                    origin: p.origin,
-                    room: p.room,
-                    id: id.clone(),
-                    sequence,
-                };
-                self.commits.retries.push(retry);
-                return;
+                Ok(sequence) => {
+                    let retry = Retry {
+                        origin: p.origin,
+                        room: p.room,
+                        id: id.clone(),
+                        sequence,
+                    };
+                    self.commits.retries.push(retry);
+                    return;
+                }
+                Err(new_id) => absent = Some((new_id, id)),
             }
         }
         let sequence = match sequencing {
             Sequencing::Local => {
                 let sequence = room.seq.assign();
-                if let Some(id) = &p.client_msg_id {
-                    room.dedup.insert(p.user.clone(), id.clone(), sequence);
+                if let Some((new_id, id)) = absent {
+                    let (user, id) = (p.user.clone(), id.clone());
+                    room.dedup.insert_absent(new_id, user, id, sequence);
                 }
                 sequence
             }

@@ -24,6 +24,12 @@ struct Entry {
     hash: u64,
 }
 
+/// A (user, id) that `Dedup::check` did not find, with its hash.
+#[must_use]
+pub struct Absent {
+    hash: u64,
+}
+
 pub struct Dedup {
     cap: usize,
     hasher: RandomState,
@@ -73,8 +79,43 @@ impl Dedup {
     }
 
     pub fn get(&self, user: &Arc<str>, id: &str) -> Option<u64> {
-        let p = self.find(self.hash(user, id), user, id)?;
-        Some(self.entry(p).seq)
+        self.check(user, id).ok()
+    }
+
+    /// The sequence (user, id) got, or proof that it is not remembered,
+    /// which `insert_absent` files without hashing and probing again: a
+    /// published message pays one lookup, not two.
+    pub fn check(&self, user: &str, id: &str) -> Result<u64, Absent> {
+        let hash = self.hash(user, id);
+        match self.find(hash, user, id) {
+            Some(p) => Ok(self.entry(p).seq),
+            None => Err(Absent { hash }),
+        }
+    }
+
+    /// Remembers an id `check` found absent. The window must not have
+    /// changed since: the `Absent` borrows nothing, so the caller keeps to
+    /// that (the shard checks and inserts within one publish).
+    pub fn insert_absent(&mut self, absent: Absent, user: Arc<str>, id: String, seq: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        debug_assert_eq!(absent.hash, self.hash(&user, &id));
+        debug_assert!(self.find(absent.hash, &user, &id).is_none());
+        let position = self.evicted + self.ring.len() as u64;
+        let Dedup {
+            ring,
+            evicted,
+            index,
+            ..
+        } = self;
+        index.insert_unique(absent.hash, position, |&p| at(ring, *evicted, p).hash);
+        self.push(Entry {
+            user,
+            id,
+            seq,
+            hash: absent.hash,
+        });
     }
 
     pub fn insert(&mut self, user: Arc<str>, id: String, seq: u64) {
@@ -105,12 +146,16 @@ impl Dedup {
                 v.insert(position);
             }
         }
-        self.ring.push_back(Entry {
+        self.push(Entry {
             user,
             id,
             seq,
             hash,
         });
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.ring.push_back(entry);
         while self.ring.len() > self.cap {
             self.evict_oldest();
         }
@@ -249,13 +294,24 @@ mod tests {
                             }
                         }
                     }
+                    1 => {
+                        // A publish: a retry is answered, a new id filed.
+                        match d.check(u, id) {
+                            Ok(seq) => assert_eq!(Some(seq), lookup(&model, u, id)),
+                            Err(absent) => {
+                                assert_eq!(lookup(&model, u, id), None);
+                                d.insert_absent(absent, u.clone(), id.to_owned(), step);
+                                model.push((u.clone(), id, step, false));
+                            }
+                        }
+                    }
                     _ => {
                         d.insert(u.clone(), id.to_owned(), step);
                         model.push((u.clone(), id, step, false));
-                        if model.len() > cap {
-                            model.remove(0);
-                        }
                     }
+                }
+                if model.len() > cap {
+                    model.remove(0);
                 }
                 for u in &users {
                     for id in ids {

@@ -107,22 +107,31 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                     break 'run end;
                 }
             }
+            // One timer for the writer's life, moved only when its deadline
+            // does (a heartbeat sent, or the silence deadline coming first):
+            // a busy writer wakes per write, and a timer made and dropped on
+            // each wake cost a wheel insert and removal every time.
+            let timer = sleep_until(Instant::now());
+            tokio::pin!(timer);
+            let mut armed: Option<Instant> = None;
             loop {
                 // The next heartbeat, or the silence deadline if it comes first.
                 let wake = next_beat.map(|beat| match silence {
                     Some(s) => beat.min(liveness.last() + s),
                     None => beat,
                 });
+                if let Some(at) = wake.filter(|&at| armed != Some(at)) {
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
+                }
                 tokio::select! {
                     biased;
-                    _ = outbox.cut_signalled() => {
-                        break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await
-                    }
+                    // A cut closes the outbox and wakes its taker: `take`
+                    // then finds it closed and empty.
                     more = rx.take(outbox) => {
                         if !more {
-                            // Closed and empty: cut after the select looked at
-                            // the cut signal (only a cut empties a closed
-                            // outbox), and the close frame is still owed.
+                            // Closed and empty: only a cut empties a closed
+                            // outbox, and the close frame is still owed.
                             if outbox.is_cut() {
                                 break Box::pin(send_cut(&mut io, &mut rx, outbox, Instant::now() + CLOSE_GRACE)).await;
                             }
@@ -132,7 +141,8 @@ pub fn run<W: AsyncWrite + Unpin + Send + 'static>(
                             break end;
                         }
                     }
-                    _ = sleep_until_opt(wake) => {
+                    _ = &mut timer, if armed.is_some() => {
+                        armed = None;
                         if guard.silent() {
                             break WriterEnd::Dead;
                         }
