@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::gate::Gate;
+use super::gate::{is_urgent, Gate};
 use super::gather::Gather;
 use super::log_writer::{commit, Committed, Job, LogWriter};
 use super::pool::Pool;
@@ -171,7 +171,7 @@ impl Driver {
                 }
                 cmd = rx.recv(), if !quiet && !self.rooms.backpressured() => {
                     let Some(cmd) = cmd else { break };
-                    self.rooms.handle(cmd, now_ms());
+                    self.handle(cmd, now_ms());
                     self.take_queued(&mut rx, MAX_ROUND - 1);
                 }
                 _ = gate.notified(), if quiet => self.take_queued(&mut rx, MAX_ROUND),
@@ -215,15 +215,7 @@ impl Driver {
         };
         match missing {
             Some(missing) if rx.len() < missing && !self.rooms.backpressured() => {
-                self.gate.wait_for(missing);
-                // Commands queued before the gate went down woke no one
-                // (`wait_for` fences: a sender either sees the gate down or
-                // its command is counted here).
-                if rx.len() < missing {
-                    return true;
-                }
-                self.gate.open();
-                false
+                self.gate.lower(missing, || rx.len())
             }
             _ => {
                 self.gate.open();
@@ -240,10 +232,19 @@ impl Driver {
                 break;
             }
             match rx.try_recv() {
-                Ok(cmd) => self.rooms.handle(cmd, now),
+                Ok(cmd) => self.handle(cmd, now),
                 Err(_) => break,
             }
         }
+    }
+
+    /// Hands a command from the queue to the core, counting urgent ones
+    /// for the gate.
+    fn handle(&mut self, cmd: Command, now: u64) {
+        if is_urgent(&cmd) {
+            self.gate.took_urgent();
+        }
+        self.rooms.handle(cmd, now);
     }
 
     fn apply(&mut self, done: Done) {

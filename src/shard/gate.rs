@@ -15,22 +15,38 @@
 //! many small rooms the shard was woken for a few messages at a time.
 //!
 //! No wake is lost between a sender's check and the shard's lowering the
-//! gate: the sender queues, then reads the gate; the shard lowers the gate,
-//! then counts its queue; a fence on each side between the two (the
+//! gate: the sender queues (and counts an urgent command), then reads the
+//! gate; the shard lowers the gate, then counts its queue and the urgent
+//! commands queued but not taken; a fence on each side between the two (the
 //! store-buffering pattern) makes at least one of them see the other. And
-//! nothing is lost in any case: every command stays in the queue.
+//! nothing is lost in any case: every command stays in the queue. The
+//! count of urgent commands matters: a join queued just before the gate
+//! went down is one command among the many the shard waits for, and its
+//! sender, who saw the gate open, woke no one.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+
+use crate::rooms::Command;
 
 #[derive(Default)]
 pub struct Gate {
     /// Queued commands the shard waits for before it looks at its queue;
     /// 0: it looks at every command (the channel wakes it).
     want: AtomicUsize,
+    /// Urgent commands queued, counted by their senders after queueing.
+    urgent_queued: AtomicU64,
+    /// Urgent commands the shard has taken (only the shard writes it).
+    urgent_taken: AtomicU64,
     notify: Notify,
+}
+
+/// Whether a command wakes a waiting shard at once: anything but a message
+/// (a join or a presence request is answered without waiting for a batch).
+pub fn is_urgent(cmd: &Command) -> bool {
+    !matches!(cmd, Command::Publish(_))
 }
 
 impl Gate {
@@ -39,6 +55,29 @@ impl Gate {
     pub fn wait_for(&self, queued: usize) {
         self.want.store(queued.max(1), Ordering::Relaxed);
         fence(Ordering::SeqCst);
+    }
+
+    /// The shard's choice at the top of its loop: lowers the gate to wait
+    /// for `missing` queued commands, unless its queue already holds them
+    /// (`queued` counts it, after the fence) or holds an urgent command.
+    /// True: lowered, the shard waits for `notified`; false: open, it looks
+    /// at each command.
+    pub fn lower(&self, missing: usize, queued: impl Fn() -> usize) -> bool {
+        self.wait_for(missing);
+        // (A sender counts after queueing: for a moment the shard may have
+        // taken more than were counted; that sender then sees the gate down.)
+        let urgent =
+            self.urgent_queued.load(Ordering::Relaxed) > self.urgent_taken.load(Ordering::Relaxed);
+        if queued() < missing && !urgent {
+            return true;
+        }
+        self.open();
+        false
+    }
+
+    /// The shard took an urgent command from its queue.
+    pub fn took_urgent(&self) {
+        self.urgent_taken.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The shard looks at every command again.
@@ -57,6 +96,9 @@ impl Gate {
     /// if it waits for this many, or at all for an `urgent` command. One
     /// sender wakes it; the others see the gate open.
     pub fn queued(&self, queued: usize, urgent: bool) {
+        if urgent {
+            self.urgent_queued.fetch_add(1, Ordering::Relaxed);
+        }
         fence(Ordering::SeqCst);
         let want = self.want.load(Ordering::Relaxed);
         if want != 0
@@ -118,6 +160,27 @@ mod tests {
         gate.queued(1, false);
         // The shard awaits only now: the stored wake resolves it.
         assert!(woken(&gate).await);
+    }
+
+    /// Found from outside: a join sent while a commit was stalled on the
+    /// disk went unanswered until the commit ended. Its sender queued it
+    /// and saw the gate open; the shard then lowered the gate, counted one
+    /// command (fewer than it waits for) and slept.
+    #[tokio::test(start_paused = true)]
+    async fn an_urgent_command_queued_before_the_gate_went_down_keeps_it_open() {
+        let gate = Gate::default();
+        gate.queued(1, true);
+        let quiet = gate.lower(50, || 1);
+        assert!(
+            !quiet || woken(&gate).await,
+            "the join waits for 49 messages"
+        );
+
+        // Once the shard has taken it, the gate may go down again.
+        gate.took_urgent();
+        assert!(gate.lower(50, || 0));
+        gate.queued(1, false);
+        assert!(!woken(&gate).await, "a message waits for the batch");
     }
 
     #[tokio::test(start_paused = true)]

@@ -173,7 +173,7 @@ impl Shards {
     /// (see `gate`): a message may wait while the shard gathers a batch,
     /// anything else is handled at once.
     async fn send_to(&self, i: usize, cmd: Command) -> Result<(), ShardGone> {
-        let urgent = !matches!(cmd, Command::Publish(_));
+        let urgent = gate::is_urgent(&cmd);
         let tx = &self.senders[i];
         tx.send(cmd).await.map_err(|_| ShardGone)?;
         self.gates[i].queued(tx.max_capacity() - tx.capacity(), urgent);
