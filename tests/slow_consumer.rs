@@ -11,8 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 const BIG: usize = 8 * 1024;
 /// Enough 8 KiB messages to fill any loopback socket buffers many times.
 const MAX_FLOOD: u64 = 40_000;
-/// Messages in flight before the publisher waits for the readers (below
-/// the outbox bound of 64, so only the reader that stopped can overflow).
+/// Messages in flight before the publisher waits for the readers. A reader
+/// that keeps up can still have two windows in its outbox: the frames its
+/// writer has written but not yet released (the client may read them
+/// before the writer runs again) and the next window. Both bounds below
+/// hold more than that, so only the reader that stopped can overflow.
 const WINDOW: u64 = 16;
 
 enum Seen {
@@ -57,7 +60,8 @@ async fn member_that_stops_reading_is_cut_with_4008_others_continue() {
 async fn outbox_byte_bound_cuts_with_4008_too() {
     let mut cfg = config();
     cfg.outbox_frames = 4096;
-    cfg.outbox_bytes = 256 * 1024;
+    // Three windows of 8 KiB messages with their framing (≈ 440 KiB).
+    cfg.outbox_bytes = 3 * WINDOW as usize * (BIG + 1024);
     flood_until_cut(cfg).await;
 }
 
