@@ -65,7 +65,8 @@ impl Gate {
     pub fn lower(&self, missing: usize, queued: impl Fn() -> usize) -> bool {
         self.wait_for(missing);
         // (A sender counts after queueing: for a moment the shard may have
-        // taken more than were counted; that sender then sees the gate down.)
+        // taken more than were counted; that sender then sees the gate
+        // down and wakes the shard once for nothing.)
         let urgent =
             self.urgent_queued.load(Ordering::Relaxed) > self.urgent_taken.load(Ordering::Relaxed);
         if queued() < missing && !urgent {
