@@ -23,7 +23,7 @@ fn ids(n: usize) -> Vec<String> {
 fn full(users: &[Arc<str>], ids: &[String]) -> Dedup {
     let mut d = Dedup::new(WINDOW);
     for (i, id) in ids.iter().take(WINDOW).enumerate() {
-        d.insert(users[i % users.len()].clone(), id.clone(), i as u64 + 1);
+        d.insert(&users[i % users.len()], id, i as u64 + 1);
     }
     d
 }
@@ -42,7 +42,7 @@ fn dedup(c: &mut Criterion) {
             let i = n % ids.len();
             let user = &users[i % users.len()];
             let absent = d.check(user, &ids[i]).expect_err("a new id");
-            d.insert_absent(absent, user.clone(), ids[i].clone(), n as u64 + 1);
+            d.insert_absent(absent, n as u64 + 1);
             n += 1;
         })
     });
@@ -64,7 +64,7 @@ fn dedup(c: &mut Criterion) {
             |loaded| {
                 let mut d = Dedup::new(WINDOW);
                 for (i, id) in loaded.into_iter().enumerate() {
-                    d.insert(users[i % users.len()].clone(), id, i as u64 + 1);
+                    d.insert(&users[i % users.len()], &id, i as u64 + 1);
                 }
                 d
             },

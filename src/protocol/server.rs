@@ -25,11 +25,23 @@ struct Envelope<'a, D: Serialize> {
 
 /// Encodes `{type, id?, data?}` as one complete frame in `format`.
 pub fn encode<D: Serialize>(format: Format, ty: &str, id: Option<&str>, data: Option<D>) -> Bytes {
+    encode_sized(format, ty, id, data, 128)
+}
+
+/// `encode` into a buffer of `capacity` bytes to start with: a frame that
+/// outgrows it is copied once more as it grows.
+fn encode_sized<D: Serialize>(
+    format: Format,
+    ty: &str,
+    id: Option<&str>,
+    data: Option<D>,
+    capacity: usize,
+) -> Bytes {
     if format == Format::Sse {
         return sse_event(None, ty, data.as_ref());
     }
     let env = Envelope { ty, id, data };
-    let mut buf = frame::payload_buffer(128);
+    let mut buf = frame::payload_buffer(capacity);
     match format {
         Format::Json => {
             serde_json::to_writer(&mut buf, &env).expect("server messages always serialize");
@@ -69,7 +81,7 @@ fn sse_event<D: Serialize>(id: Option<u64>, ty: &str, data: Option<&D>) -> Bytes
 /// `data` of a chat `message` frame and of each `history` entry.
 #[derive(Serialize)]
 pub struct MessageData<'a> {
-    pub id: String,
+    pub id: MessageId<'a>,
     pub room: &'a str,
     pub user: &'a str,
     pub content: &'a str,
@@ -80,9 +92,12 @@ pub struct MessageData<'a> {
 impl<'a> MessageData<'a> {
     /// The wire view of a stored message; its `id` is unique because a
     /// room's epoch is random and its sequence never repeats within it.
-    pub fn of(room: &'a str, epoch: &str, m: &'a StoredMessage) -> Self {
+    pub fn of(room: &'a str, epoch: &'a str, m: &'a StoredMessage) -> Self {
         MessageData {
-            id: format!("{epoch}-{}", m.sequence),
+            id: MessageId {
+                epoch,
+                sequence: m.sequence,
+            },
             room,
             user: &m.user,
             content: &m.content,
@@ -92,10 +107,48 @@ impl<'a> MessageData<'a> {
     }
 }
 
+/// A message's wire id, `{epoch}-{sequence}`: written into the frame as it
+/// is encoded, so a message's encoding makes no string of its own for it.
+pub struct MessageId<'a> {
+    pub epoch: &'a str,
+    pub sequence: u64,
+}
+
+impl std::fmt::Display for MessageId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.epoch, self.sequence)
+    }
+}
+
+impl Serialize for MessageId<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::io::Write;
+        // On the stack: an epoch of parlor's (16 hex digits) and any
+        // sequence fit, where `collect_str` would make a `String` for
+        // MessagePack. A longer epoch (one a cluster's log chose) still
+        // serializes, through `collect_str`.
+        let mut buf = [0u8; 64];
+        let mut rest = &mut buf[..];
+        if write!(rest, "{self}").is_ok() {
+            let n = 64 - rest.len();
+            let id = std::str::from_utf8(&buf[..n]).expect("written from two strs");
+            s.serialize_str(id)
+        } else {
+            s.collect_str(self)
+        }
+    }
+}
+
 pub fn message(format: Format, data: &MessageData<'_>) -> Bytes {
     match format {
         Format::Sse => sse_event(Some(data.sequence), "message", Some(data)),
-        _ => encode(format, "message", None, Some(data)),
+        _ => {
+            // The envelope, the id, the sequence and the timestamp take
+            // ≈ 130 bytes in JSON; the strings, their own length and more
+            // if escaped.
+            let strings = data.room.len() + data.user.len() + data.content.len();
+            encode_sized(format, "message", None, Some(data), 160 + strings)
+        }
     }
 }
 
@@ -274,6 +327,31 @@ mod tests {
         assert_eq!(j["type"], "message");
         assert_eq!(j["data"]["sequence"], 7);
         assert_eq!(j["data"]["id"], "e1-7");
+    }
+
+    #[test]
+    fn a_message_id_is_epoch_and_sequence_however_long_the_epoch() {
+        let m = StoredMessage {
+            sequence: u64::MAX,
+            timestamp: 1,
+            user: "ann".into(),
+            content: "hi".into(),
+            client_msg_id: None,
+        };
+        // Parlor's own epochs fit the stack buffer; a longer one (and a
+        // quote, which JSON escapes) goes through `collect_str`.
+        for epoch in ["0123456789abcdef", &"e\"".repeat(40)] {
+            let data = MessageData::of("lobby", epoch, &m);
+            let want = format!("{epoch}-{}", u64::MAX);
+            for format in [Format::Json, Format::Msgpack] {
+                let f = message(format, &data);
+                let v: serde_json::Value = match format {
+                    Format::Json => serde_json::from_slice(payload(&f)).unwrap(),
+                    _ => rmp_serde::from_slice(payload(&f)).unwrap(),
+                };
+                assert_eq!(v["data"]["id"], want.as_str(), "{format:?}");
+            }
+        }
     }
 
     #[test]

@@ -171,15 +171,14 @@ impl Rooms {
                     self.commits.retries.push(retry);
                     return;
                 }
-                Err(new_id) => absent = Some((new_id, id)),
+                Err(new_id) => absent = Some(new_id),
             }
         }
         let sequence = match sequencing {
             Sequencing::Local => {
                 let sequence = room.seq.assign();
-                if let Some((new_id, id)) = absent {
-                    let (user, id) = (p.user.clone(), id.clone());
-                    room.dedup.insert_absent(new_id, user, id, sequence);
+                if let Some(new_id) = absent {
+                    room.dedup.insert_absent(new_id, sequence);
                 }
                 sequence
             }

@@ -74,7 +74,7 @@ impl Room {
         let markers = log.read_markers.into_iter().collect();
         let mut dedup = Dedup::new(limits.dedup_window);
         for (user, id, seq) in log.recent_ids {
-            dedup.insert(user, id, seq);
+            dedup.insert(&user, &id, seq);
         }
         let mut presence = match limits.sequencing {
             Sequencing::Local => Presence::default(),

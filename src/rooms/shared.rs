@@ -160,7 +160,7 @@ impl Rooms {
             room.persisted = true;
             for m in &run {
                 if let Some(id) = &m.client_msg_id {
-                    room.dedup.insert(m.user.clone(), id.clone(), m.sequence);
+                    room.dedup.insert(&m.user, id, m.sequence);
                 }
             }
             self.deliver(name, &run, now);
