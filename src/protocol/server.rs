@@ -122,20 +122,24 @@ impl std::fmt::Display for MessageId<'_> {
 
 impl Serialize for MessageId<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use std::io::Write;
         // On the stack: an epoch of parlor's (16 hex digits) and any
         // sequence fit, where `collect_str` would make a `String` for
         // MessagePack. A longer epoch (one a cluster's log chose) still
         // serializes, through `collect_str`.
+        let mut digits = itoa::Buffer::new();
+        let (epoch, sequence) = (
+            self.epoch.as_bytes(),
+            digits.format(self.sequence).as_bytes(),
+        );
+        let len = epoch.len() + 1 + sequence.len();
         let mut buf = [0u8; 64];
-        let mut rest = &mut buf[..];
-        if write!(rest, "{self}").is_ok() {
-            let n = 64 - rest.len();
-            let id = std::str::from_utf8(&buf[..n]).expect("written from two strs");
-            s.serialize_str(id)
-        } else {
-            s.collect_str(self)
-        }
+        let Some(id) = buf.get_mut(..len) else {
+            return s.collect_str(self);
+        };
+        id[..epoch.len()].copy_from_slice(epoch);
+        id[epoch.len()] = b'-';
+        id[epoch.len() + 1..].copy_from_slice(sequence);
+        s.serialize_str(std::str::from_utf8(id).expect("two strs and a '-'"))
     }
 }
 
