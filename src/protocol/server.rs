@@ -122,10 +122,10 @@ impl std::fmt::Display for MessageId<'_> {
 
 impl Serialize for MessageId<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // On the stack: an epoch of parlor's (16 hex digits) and any
-        // sequence fit, where `collect_str` would make a `String` for
-        // MessagePack. A longer epoch (one a cluster's log chose) still
-        // serializes, through `collect_str`.
+        // On the stack: an epoch as parlor makes them (16 hex digits) and
+        // any sequence fit, where `collect_str` would make a `String` for
+        // MessagePack. An epoch of another length, as a store file or a
+        // Redis log may hold, still serializes, through `collect_str`.
         let mut digits = itoa::Buffer::new();
         let (epoch, sequence) = (
             self.epoch.as_bytes(),
