@@ -1,9 +1,15 @@
-//! One round of the room core, as a shard runs it: `publishes` messages
-//! (each with a client id) spread over `rooms` rooms of 10 members are
-//! handled, handed on as one batch, and come back committed, so each is
-//! deduplicated, sequenced, encoded, fanned out to its room's outboxes and
-//! acked. No store: this is the shard's own work per message, what it adds
-//! on top of the log writer's commit in many small rooms.
+//! The room core's work as a shard runs it, without a store.
+//!
+//! - `commit_round`: `publishes` messages (each with a client id) spread
+//!   over `rooms` rooms of 10 members are handled, handed on as one batch,
+//!   and come back committed, so each is deduplicated, sequenced, encoded,
+//!   fanned out to its room's outboxes and acked: the shard's own work per
+//!   message, what it adds on top of the log writer's commit in many small
+//!   rooms.
+//! - `join`: a user joins a room of 999 online users (and leaves again, so
+//!   the next join meets the same room): `joined` and a presence snapshot
+//!   listing 1 000 users, what each of the first thousand joiners of a room
+//!   costs the shard in a join storm.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -24,11 +30,13 @@ struct World {
     rooms: Vec<RoomName>,
     /// Per room, its members.
     members: Vec<Vec<(Arc<Peer>, OutboxReceiver)>>,
+    /// Members per room.
+    size: usize,
     next_id: u64,
 }
 
 impl World {
-    fn new(rooms: usize) -> World {
+    fn new(rooms: usize, size: usize) -> World {
         let store = MemoryStore::new();
         let limits = Limits {
             dedup_window: 10_000,
@@ -47,10 +55,10 @@ impl World {
         let mut members = Vec::with_capacity(rooms);
         let mut replies = Vec::new();
         for (r, room) in names.iter().enumerate() {
-            let mut in_room = Vec::with_capacity(MEMBERS);
-            for m in 0..MEMBERS {
+            let mut in_room = Vec::with_capacity(size);
+            for m in 0..size {
                 let (outbox, rx) = Outbox::new(4096, 8 << 20);
-                let id = (r * MEMBERS + m) as u64;
+                let id = (r * size + m) as u64;
                 let peer = Arc::new(Peer::new(id, format!("u{id}").into(), Format::Json, outbox));
                 // A join whose session is gone (its reply dropped) is not made.
                 let (reply, joined) = oneshot::channel();
@@ -90,6 +98,7 @@ impl World {
             core,
             rooms: names,
             members,
+            size,
             next_id: 0,
         };
         world.drain();
@@ -101,7 +110,7 @@ impl World {
         (0..n)
             .map(|i| {
                 let r = i % self.rooms.len();
-                let (peer, _) = &self.members[r][i / self.rooms.len() % MEMBERS];
+                let (peer, _) = &self.members[r][i / self.rooms.len() % self.size];
                 self.next_id += 1;
                 Command::Publish(Publish {
                     room: self.rooms[r].clone(),
@@ -129,9 +138,39 @@ impl World {
         // Every message reached every member and was acked: the round
         // measured is the whole one, not refusals.
         let tally = self.core.take_tally();
-        assert_eq!(tally.deliveries, n * MEMBERS as u64);
+        assert_eq!(tally.deliveries, n * self.size as u64);
         assert_eq!(tally.acks, n);
         self.drain();
+    }
+
+    /// A new user joins the first room (and gets `joined` and the
+    /// snapshot), then leaves it.
+    fn join_and_leave(&mut self) {
+        self.next_id += 1;
+        let id = 1_000_000 + self.next_id;
+        let (outbox, mut rx) = Outbox::new(4096, 8 << 20);
+        let peer = Arc::new(Peer::new(id, format!("n{id}").into(), Format::Json, outbox));
+        let room = self.rooms[0].clone();
+        let (reply, mut joined) = oneshot::channel();
+        let join = Command::Join {
+            peer: peer.clone(),
+            room: room.clone(),
+            since: None,
+            epoch: None,
+            join: 1,
+            reply,
+        };
+        self.core.handle(join, NOW);
+        assert!(matches!(joined.try_recv(), Ok(Ok(()))), "joined");
+        let frames = peer.outbox.drain_frames(&mut rx);
+        assert_eq!(frames.len(), 2, "joined and the snapshot");
+        assert!(frames[1].len() > 40_000, "1 000 users listed");
+        let leave = Command::Leave {
+            room,
+            client_id: id,
+            explicit: false,
+        };
+        self.core.handle(leave, NOW);
     }
 
     fn drain(&mut self) {
@@ -145,7 +184,7 @@ fn commit_round(c: &mut Criterion) {
     let mut g = c.benchmark_group("commit_round");
     g.sample_size(20);
     for (rooms, publishes) in [(1usize, 64usize), (100, 512), (1000, 2048)] {
-        let world = RefCell::new(World::new(rooms));
+        let world = RefCell::new(World::new(rooms, MEMBERS));
         g.throughput(Throughput::Elements(publishes as u64));
         g.bench_function(BenchmarkId::new(format!("rooms/{rooms}"), publishes), |b| {
             b.iter_batched(
@@ -158,5 +197,12 @@ fn commit_round(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commit_round);
+fn join(c: &mut Criterion) {
+    let mut g = c.benchmark_group("join");
+    let mut world = World::new(1, 999);
+    g.bench_function("room_of_1000", |b| b.iter(|| world.join_and_leave()));
+    g.finish();
+}
+
+criterion_group!(benches, commit_round, join);
 criterion_main!(benches);

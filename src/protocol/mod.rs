@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod listing;
 pub mod room;
 pub mod server;
 pub mod status;

@@ -19,7 +19,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::protocol::Status;
+use crate::protocol::{Format, Status};
 use crate::store::RemoteNode;
 
 /// Most users listed in a `presence` frame (PROTOCOL.md §3).
@@ -32,6 +32,37 @@ struct Online {
     nodes: u32,
     last_seen: u64,
     status: Status,
+    /// The user's entry in a listing, as last encoded for each format:
+    /// dropped whenever `last_seen` or `status` changes. Only users a
+    /// snapshot listed have one.
+    entries: Option<Box<Entries>>,
+}
+
+/// Encoded entries of one user, by `Format::index`.
+type Entries = [Option<Box<[u8]>>; Format::COUNT];
+
+impl Online {
+    fn new(now_ms: u64) -> Online {
+        Online {
+            connections: 0,
+            nodes: 0,
+            last_seen: now_ms,
+            status: Status::default(),
+            entries: None,
+        }
+    }
+
+    fn set_last_seen(&mut self, now_ms: u64) {
+        if self.last_seen != now_ms {
+            self.last_seen = now_ms;
+            self.entries = None;
+        }
+    }
+
+    fn set_status(&mut self, status: &Status) {
+        self.status = status.clone();
+        self.entries = None;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +114,13 @@ pub struct Snapshot<'a> {
     pub truncated: bool,
 }
 
+/// The first users by name as encoded entries (see `Presence::listing`).
+pub struct Listing<'a> {
+    pub count: usize,
+    pub entries: Vec<&'a [u8]>,
+    pub truncated: bool,
+}
+
 /// One window's changes, each by name.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -106,14 +144,12 @@ impl Presence {
     /// A connection of `user` joined with the user's `status` (their most
     /// recent); returns whether the user came online.
     pub fn add(&mut self, user: &Arc<str>, now_ms: u64, status: &Status) -> bool {
-        let online = self.users.entry(user.clone()).or_insert(Online {
-            connections: 0,
-            nodes: 0,
-            last_seen: now_ms,
-            status: Status::default(),
-        });
+        let online = self
+            .users
+            .entry(user.clone())
+            .or_insert(Online::new(now_ms));
         online.connections += 1;
-        online.last_seen = now_ms;
+        online.set_last_seen(now_ms);
         if online.connections > 1 {
             return false;
         }
@@ -122,7 +158,7 @@ impl Presence {
         let came = online.nodes == 0;
         let restatus = online.status != *status;
         if came || restatus {
-            online.status = status.clone();
+            online.set_status(status);
         }
         if let Some(local) = &mut self.local {
             record(local, user, Change::Join);
@@ -148,7 +184,7 @@ impl Presence {
         if online.status == *status {
             return false;
         }
-        online.status = status.clone();
+        online.set_status(status);
         self.version += 1;
         self.statuses.insert(user.clone());
         true
@@ -187,15 +223,13 @@ impl Presence {
     }
 
     fn remote_add(&mut self, user: &Arc<str>, now_ms: u64) {
-        let online = self.users.entry(user.clone()).or_insert(Online {
-            connections: 0,
-            nodes: 0,
-            last_seen: now_ms,
-            status: Status::default(),
-        });
+        let online = self
+            .users
+            .entry(user.clone())
+            .or_insert(Online::new(now_ms));
         online.nodes += 1;
         if online.nodes == 1 && online.connections == 0 {
-            online.last_seen = now_ms;
+            online.set_last_seen(now_ms);
             self.version += 1;
             record(&mut self.changes, user, Change::Join);
         }
@@ -296,7 +330,7 @@ impl Presence {
 
     pub fn seen(&mut self, user: &Arc<str>, now_ms: u64) {
         if let Some(o) = self.users.get_mut(user) {
-            o.last_seen = now_ms;
+            o.set_last_seen(now_ms);
         }
     }
 
@@ -345,6 +379,34 @@ impl Presence {
             users,
         }
     }
+
+    /// A listing of the first `listed` (at most `MAX_LISTED`) users by name,
+    /// as entries encoded for `format` by `encode` (user, lastSeen,
+    /// status): each user's entry is encoded once and kept until their
+    /// `lastSeen` or status changes.
+    pub fn listing<F>(&mut self, listed: usize, format: Format, encode: F) -> Listing<'_>
+    where
+        F: Fn(&str, u64, &Status) -> Box<[u8]>,
+    {
+        let listed = listed.min(MAX_LISTED);
+        let count = self.users.len();
+        let slot = format.index();
+        let entries: Vec<&[u8]> = self
+            .users
+            .iter_mut()
+            .take(listed)
+            .map(|(user, o)| {
+                let kept = o.entries.get_or_insert_with(Default::default);
+                let entry = kept[slot].get_or_insert_with(|| encode(user, o.last_seen, &o.status));
+                &entry[..]
+            })
+            .collect();
+        Listing {
+            count,
+            truncated: count > entries.len(),
+            entries,
+        }
+    }
 }
 
 /// Records a change; the opposite change still unannounced cancels it.
@@ -363,6 +425,7 @@ fn record(changes: &mut BTreeMap<Arc<str>, Change>, user: &Arc<str>, change: Cha
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Availability;
 
     fn diff(node: &str, version: u64, joins: &[&str], leaves: &[&str]) -> RemoteUpdate {
         RemoteUpdate::Diff {
@@ -475,6 +538,63 @@ mod tests {
             vec![(a.clone(), away.clone()), (b.clone(), busy)]
         );
         assert_eq!(p.snapshot(10).users[0].2, &away);
+    }
+
+    #[test]
+    fn a_listing_encodes_each_entry_once_until_it_changes() {
+        use std::cell::Cell;
+        let encoded = Cell::new(0);
+        let encode = |user: &str, seen: u64, status: &Status| {
+            encoded.set(encoded.get() + 1);
+            let text = status.text.as_deref().unwrap_or("");
+            let entry = format!("{user}@{seen}:{}:{text}", status.availability.as_str());
+            entry.into_bytes().into_boxed_slice()
+        };
+        let listed = |p: &mut Presence, format| -> Vec<String> {
+            let l = p.listing(usize::MAX, format, encode);
+            let entries = l.entries.iter();
+            entries
+                .map(|e| String::from_utf8(e.to_vec()).unwrap())
+                .collect()
+        };
+        let (ann, bob): (Arc<str>, Arc<str>) = ("ann".into(), "bob".into());
+        let mut p = Presence::default();
+        p.add(&bob, 1, &Status::default());
+        p.add(&ann, 2, &Status::default());
+        assert_eq!(
+            listed(&mut p, Format::Json),
+            ["ann@2:online:", "bob@1:online:"]
+        );
+        assert_eq!(
+            listed(&mut p, Format::Json),
+            ["ann@2:online:", "bob@1:online:"]
+        );
+        assert_eq!(encoded.get(), 2, "kept for the second listing");
+        listed(&mut p, Format::Msgpack);
+        assert_eq!(encoded.get(), 4, "each format has its own");
+
+        // What an entry shows changes: that entry alone is encoded again.
+        p.seen(&bob, 7);
+        let away = Status {
+            availability: Availability::Away,
+            text: Some("lunch".into()),
+        };
+        p.set_status(&ann, &away);
+        encoded.set(0);
+        let now = listed(&mut p, Format::Json);
+        assert_eq!(now, ["ann@2:away:lunch", "bob@7:online:"]);
+        assert_eq!(encoded.get(), 2);
+        // A second connection of a user online refreshes its lastSeen.
+        p.add(&ann, 9, &away);
+        p.seen(&bob, 7);
+        encoded.set(0);
+        let now = listed(&mut p, Format::Json);
+        assert_eq!(now, ["ann@9:away:lunch", "bob@7:online:"]);
+        assert_eq!(encoded.get(), 1, "bob's lastSeen is what it was");
+        // Online again after leaving: a fresh entry.
+        p.remove(&bob);
+        p.add(&bob, 12, &Status::default());
+        assert_eq!(listed(&mut p, Format::Json)[1], "bob@12:online:");
     }
 
     #[test]

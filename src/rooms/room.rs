@@ -17,7 +17,7 @@ use super::presence::{Presence, RemoteUpdate, MAX_LISTED};
 use super::sequencer::Sequencer;
 use super::{Command, Limits, Millis};
 use crate::protocol::server as msg;
-use crate::protocol::{Format, RoomName};
+use crate::protocol::{listing, Format, RoomName, Status};
 use crate::store::{RoomLog, Sequencing};
 
 /// Most messages one catch-up read brings.
@@ -150,10 +150,19 @@ impl Room {
         }
         let slot = &mut self.snapshots.frames[format.index()];
         slot.get_or_insert_with(|| {
-            // Kept while it serves: copied out of the encoder's grown
-            // buffer (up to twice its size) into one of its own length.
-            let frame = presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED);
-            Bytes::copy_from_slice(&frame)
+            if format == Format::Sse {
+                // Kept while it serves: copied out of the encoder's grown
+                // buffer (up to twice its size) into one of its own length.
+                let frame = presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED);
+                return Bytes::copy_from_slice(&frame);
+            }
+            // Sized to fit: put together from the users' kept entries.
+            let l = self
+                .presence
+                .listing(MAX_LISTED, format, |user, last_seen, status| {
+                    listing::entry(format, &presence_user(user, last_seen, status))
+                });
+            listing::frame(format, self.name.as_str(), l.count, &l.entries, l.truncated)
         })
         .clone()
     }
@@ -424,16 +433,21 @@ pub fn presence_frame(
         users: snap
             .users
             .iter()
-            .map(|(user, last_seen, status)| msg::PresenceUser {
-                user,
-                status: status.availability.as_str(),
-                text: status.text.as_deref(),
-                last_seen: *last_seen,
-            })
+            .map(|(user, last_seen, status)| presence_user(user, *last_seen, status))
             .collect(),
         truncated: snap.truncated,
     };
     msg::encode(format, "presence", None, Some(data))
+}
+
+/// A user's entry in a `presence` frame.
+fn presence_user<'a>(user: &'a str, last_seen: u64, status: &'a Status) -> msg::PresenceUser<'a> {
+    msg::PresenceUser {
+        user,
+        status: status.availability.as_str(),
+        text: status.text.as_deref(),
+        last_seen,
+    }
 }
 
 #[cfg(test)]
