@@ -23,6 +23,12 @@ use crate::store::{RoomLog, Sequencing};
 /// Most messages one catch-up read brings.
 const READ_CHUNK: usize = 1000;
 
+/// A room with fewer users online encodes its snapshot afresh each time
+/// (a few µs) instead of from entries kept per user (see
+/// `Presence::listing`): small rooms, the most numerous, keep no entries,
+/// which would cost each of their users ≈ 130 bytes.
+const KEPT_ENTRIES_FROM: usize = 64;
+
 /// Encoded presence snapshots, reused until the set of online users changes
 /// or the window passes (so `lastSeen` is at most one window stale): a flood
 /// of `presence` requests or joins costs one encoding per window.
@@ -150,7 +156,7 @@ impl Room {
         }
         let slot = &mut self.snapshots.frames[format.index()];
         slot.get_or_insert_with(|| {
-            if format == Format::Sse {
+            if format == Format::Sse || self.presence.count() < KEPT_ENTRIES_FROM {
                 // Kept while it serves: copied out of the encoder's grown
                 // buffer (up to twice its size) into one of its own length.
                 let frame = presence_frame(&self.name, Some(&self.presence), format, MAX_LISTED);
@@ -510,6 +516,41 @@ mod tests {
         assert!(
             String::from_utf8_lossy(&d).contains("bob"),
             "a join shows at once"
+        );
+    }
+
+    #[test]
+    fn a_big_rooms_snapshot_from_kept_entries_is_the_encoders() {
+        let mut r = room();
+        let now = 1_700_000_000_000;
+        for i in 0..(KEPT_ENTRIES_FROM + 6) {
+            join(&mut r, peer(i as u64, &format!("u{i:03}")), now + i as u64);
+        }
+        let encoded =
+            |r: &Room, format| presence_frame(&r.name, Some(&r.presence), format, MAX_LISTED);
+        for format in [Format::Json, Format::Msgpack] {
+            assert!(
+                r.presence_frame(format, now) == encoded(&r, format),
+                "{format:?}"
+            );
+        }
+        // What a listed user shows changes: the next snapshot shows it.
+        let u007: Arc<str> = "u007".into();
+        r.presence.seen(&u007, now + 500);
+        let away = Status {
+            availability: crate::protocol::Availability::Away,
+            text: Some("back at 3".into()),
+        };
+        r.presence.set_status(&"u010".into(), &away);
+        join(&mut r, peer(999, "a-first"), now + 600);
+        for format in [Format::Json, Format::Msgpack] {
+            let frame = r.presence_frame(format, now + 600);
+            assert!(frame == encoded(&r, format), "{format:?} after changes");
+        }
+        let text = String::from_utf8_lossy(&r.presence_frame(Format::Json, now + 600)).into_owned();
+        assert!(
+            text.contains("back at 3") && text.contains("a-first"),
+            "{text}"
         );
     }
 }
