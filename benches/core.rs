@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use parlor::error::ErrorCode;
 use parlor::outbox::{Outbox, OutboxReceiver};
 use parlor::protocol::{Format, RoomName};
 use parlor::rooms::fanout::Sequential;
@@ -33,6 +34,32 @@ struct World {
     /// Members per room.
     size: usize,
     next_id: u64,
+}
+
+/// A session's peer (JSON) and the receiving end of its outbox.
+fn session(id: u64, user: String) -> (Arc<Peer>, OutboxReceiver) {
+    let (outbox, rx) = Outbox::new(4096, 8 << 20);
+    (
+        Arc::new(Peer::new(id, user.into(), Format::Json, outbox)),
+        rx,
+    )
+}
+
+/// `peer`'s live join of `room`, and where its answer comes.
+fn live_join(
+    peer: &Arc<Peer>,
+    room: &RoomName,
+) -> (Command, oneshot::Receiver<Result<(), ErrorCode>>) {
+    let (reply, joined) = oneshot::channel();
+    let join = Command::Join {
+        peer: peer.clone(),
+        room: room.clone(),
+        since: None,
+        epoch: None,
+        join: 1,
+        reply,
+    };
+    (join, joined)
 }
 
 impl World {
@@ -57,23 +84,12 @@ impl World {
         for (r, room) in names.iter().enumerate() {
             let mut in_room = Vec::with_capacity(size);
             for m in 0..size {
-                let (outbox, rx) = Outbox::new(4096, 8 << 20);
                 let id = (r * size + m) as u64;
-                let peer = Arc::new(Peer::new(id, format!("u{id}").into(), Format::Json, outbox));
+                let (peer, rx) = session(id, format!("u{id}"));
                 // A join whose session is gone (its reply dropped) is not made.
-                let (reply, joined) = oneshot::channel();
+                let (join, joined) = live_join(&peer, room);
                 replies.push(joined);
-                core.handle(
-                    Command::Join {
-                        peer: peer.clone(),
-                        room: room.clone(),
-                        since: None,
-                        epoch: None,
-                        join: 1,
-                        reply,
-                    },
-                    NOW,
-                );
+                core.handle(join, NOW);
                 in_room.push((peer, rx));
             }
             members.push(in_room);
@@ -148,18 +164,9 @@ impl World {
     fn join_and_leave(&mut self) {
         self.next_id += 1;
         let id = 1_000_000 + self.next_id;
-        let (outbox, mut rx) = Outbox::new(4096, 8 << 20);
-        let peer = Arc::new(Peer::new(id, format!("n{id}").into(), Format::Json, outbox));
+        let (peer, mut rx) = session(id, format!("n{id}"));
         let room = self.rooms[0].clone();
-        let (reply, mut joined) = oneshot::channel();
-        let join = Command::Join {
-            peer: peer.clone(),
-            room: room.clone(),
-            since: None,
-            epoch: None,
-            join: 1,
-            reply,
-        };
+        let (join, mut joined) = live_join(&peer, &room);
         self.core.handle(join, NOW);
         assert!(matches!(joined.try_recv(), Ok(Ok(()))), "joined");
         let frames = peer.outbox.drain_frames(&mut rx);
