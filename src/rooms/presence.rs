@@ -34,7 +34,11 @@ struct Online {
     status: Status,
     /// The user's entry in a listing, as last encoded for each format:
     /// dropped whenever `last_seen` or `status` changes. Only users a
-    /// snapshot listed have one.
+    /// snapshot listed have one (among the first `MAX_LISTED` by name at
+    /// the time); one pushed past them by later joiners keeps it until it
+    /// changes or leaves: in a room far above `MAX_LISTED` whose users
+    /// arrive in random name order, ≈ MAX_LISTED × ln(users / MAX_LISTED)
+    /// of them, ≈ 130 bytes each.
     entries: Option<Box<Entries>>,
 }
 
