@@ -43,8 +43,12 @@ pub fn frame(
     entries: &[&[u8]],
     truncated: bool,
 ) -> Bytes {
+    // Sized to fit, so that the frame (kept while it serves) never grows
+    // into twice its size: the fixed parts take < 128 bytes in either
+    // format, the room at most twice its length escaped, each entry a
+    // separator at most.
     let listed: usize = entries.iter().map(|e| e.len() + 1).sum();
-    let mut buf = frame::payload_buffer(64 + room.len() * 2 + listed);
+    let mut buf = frame::payload_buffer(128 + room.len() * 2 + listed);
     match format {
         Format::Json => {
             buf.extend_from_slice(br#"{"type":"presence","data":{"room":"#);
@@ -141,6 +145,11 @@ mod tests {
                     let entries: Vec<&[u8]> = kept.iter().map(|e| &e[..]).collect();
                     let truncated = count > listed;
                     let assembled = frame(format, room, count, &entries, truncated);
+                    // Within the buffer `frame` sized: the fixed parts
+                    // fit in their 128 bytes.
+                    let sized: usize = entries.iter().map(|e| e.len() + 1).sum();
+                    let bound = frame::MAX_HEADER + 128 + room.len() * 2 + sized;
+                    assert!(assembled.len() <= bound, "{format:?}: outgrew its buffer");
                     let data = Presence {
                         room,
                         count,
