@@ -218,10 +218,29 @@ async fn connections_per_user_are_limited() {
     let mut cfg = config();
     cfg.max_conns_per_user = Some(1);
     let server = start(cfg).await;
-    let _a = connect(server.addr, "solo").await;
-    let r = http(server.addr, "GET", "/ws?user=solo", &UPGRADE, None).await;
-    assert_eq!(r.status, 429);
+    let solo = connect(server.addr, "solo").await;
+    // A refusal takes no slot and gives none back: the next is refused too.
+    for _ in 0..2 {
+        let refused = try_connect(server.addr, &Opts::user("solo")).await;
+        let e = refused
+            .err()
+            .expect("a second session of solo was admitted");
+        assert!(e.to_string().contains("429"), "{e}");
+    }
     let _other = connect(server.addr, "someone-else").await;
+    // The slot comes back once the session has ended (as the server
+    // notices the close: tried again until then).
+    drop(solo);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let _again = loop {
+        match try_connect(server.addr, &Opts::user("solo")).await {
+            Ok(ws) => break ws,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let r = http(server.addr, "GET", "/ws?user=solo", &UPGRADE, None).await;
+    assert_eq!(r.status, 429, "the slot is taken again");
 }
 
 /// Found from outside: a token whose `rooms` claim is `["lobby","team-*"]`

@@ -2,7 +2,10 @@
 //! of them wins) and the rooms any of them is in, so that a status change
 //! reaches every room that shows the user. The sessions of one user hold
 //! the same `Account` (see `session::Accounts`); the room core only reads
-//! the status when a connection joins.
+//! the status when a connection joins. It also counts the user's open
+//! sessions, for `--max-conns-per-user`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -15,6 +18,8 @@ pub struct Account {
     status: Mutex<Status>,
     /// Rooms the user's sessions are joined to, with how many of them.
     rooms: Mutex<RoomCounts>,
+    /// Sessions of the user that hold a slot (`session::Accounts::admit`).
+    sessions: AtomicUsize,
 }
 
 impl Account {
@@ -43,5 +48,26 @@ impl Account {
     /// One of the user's sessions left `room`.
     pub fn left(&self, room: &RoomName) {
         self.rooms.lock().sub(room);
+    }
+
+    /// The user's sessions holding a slot.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot unless `max` are taken. Callers serialize the check
+    /// (`Accounts::admit` holds its map's lock), so two sessions never
+    /// both take the last slot; a slot given back meanwhile only makes
+    /// the check stricter for that instant.
+    pub(crate) fn take_slot(&self, max: Option<usize>) -> bool {
+        if max.is_some_and(|max| self.sessions() >= max) {
+            return false;
+        }
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    pub(crate) fn give_slot(&self) {
+        self.sessions.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -34,6 +34,9 @@ pub struct Conn {
     /// A connection over `--max-connections` on the `--admin-reserve`:
     /// it may ask for `/healthz` and `/metrics` only.
     pub reserve: bool,
+    /// Where an upgrade leaves its session, for the connection's task to
+    /// start once hyper hands the socket back.
+    pub pending: upgrade::PendingSlot,
 }
 
 pub async fn route(req: Request<Incoming>, conn: Conn) -> Response<Body> {

@@ -13,7 +13,6 @@ mod tls;
 mod upgrade;
 mod web;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +61,6 @@ pub struct Ctx {
     /// One permit per connection over that limit that may only ask for
     /// `/healthz` or `/metrics` (`--admin-reserve`).
     reserve: Arc<Semaphore>,
-    /// Open WebSocket sessions per user, for `--max-conns-per-user`.
-    per_user: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
     /// `POST /api/.../messages` as a user (a user's token, or the open
     /// API): the WebSocket's `message` rate, per user.
     pub posts: api::PostLimits,
@@ -90,45 +87,19 @@ impl Ctx {
     }
 
     /// Counts a new session of `user`; `None` when the user is at the limit.
-    /// The returned guard uncounts it when dropped.
-    pub fn admit_user(self: &Arc<Self>, user: &Arc<str>) -> Option<UserSlot> {
-        let mut map = self.per_user.lock();
-        let n = map.entry(user.clone()).or_insert(0);
-        if self
-            .config()
-            .max_conns_per_user
-            .is_some_and(|max| *n >= max)
-        {
-            return None;
-        }
-        *n += 1;
-        Some(UserSlot {
-            ctx: self.clone(),
-            user: user.clone(),
-        })
+    /// The returned slot uncounts it when dropped, and carries the account
+    /// the session shares with the user's others.
+    pub fn admit_user(&self, user: &Arc<str>) -> Option<UserSlot> {
+        let max = self.config().max_conns_per_user;
+        self.env.accounts.admit(user, max)
     }
 }
 
 /// A connection's place under `--max-connections`.
 pub type ConnSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
-/// A session's place in the per-user count.
-pub struct UserSlot {
-    ctx: Arc<Ctx>,
-    user: Arc<str>,
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut map = self.ctx.per_user.lock();
-        if let Some(n) = map.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.user);
-            }
-        }
-    }
-}
+/// A session's place in its user's count (`--max-conns-per-user`).
+pub type UserSlot = session::AccountSlot;
 
 /// A started server.
 pub struct Running {
@@ -279,7 +250,6 @@ async fn start_with(
         draining: AtomicBool::new(false),
         connections: Arc::new(Semaphore::new(config_max_connections)),
         reserve: Arc::new(Semaphore::new(admin_reserve)),
-        per_user: Default::default(),
         posts: Default::default(),
     });
     let tasks = TaskTracker::new();
@@ -494,7 +464,8 @@ struct Admitted {
 /// Serves HTTP on one connection until the client is done, a deadline
 /// passes (request head, body, an unread response) or the server shuts
 /// down: then the connection is asked to finish its request in flight and
-/// closed `HTTP_DRAIN` later if it has not.
+/// closed `HTTP_DRAIN` later if it has not. After a WebSocket upgrade this
+/// task starts the session (a task of its own) and ends.
 async fn serve_connection<I>(io: I, conn: Admitted)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -512,12 +483,15 @@ where
         ctx.config().write_timeout(),
         metrics.http_timeouts.with_label_values(&["write"]),
     );
+    let pending = upgrade::PendingSlot::default();
+    let (env, session_tasks, upgrade) = (ctx.env.clone(), tasks.clone(), pending.clone());
     let service = hyper::service::service_fn(move |req| {
         let conn = http::Conn {
             ctx: ctx.clone(),
             tasks: tasks.clone(),
             slot: slot.clone(),
             reserve,
+            pending: upgrade.clone(),
         };
         async move { Ok::<_, std::convert::Infallible>(http::route(req, conn).await) }
     });
@@ -555,5 +529,11 @@ where
             metrics.http_timeouts.with_label_values(&["header"]).inc();
         }
         tracing::debug!(cause = %e, "HTTP connection ended with an error");
+    }
+    // An upgrade is a connection's last request: its session starts now
+    // that hyper has handed the socket back.
+    let pending = pending.lock().take();
+    if let Some(pending) = pending {
+        pending.start(env, &session_tasks).await;
     }
 }

@@ -78,7 +78,7 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
     let (outbox, mut rx) = Outbox::new(cfg.outbox_frames, cfg.outbox_bytes);
     let mut peer = Peer::new(env.next_client_id(), who.clone(), Format::Sse, outbox);
     peer.presence_events = matches!(query.get("presence"), Some("1" | "true"));
-    peer.account = env.accounts.get(&who);
+    peer.account = user_slot.account().clone();
     let peer = Arc::new(peer);
     let (reply, joined) = oneshot::channel();
     let join = Command::Join {

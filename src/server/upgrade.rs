@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fastwebsockets::upgrade::UpgradeFut;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -78,8 +79,8 @@ pub(super) fn identify(
 pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<Body> {
     let Conn {
         ctx,
-        tasks,
         slot: conn_slot,
+        pending,
         ..
     } = conn;
     let query = Query::parse(req.uri().query());
@@ -137,26 +138,52 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
         format,
         echo,
         grant,
+        account: slot.account().clone(),
     };
-    let session_tasks = tasks.clone();
-    tasks.spawn(async move {
-        let ws = match upgraded.await {
+    // The connection's task starts the session once hyper has written the
+    // 101 and handed the socket back (`serve_connection`): no task of its
+    // own waits for that.
+    *pending.lock() = Some(Pending {
+        upgraded,
+        params,
+        slots: (slot, conn_slot),
+    });
+    response
+}
+
+/// A WebSocket session agreed on in a 101, waiting for hyper to hand the
+/// socket back. One per HTTP connection at most: an upgrade is its last
+/// request.
+pub struct Pending {
+    upgraded: UpgradeFut,
+    params: Params,
+    /// Held until the session ends.
+    slots: (UserSlot, ConnSlot),
+}
+
+/// Where `upgrade` leaves the session for the connection's task to start.
+pub type PendingSlot = Arc<parking_lot::Mutex<Option<Pending>>>;
+
+impl Pending {
+    /// Starts the session once its connection has been handed back: when
+    /// hyper's connection future has ended, the upgrade is complete (or
+    /// failed), so this does not wait.
+    pub async fn start(self, env: Arc<Env>, tasks: &TaskTracker) {
+        let ws = match self.upgraded.await {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::debug!(cause = %e, "upgrade did not complete");
                 return;
             }
         };
-        let slots = (slot, conn_slot);
         session_over(
             ws.into_inner().into_inner(),
-            params,
-            ctx.env.clone(),
-            slots,
-            &session_tasks,
+            self.params,
+            env,
+            self.slots,
+            tasks,
         );
-    });
-    response
+    }
 }
 
 /// Starts the session on an upgraded connection as a task of its own, sized

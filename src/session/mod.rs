@@ -31,11 +31,11 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{server as msg, Format};
-use crate::rooms::{Budget, Peer};
+use crate::rooms::{Account, Budget, Peer};
 use crate::shard::Shards;
 use crate::store::Store;
 
-pub use accounts::Accounts;
+pub use accounts::{AccountSlot, Accounts};
 pub use frames::{ByteSource, FrameReader};
 pub use history::history_page;
 
@@ -127,6 +127,9 @@ pub struct Params {
     pub echo: bool,
     /// What the client's token allows (`None`: authentication is off).
     pub grant: Option<Grant>,
+    /// The user's account, shared with their other sessions (from the
+    /// slot the connection was admitted with).
+    pub account: Arc<Account>,
 }
 
 /// The session's own end of its peer: the rooms hold the `Peer`; the reader
@@ -165,7 +168,7 @@ where
     let (outbox, rx) = Outbox::new(cfg.outbox_frames, max_bytes);
     let mut peer = Peer::new(client_id, params.user.clone(), params.format, outbox);
     peer.new_rooms = Budget::per_minute(cfg.room_creations_per_min, cfg.room_creations_per_min);
-    peer.account = env.accounts.get(&params.user);
+    peer.account = params.account;
     let session = Arc::new(Session {
         peer: Arc::new(peer),
         writer_done: Notify::new(),
