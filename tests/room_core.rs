@@ -128,7 +128,7 @@ async fn a_failed_commit_fails_only_the_batch_that_caused_it() {
     assert_eq!(bad_post.json()["error"]["code"], "internal");
 }
 
-/// Found from outside: opening a room ran on the shard thread, so one cold
+/// Found from outside: opening a room ran on the shard itself, so one cold
 /// room (a slow first load) stalled every room of its shard.
 #[tokio::test]
 async fn a_cold_room_does_not_stall_its_shard() {

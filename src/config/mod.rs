@@ -113,8 +113,8 @@ pub struct Config {
     #[arg(long, env = "PARLOR_WORKERS")]
     pub workers: Option<usize>,
 
-    /// Room shards, each sequencing its share of the rooms on a thread of
-    /// its own (durable store) [default: one per three workers].
+    /// Room shards, each sequencing its share of the rooms as a task on
+    /// the server's runtime [default: one per three workers].
     #[arg(long, env = "PARLOR_SHARDS")]
     pub shards: Option<usize>,
 

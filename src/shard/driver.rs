@@ -1,7 +1,7 @@
 //! The thin driver of one shard: feeds its room core (`rooms::Rooms`)
 //! commands, the time and the completions of its effects, and performs those
-//! effects without ever blocking the shard (a task on the server's runtime,
-//! or a thread of its own: see `shard`):
+//! effects without ever blocking the shard (a task on the server's runtime:
+//! see `shard`):
 //!
 //! - a room load runs on the blocking pool and parks only that room;
 //! - a catch-up read waits (as a task) for room in the member's outbox, then

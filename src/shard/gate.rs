@@ -6,13 +6,13 @@
 //! that is not a message (a join or a presence request is answered at
 //! once), the commit's return and the gather's deadline.
 //!
-//! Why: with the log writer, the shard is a thread of its own, and waking
-//! a sleeping thread costs a futex call on the waker's side and a context
-//! switch on the shard's. With 64 publishers each awaiting its ack, each
-//! of the ≈ 55 messages of a commit woke the shard while it gathered them,
-//! and each straggler while the commit was in flight: ≈ 1.2 futex calls
-//! per message, where the memory store makes almost none. In a burst into
-//! many small rooms the shard was woken for a few messages at a time.
+//! Why: each wake costs the shard a round of its driver for what may be
+//! one message. With 64 publishers each awaiting its ack, each of the
+//! ≈ 55 messages of a commit woke the shard while it gathered them, and
+//! each straggler while the commit was in flight; when a durable store's
+//! shard had a thread of its own, that was ≈ 1.2 futex calls per message,
+//! where the memory store made almost none. In a burst into many small
+//! rooms the shard was woken for a few messages at a time.
 //!
 //! No wake is lost between a sender's check and the shard's lowering the
 //! gate: the sender queues (and counts an urgent command), then reads the

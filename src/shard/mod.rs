@@ -12,27 +12,31 @@
 //! that only changes memory has no sync to share: each shard commits its
 //! batch itself (`Store::appends_in_memory`), and no log writer runs.
 //!
-//! Where a shard runs follows from where its commits complete:
-//! - With a store that only changes memory, a shard is a task on the
-//!   server's runtime. A session's command wakes it on the same worker
-//!   (tokio's local queue) and its fan-out wakes sessions the same way,
-//!   where a thread of its own cost two wake-ups of a sleeping thread per
-//!   round trip (≈ 17 µs of CPU each on a small VM).
-//! - With a store that commits on the log writer, a shard is a thread of its
-//!   own (running its driver on a current-thread runtime). Each commit
-//!   completes on the log writer's thread, and a wake from outside the
-//!   runtime queues the task behind every session its last fan-out woke:
-//!   a durable room's next commit then waited for the previous message to
-//!   be written to all members (1 000 members, 10 msg/s: p50 +6 ms). A
-//!   thread is woken at once.
+//! A shard is a task on the server's runtime, whatever the store. A
+//! session's command wakes it on the same worker (tokio's local queue) and
+//! its fan-out wakes sessions the same way, where a thread of its own costs
+//! two wake-ups of a sleeping thread per round trip. A commit completes on
+//! the log writer's thread, so its wake comes from outside the runtime and
+//! queues the shard behind the sessions its last fan-out woke: a commit's
+//! acks and fan-out can start a little later than on a thread of its own.
+//! That was once measured at +6 ms p50 in 1 room × 1 000 at 10 msg/s,
+//! which is why durable stores had their shards on threads. With today's
+//! writers, in 51 runs of that scenario on redb (27 with tasks, 24 with
+//! threads, most in interleaved pairs), a task adds
+//! ≈ 0.3 ms to the p50 (3.0–3.3 against 2.7–3.0 ms) and nothing to the p99
+//! (5.0–6.0 against 5.3–6.1 ms in all but three runs: two of the task's,
+//! at 23 and 102 ms, one of the thread's, at 7 ms with a 36 ms max). The
+//! thread's wake-ups cost more: 11 % of the server's CPU in a storm of
+//! 19 000 joins (one wake per join), 2.5 % per delivery in 100 rooms × 10,
+//! and 11 % of durable-64's acks/s.
 //!
-//! Big rooms' fan-out spreads over the fan-out pool (`pool`) either way, so
-//! every core delivers a big room's traffic.
+//! Big rooms' fan-out spreads over the fan-out pool (`pool`), so every core
+//! delivers a big room's traffic.
 //!
 //! While a shard's batch is with the log writer, and while it gathers the
 //! next one after a commit (`gather`), the sessions queue messages for it
 //! without waking it, until as many have queued as it waits for (`gate`):
-//! its thread is not woken once per message.
+//! it is not woken once per message.
 //!
 //! How many shards (`Config::shards`): one per three workers by default.
 //! Many small rooms are the shards' heaviest load, and there a shard does
@@ -40,8 +44,9 @@
 //! below ≈ 60 % busy when every core is. More shards than that cost more
 //! than they spread: each is woken by the sessions on its own and takes
 //! smaller rounds per wake. On two cores, with the durable store, in
-//! 100 rooms × 10, two shard threads were woken twice as often as one and
-//! took 7–17 % more of the server's CPU (four interleaved pairs).
+//! 100 rooms × 10, two shards were woken twice as often as one and took
+//! 7–17 % more of the server's CPU (four interleaved pairs, measured when
+//! such shards had threads of their own).
 
 mod driver;
 mod gate;
@@ -102,27 +107,20 @@ pub struct Shards {
     ended: parking_lot::Mutex<Option<Ended>>,
 }
 
-type Ended = (Vec<Runner>, Option<std::thread::JoinHandle<()>>);
-
-/// Where a shard's driver runs (see the module doc).
-enum Runner {
-    Task(JoinHandle<()>),
-    Thread(std::thread::JoinHandle<()>),
-}
+type Ended = (Vec<JoinHandle<()>>, Option<std::thread::JoinHandle<()>>);
 
 impl Shards {
-    /// Starts the shards: tasks on the current runtime (call it from within
-    /// one) or threads with the log writer's, as the store commits.
+    /// Starts the shards as tasks on the current runtime (call it from
+    /// within one), and the log writer's thread if the store commits.
     pub fn start(env: ShardEnv) -> std::io::Result<Shards> {
         let n = env.config.shards();
-        let as_tasks = env.store.appends_in_memory();
         let mut senders = Vec::with_capacity(n);
         let mut gates = Vec::with_capacity(n);
         let mut runners = Vec::with_capacity(n);
         let stop = CancellationToken::new();
         // A store whose appends only change memory has no sync to share:
         // each shard commits its batches itself, and no log writer runs.
-        let (log, log_thread) = if as_tasks {
+        let (log, log_thread) = if env.store.appends_in_memory() {
             (None, None)
         } else {
             let (log, thread) =
@@ -136,20 +134,7 @@ impl Shards {
             let shard = driver::run(i, env, log, rx, gate.clone(), stop);
             senders.push(tx);
             gates.push(gate);
-            runners.push(if as_tasks {
-                Runner::Task(tokio::spawn(shard))
-            } else {
-                let thread = std::thread::Builder::new()
-                    .name(format!("parlor-shard-{i}"))
-                    .spawn(move || {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_time()
-                            .build()
-                            .expect("shard runtime")
-                            .block_on(shard)
-                    })?;
-                Runner::Thread(thread)
-            });
+            runners.push(tokio::spawn(shard));
         }
         // The log writer ends once the shards (its only senders) have.
         drop(log);
@@ -216,14 +201,7 @@ impl Shards {
             return;
         };
         for runner in runners {
-            let ended = match runner {
-                Runner::Task(task) => task.await.is_ok(),
-                Runner::Thread(thread) => {
-                    let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-                    matches!(joined, Ok(Ok(())))
-                }
-            };
-            if !ended {
+            if runner.await.is_err() {
                 tracing::error!("a shard ended abnormally");
             }
         }
