@@ -22,13 +22,13 @@
 //! That was once measured at +6 ms p50 in 1 room × 1 000 at 10 msg/s,
 //! which is why durable stores had their shards on threads. With today's
 //! writers, in 51 runs of that scenario on redb (27 with tasks, 24 with
-//! threads, most in interleaved pairs), a task adds
-//! ≈ 0.3 ms to the p50 (3.0–3.3 against 2.7–3.0 ms) and nothing to the p99
-//! (5.0–6.0 against 5.3–6.1 ms in all but three runs: two of the task's,
-//! at 23 and 102 ms, one of the thread's, at 7 ms with a 36 ms max). The
-//! thread's wake-ups cost more: 11 % of the server's CPU in a storm of
-//! 19 000 joins (one wake per join), 2.5 % per delivery in 100 rooms × 10,
-//! and 11 % of durable-64's acks/s.
+//! threads, most in interleaved pairs), a task adds ≈ 0.3 ms to the p50
+//! (3.0–3.3 against 2.7–3.0 ms) and nothing to the p99 (5.0–6.0 against
+//! 5.3–6.1 ms in all but three runs: two of the task's, at 23 and 102 ms,
+//! one of the thread's, at 7 ms with a 36 ms max). The thread's wake-ups
+//! cost more: 11 % of the server's CPU in a storm of 19 000 joins (one
+//! wake per join), 2.5 % per delivery in 100 rooms × 10, and 11 % of
+//! durable-64's acks/s.
 //!
 //! Big rooms' fan-out spreads over the fan-out pool (`pool`), so every core
 //! delivers a big room's traffic.
