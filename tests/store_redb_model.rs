@@ -3,7 +3,8 @@
 //! past `DIRECT_BATCH_AT`, long and short messages, so that the journal,
 //! its folds and runs of every length are all taken), reads from and to
 //! any point, retention by count and by age with small and large budgets,
-//! flushes and reopens in every durability mode. Every read must be the
+//! flushes and reopens in every durability mode, and batches with a
+//! sequence out of place, which must be refused whole. Every read must be the
 //! model's, and whatever retention deletes must be an expired prefix.
 //!
 //! A failing seed replays: `PARLOR_STORE_SEED=<seed> cargo nextest run
@@ -16,7 +17,7 @@ use std::time::Duration;
 use parlor::config::Durability;
 use parlor::protocol::RoomName;
 use parlor::store::{
-    Append, Batch, NewRoom, ReadLimit, RedbStore, Retention, Store, StoredMessage,
+    Append, Batch, NewRoom, ReadLimit, RedbStore, Retention, Store, StoreError, StoredMessage,
 };
 
 /// xorshift64*: small, seeded, the same on every machine.
@@ -126,6 +127,43 @@ fn append(rng: &mut Rng, model: &mut Model, s: &RedbStore) {
         batch.appends.push(Append::new(room.name.clone(), m));
     }
     s.append(&mut batch).unwrap();
+}
+
+/// A batch with a sequence out of place in one room (a gap, or one
+/// already stored), after good messages for others: refused whole, with
+/// nothing stored. Whatever the writer keeps of each room's newest must
+/// agree with the file, whether that is in the journal or the messages
+/// table, and after a refusal as before it.
+fn refuse(rng: &mut Rng, model: &mut Model, s: &RedbStore) {
+    let mut batch = Batch::default();
+    let bad = rng.below(model.rooms.len() as u64) as usize;
+    for i in 0..model.rooms.len() {
+        if i != bad && rng.chance(50) {
+            let (name, last) = (model.rooms[i].name.clone(), model.rooms[i].last);
+            batch
+                .appends
+                .push(Append::new(name, model.message(rng, last + 1)));
+        }
+    }
+    let (name, last) = (model.rooms[bad].name.clone(), model.rooms[bad].last);
+    let wrong = match rng.below(3) {
+        0 if last > 0 => last - rng.below(last),
+        1 => last + 2 + rng.below(3),
+        _ => {
+            // Right first, then a gap.
+            let right = model.message(rng, last + 1);
+            batch.appends.push(Append::new(name.clone(), right));
+            last + 3
+        }
+    };
+    batch
+        .appends
+        .push(Append::new(name.clone(), model.message(rng, wrong)));
+    let refused = s.append(&mut batch);
+    assert!(
+        matches!(refused, Err(StoreError::OutOfSequence { .. })),
+        "{name} at {wrong} after {last}: {refused:?}"
+    );
 }
 
 /// A read from any point to any point, checked against the model.
@@ -261,12 +299,13 @@ fn run(seed: u64) {
     }
     s.append(&mut batch).unwrap();
     for step in 0..120 {
-        match rng.below(20) {
+        match rng.below(22) {
             0..=9 => append(&mut rng, &mut model, &s),
             10..=14 => read(&mut rng, &model, &s),
             15..=16 => retain(&mut rng, &mut model, &s),
             17 => s.flush().unwrap(),
-            18 => {
+            18..=19 => refuse(&mut rng, &mut model, &s),
+            20 => {
                 drop(s);
                 s = open(dir.path(), modes[rng.below(3) as usize]);
             }

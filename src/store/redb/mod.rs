@@ -43,6 +43,7 @@
 mod open;
 mod read;
 mod schema;
+mod tails;
 mod write;
 
 use std::collections::HashMap;
@@ -62,6 +63,7 @@ use crate::config::Durability;
 use crate::protocol::RoomName;
 pub use open::OpenError;
 pub use schema::FILE_NAME;
+use tails::Tails;
 use write::SyncState;
 
 /// Page cache of the database.
@@ -97,11 +99,10 @@ struct Inner {
     lost: OnceLock<String>,
     /// Room name → room id, for the rooms seen so far.
     room_ids: RwLock<HashMap<RoomName, u64>>,
-    /// Room id → its newest sequence in the journal, for the rooms with
-    /// entries there, as of the last commit; `None`: to be read from the
-    /// journal (at open, after a failed write). Changed only under
-    /// `writer`.
-    journal_tails: Mutex<Option<HashMap<u64, u64>>>,
+    /// Each room's newest sequence as the writer knows it, as of the last
+    /// commit; `None`: to be read from the journal (at open, after a
+    /// failed write). Changed only under `writer`.
+    tails: Mutex<Option<Tails>>,
 }
 
 /// Names the operation that failed on a redb error.
@@ -161,7 +162,7 @@ impl RedbStore {
             room_count: AtomicUsize::new(0),
             lost: OnceLock::new(),
             room_ids: RwLock::new(HashMap::new()),
-            journal_tails: Mutex::new(None),
+            tails: Mutex::new(None),
         });
         let rooms = inner.count_rooms().map_err(|e| OpenError::Io {
             path: inner.path.clone(),

@@ -16,6 +16,7 @@ use super::schema::{
     decode_run, encode_into, marker_key, marker_range, run_len, Run, DIRECT_AT, DIRECT_BATCH_AT,
     FOLD_AT, JOURNAL, MESSAGES, META, META_NEXT_ROOM, META_PROBE, READ_MARKERS, ROOMS,
 };
+use super::tails::Tails;
 use super::{open, Inner, Op, CACHE_BYTES};
 use crate::config::Durability;
 use crate::protocol::RoomName;
@@ -109,7 +110,7 @@ impl Inner {
             Err(e) => {
                 // Whatever the failed write knew of the journal is read
                 // again from the file by the next one.
-                *self.journal_tails.lock() = None;
+                *self.tails.lock() = None;
                 if io_failure(&e) {
                     Err(self.failed(&mut state, e))
                 } else {
@@ -245,7 +246,7 @@ impl Inner {
         // Rooms created by lost commits may have left ids behind, and
         // messages in the journal.
         self.room_ids.write().clear();
-        *self.journal_tails.lock() = None;
+        *self.tails.lock() = None;
         let db = open::open_database(&self.path, CACHE_BYTES)
             .map_err(|e| StoreError::storage("reopen the database", e))?;
         *slot = Some(db);
@@ -368,10 +369,10 @@ impl Inner {
             let mut journal = txn.open_table(JOURNAL).op("open the journal")?;
             // Brought up to this commit here, under the writer's lock: if
             // the commit fails, `write` forgets them before letting go.
-            let mut tails = self.journal_tails.lock();
+            let mut tails = self.tails.lock();
             let known = match &mut *tails {
                 Some(known) => known,
-                unknown => unknown.insert(journal_tails(&journal)?),
+                unknown => unknown.insert(Tails::from_journal(journal_tails(&journal)?)),
             };
             // A batch this big fills leaves of the messages table by
             // itself: the journal would save it few pages and cost each
@@ -379,10 +380,10 @@ impl Inner {
             // the journal folded first (in this commit), so that no room
             // has entries left in it to come after.
             let direct_only = batch.appends.len() >= DIRECT_BATCH_AT;
-            if direct_only && !known.is_empty() {
+            if direct_only && !known.journal_is_empty() {
                 drop(journal);
                 fold(txn, &mut messages)?;
-                known.clear();
+                known.folded();
                 journal = txn.open_table(JOURNAL).op("open the journal")?;
             }
             let mut key = match journal.last().op("read the journal")? {
@@ -414,11 +415,15 @@ impl Inner {
                         };
                         // A room with entries in the journal goes on there,
                         // after them (see `schema`).
-                        let (last, journaled) = match known.get(&id) {
-                            Some(&last) => (last, true),
+                        let (last, journaled) = match known.in_journal(id) {
+                            Some(last) => (last, true),
                             None => {
                                 let few = per_room.as_ref().is_some_and(|n| n[&a.room] < DIRECT_AT);
-                                (self.last_in(&messages, id)?, few)
+                                let last = match known.settled(id) {
+                                    Some(last) => last,
+                                    None => self.last_in(&messages, id)?,
+                                };
+                                (last, few)
                             }
                         };
                         (id, last + 1, journaled)
@@ -454,15 +459,18 @@ impl Inner {
             for (id, run) in &mut rest {
                 insert_run(&mut messages, *id, run)?;
             }
+            for &(id, following, journaled) in next.values() {
+                if journaled {
+                    known.journaled(id, following - 1);
+                } else {
+                    known.settle(id, following - 1);
+                }
+            }
             if journal.len().op("read the journal")? >= FOLD_AT || !batch.expired.is_empty() {
                 drop(journal);
                 fold(txn, &mut messages)?;
-                known.clear();
-            } else {
-                let journaled = next.values().filter(|(_, _, journaled)| *journaled);
-                known.extend(journaled.map(|&(id, next, _)| (id, next - 1)));
+                known.folded();
             }
-            drop(tails);
             if !batch.read_markers.is_empty() {
                 let mut markers = txn.open_table(READ_MARKERS).op("open the markers table")?;
                 for m in &batch.read_markers {
@@ -489,6 +497,7 @@ impl Inner {
                 let Some((id, _)) = self.room_entry_in(&rooms, room)? else {
                     continue;
                 };
+                known.forget(id);
                 messages
                     .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)
                     .op("delete an expired room's messages")?;
@@ -525,10 +534,10 @@ impl Inner {
         // sync in `immediate`, and leaves the file to be repaired after a
         // crash (a retention pass at start must not).
         if self
-            .journal_tails
+            .tails
             .lock()
             .as_ref()
-            .is_some_and(HashMap::is_empty)
+            .is_some_and(Tails::journal_is_empty)
         {
             return Ok(());
         }
@@ -542,7 +551,10 @@ impl Inner {
         self.write(false, |txn| {
             let mut messages = txn.open_table(MESSAGES).op("open the messages table")?;
             fold(txn, &mut messages)?;
-            *self.journal_tails.lock() = Some(HashMap::new());
+            match &mut *self.tails.lock() {
+                Some(known) => known.folded(),
+                unknown => *unknown = Some(Tails::default()),
+            }
             Ok(())
         })
     }
