@@ -4,6 +4,7 @@
 //! for. An I/O failure is handled here, between transactions: the handle is
 //! reopened at once and writes pause for a backoff (see the module doc).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -397,16 +398,14 @@ impl Inner {
                 }
                 n
             });
-            // Room → (id, next expected sequence, to the journal), for the
-            // rooms of this batch.
-            let mut next: HashMap<&RoomName, (u64, u64, bool)> = HashMap::new();
-            // Room id → the run its messages for the messages table go to.
-            let mut runs: HashMap<u64, Run> = HashMap::new();
+            // The rooms of this batch, found once each: one lookup per
+            // message.
+            let mut writing: HashMap<&RoomName, Writing> = HashMap::new();
             let mut record = Vec::new();
             for a in &batch.appends {
-                let (id, expected, journaled) = match next.get(&a.room) {
-                    Some(v) => *v,
-                    None => {
+                let room = match writing.entry(&a.room) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
                         let id = match created.iter().find(|(r, _)| *r == a.room) {
                             Some((_, id)) => *id,
                             None => self
@@ -426,9 +425,15 @@ impl Inner {
                                 (last, few)
                             }
                         };
-                        (id, last + 1, journaled)
+                        e.insert(Writing {
+                            id,
+                            next: last + 1,
+                            journaled,
+                            run: None,
+                        })
                     }
                 };
+                let expected = room.next;
                 if a.message.sequence != expected {
                     // Returning an error aborts the whole transaction.
                     return Err(StoreError::OutOfSequence {
@@ -437,33 +442,37 @@ impl Inner {
                         got: a.message.sequence,
                     });
                 }
+                room.next += 1;
                 record.clear();
                 encode_into(&a.message, &mut record);
-                if journaled {
+                if room.journaled {
                     journal
-                        .insert(key, (id, expected, record.as_slice()))
+                        .insert(key, (room.id, expected, record.as_slice()))
                         .op("append to the journal")?;
                     key += 1;
-                } else {
-                    let run = runs.entry(id).or_insert_with(|| Run::new(expected));
-                    if !run.try_push(&record) {
-                        insert_run(&mut messages, id, run)?;
-                        *run = Run::new(expected);
-                        run.try_push(&record);
-                    }
+                    continue;
                 }
-                next.insert(&a.room, (id, expected + 1, journaled));
+                let run = room.run.get_or_insert_with(|| Run::new(expected));
+                if !run.try_push(&record) {
+                    insert_run(&mut messages, room.id, run)?;
+                    *run = Run::new(expected);
+                    run.try_push(&record);
+                }
             }
-            let mut rest: Vec<(u64, Run)> = runs.into_iter().collect();
+            // The runs left, in key order.
+            let mut rest: Vec<(u64, &mut Run)> = writing
+                .values_mut()
+                .filter_map(|w| Some((w.id, w.run.as_mut()?)))
+                .collect();
             rest.sort_unstable_by_key(|(id, _)| *id);
-            for (id, run) in &mut rest {
-                insert_run(&mut messages, *id, run)?;
+            for (id, run) in rest {
+                insert_run(&mut messages, id, run)?;
             }
-            for &(id, following, journaled) in next.values() {
-                if journaled {
-                    known.journaled(id, following - 1);
+            for w in writing.values() {
+                if w.journaled {
+                    known.journaled(w.id, w.next - 1);
                 } else {
-                    known.settle(id, following - 1);
+                    known.settle(w.id, w.next - 1);
                 }
             }
             if journal.len().op("read the journal")? >= FOLD_AT || !batch.expired.is_empty() {
@@ -631,6 +640,18 @@ impl Inner {
 }
 
 type MessagesTable<'t> = Table<'t, (u64, u64), &'static [u8]>;
+
+/// One room of a batch being written.
+struct Writing {
+    id: u64,
+    /// The sequence its next message must have.
+    next: u64,
+    /// Its messages go to the journal; else to the messages table, in
+    /// `run`.
+    journaled: bool,
+    /// The run its messages for the messages table are gathered in.
+    run: Option<Run>,
+}
 
 /// Each room's newest sequence in the journal.
 fn journal_tails(
