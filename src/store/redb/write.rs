@@ -109,8 +109,8 @@ impl Inner {
                 Ok(out)
             }
             Err(e) => {
-                // Whatever the failed write knew of the journal is read
-                // again from the file by the next one.
+                // Whatever the failed write knew of each room's newest
+                // sequence is read again from the file by the next one.
                 *self.tails.lock() = None;
                 if io_failure(&e) {
                     Err(self.failed(&mut state, e))
