@@ -5,9 +5,11 @@
 //! wait for a signal, shut down). Tests call `start` on port 0.
 
 mod api;
+mod handshake;
 mod http;
 mod io;
 mod page;
+mod prefixed;
 mod sse;
 mod tls;
 mod upgrade;
@@ -406,7 +408,7 @@ async fn accept_loop(
                 let tls = tls.clone();
                 tasks.spawn(async move {
                     match tls {
-                        None => serve_connection(tcp, conn).await,
+                        None => handshake::serve_plain(tcp, conn).await,
                         Some(tls) => {
                             let shutdown = conn.ctx.env.shutdown.clone();
                             let handshake =

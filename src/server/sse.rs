@@ -38,7 +38,7 @@ pub async fn events(req: Request<Incoming>, conn: Conn, room: &str) -> Response<
     let query = Query::parse(req.uri().query());
     let (grant, who) = match super::upgrade::identify(&ctx, req.headers(), &query) {
         Ok(identified) => identified,
-        Err(refused) => return refused,
+        Err(refused) => return refused.respond(&ctx),
     };
     let room = match RoomName::parse(room) {
         Ok(r) => r,

@@ -613,6 +613,13 @@ impl Raw {
         }
         req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await.unwrap();
+        Self::upgraded(stream).await
+    }
+
+    /// The client end of `stream`, on which an upgrade request (with the
+    /// key `connect` sends) has been written by hand: reads the answer and
+    /// panics unless it is the 101.
+    pub async fn upgraded(stream: TcpStream) -> Raw {
         let mut raw = Raw {
             stream,
             buf: Vec::new(),

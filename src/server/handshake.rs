@@ -1,0 +1,193 @@
+//! The WebSocket upgrade read straight off a plain TCP connection.
+//!
+//! Nearly every connection to the port is a WebSocket upgrade, and a
+//! connection that stays is one. Through hyper, each costs an HTTP/1
+//! connection of its own (a dispatcher, its buffers, a boxed service
+//! future, the `Request` and `Response`, the upgrade's channel and boxed
+//! socket), all to be thrown away after one request: in a join storm that
+//! was ≈ 18 % of the server's CPU (BENCHMARKS.md). Here the first request
+//! is read under the same limits (`HEADER_READ_TIMEOUT`, `HTTP_MAX_BUF`),
+//! parsed with `httparse` (the parser hyper itself uses), and an upgrade to
+//! `/ws` or `/` (`/echo` when enabled) that `upgrade::agree` accepts is
+//! answered with the 101 and its session started, on the socket as it is.
+//!
+//! Anything else goes to hyper with the bytes read so far in front of the
+//! socket (`Prefixed`): another request, an upgrade `agree` refuses, a head
+//! hyper would answer with an error, more than `MAX_HEADERS` headers.
+//! hyper then answers it as if this path were not there, refusals with
+//! their status, body and metrics included: nothing here has a side effect
+//! unless it upgrades. A head that is not complete in time, or a client that
+//! closes before completing it, closes the connection, as hyper does.
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use hyper::{HeaderMap, StatusCode};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::http::Query;
+use super::prefixed::Prefixed;
+use super::upgrade::{self, Agreed};
+use super::{serve_connection, Admitted, Ctx, HEADER_READ_TIMEOUT, HTTP_MAX_BUF};
+
+/// Headers parsed here at most; a request with more goes to hyper (which
+/// takes up to 100).
+const MAX_HEADERS: usize = 32;
+
+/// What the first read asks room for: a browser's upgrade request is
+/// ≈ 0.5–2 KiB.
+const FIRST_READ: usize = 4096;
+
+/// Serves a plain TCP connection: its first request, if it is a WebSocket
+/// upgrade that is accepted, here; else (and every later request) hyper.
+pub(super) async fn serve_plain(tcp: TcpStream, conn: Admitted) {
+    // The admin reserve takes `/healthz` and `/metrics` only.
+    if conn.reserve {
+        return serve_connection(tcp, conn).await;
+    }
+    let Some(read) = read_head(&tcp, &conn.ctx).await else {
+        return;
+    };
+    let Some((agreed, head_len)) = accepted(&read, &conn.ctx) else {
+        return serve_connection(Prefixed::new(read.freeze(), tcp), conn).await;
+    };
+    let env = conn.ctx.env.clone();
+    let head = switching(&agreed);
+    upgrade::start_on_tcp(
+        tcp,
+        &read[head_len..],
+        Some(head),
+        agreed.params,
+        env,
+        (agreed.slot, conn.slot),
+        &conn.tasks,
+    );
+}
+
+/// Reads until the buffer holds a whole request head (or a head hyper will
+/// refuse: malformed, or over `HTTP_MAX_BUF`). `None`: the connection is to
+/// be closed (no whole head in `HEADER_READ_TIMEOUT`, the client closed or
+/// failed, the server is shutting down). No buffer is allocated before the
+/// client sends something.
+async fn read_head(tcp: &TcpStream, ctx: &Ctx) -> Option<BytesMut> {
+    let deadline = Instant::now() + HEADER_READ_TIMEOUT;
+    let mut buf = BytesMut::new();
+    loop {
+        let ready = tokio::select! {
+            _ = ctx.env.shutdown.cancelled() => return None,
+            ready = tokio::time::timeout_at(deadline, tcp.readable()) => ready,
+        };
+        match ready {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                ctx.env
+                    .metrics
+                    .http_timeouts
+                    .with_label_values(&["header"])
+                    .inc();
+                return None;
+            }
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(FIRST_READ));
+        }
+        match tcp.try_read_buf(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Request::new(&mut headers).parse(&buf) {
+            Ok(httparse::Status::Partial) if buf.len() < HTTP_MAX_BUF => continue,
+            // Whole, too big, malformed or with more headers than parsed
+            // here: a request for `accepted`, or for hyper to answer.
+            _ => return Some(buf),
+        }
+    }
+}
+
+/// The upgrade the head in `buf` asks for, agreed, and the head's length;
+/// `None` for anything hyper is to answer.
+fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = req.parse(buf).ok()? else {
+        return None;
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let (path, query) = match req.path?.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (req.path?, None),
+    };
+    let echo = match path {
+        "/" | "/ws" => false,
+        "/echo" if ctx.env.config.enable_echo => true,
+        _ => return None,
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = hyper::header::HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    // A body on an upgrade request is hyper's to read (or refuse).
+    if !has_token(&map, CONNECTION, "upgrade")
+        || !has_token(&map, UPGRADE, "websocket")
+        || map.contains_key(CONTENT_LENGTH)
+        || map.contains_key(TRANSFER_ENCODING)
+    {
+        return None;
+    }
+    let agreed = upgrade::agree(ctx, &map, &Query::parse(query), echo).ok()?;
+    Some((agreed, head_len))
+}
+
+/// Whether a comma-separated header lists `token` (any case), in any of
+/// its lines: as hyper's path tells an upgrade request
+/// (`fastwebsockets::upgrade::is_upgrade_request`).
+fn has_token(map: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
+    map.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&c| c == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The 101 for an agreed upgrade: the headers hyper's path answers with.
+fn switching(agreed: &Agreed) -> Bytes {
+    let status = StatusCode::SWITCHING_PROTOCOLS;
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or_default(),
+        agreed.accept
+    );
+    if let Some(format) = agreed.offered {
+        head.push_str("sec-websocket-protocol: ");
+        head.push_str(format.subprotocol());
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    Bytes::from(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_found_in_any_line_and_case() {
+        let mut map = HeaderMap::new();
+        map.append(CONNECTION, "keep-alive".parse().unwrap());
+        map.append(CONNECTION, "foo, Upgrade ".parse().unwrap());
+        assert!(has_token(&map, CONNECTION, "upgrade"));
+        assert!(!has_token(&map, CONNECTION, "close"));
+        assert!(!has_token(&map, UPGRADE, "websocket"));
+        map.append(UPGRADE, "websocketx".parse().unwrap());
+        assert!(!has_token(&map, UPGRADE, "websocket"));
+    }
+}
