@@ -119,11 +119,10 @@ fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
     if req.method != Some("GET") || req.version != Some(1) {
         return None;
     }
-    let (path, query) = match req.path?.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (req.path?, None),
-    };
-    let echo = match path {
+    // Parsed as hyper parses it: the same targets are refused (400 from
+    // hyper), and the path and query are read the same way.
+    let uri: hyper::Uri = req.path?.parse().ok()?;
+    let echo = match uri.path() {
         "/" | "/ws" => false,
         "/echo" if ctx.env.config.enable_echo => true,
         _ => return None,
@@ -142,7 +141,7 @@ fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
     {
         return None;
     }
-    let agreed = upgrade::agree(ctx, &map, &Query::parse(query), echo).ok()?;
+    let agreed = upgrade::agree(ctx, &map, &Query::parse(uri.query()), echo).ok()?;
     Some((agreed, head_len))
 }
 
