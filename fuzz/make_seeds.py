@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the committed seed corpus, fuzz/corpus/{decode,frames}/, and the
-libFuzzer dictionary fuzz/parlor.dict.
+"""Writes the committed seed corpus, fuzz/corpus/{decode,frames,handshake}/,
+and the libFuzzer dictionary fuzz/parlor.dict.
 
 Run it again after changing it (`python3 fuzz/make_seeds.py`); the fuzz
 script only reads the files. Seeds keep an extension: fuzz/.gitignore leaves
@@ -126,6 +126,32 @@ FRAMES = {
 }
 
 
+def upgrade(target="/ws", extra=b"", key=b"dGhlIHNhbXBsZSBub25jZQ=="):
+    return (b"GET " + target.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+
+
+HANDSHAKE = {
+    "plain.http": upgrade(),
+    "root.http": upgrade("/"),
+    "echo.http": upgrade("/echo"),
+    "query.http": upgrade("/ws?user=ann&format=msgpack&token=a.b.c"),
+    "encoded.http": upgrade("/ws?user=%C3%A9l%20a&x=%zz"),
+    "browser.http": upgrade("/ws?user=bo", b"Origin: http://localhost:8080\r\n"
+                            b"Sec-WebSocket-Protocol: parlor.v1.msgpack, parlor.v1.json\r\n"
+                            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                            b"Cookie: a=b; c=d\r\nUser-Agent: Mozilla/5.0\r\n"),
+    "folded-tokens.http": upgrade("/ws", b"Connection: keep-alive\r\nConnection: foo , UPGRADE\r\n"),
+    "with-frame.http": upgrade("/ws") + frame(TEXT, js({"type": "join", "room": "r"})),
+    "absolute.http": upgrade("http://127.0.0.1:8080/ws"),
+    "post.http": upgrade("/ws").replace(b"GET", b"POST", 1),
+    "http10.http": upgrade("/ws").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    "body.http": upgrade("/ws", b"Content-Length: 3\r\n") + b"abc",
+    "pipelined.http": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade(),
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -150,6 +176,13 @@ def dictionary():
     entries += [(f"head_{n}", bytes([b0, 0x80]) + ZERO) for n, b0 in
                 [("text", 0x81), ("binary", 0x82), ("first", 0x01), ("cont", 0x00),
                  ("last", 0x80), ("ping", 0x89), ("pong", 0x8A), ("close", 0x88)]]
+    entries += [(f"http_{n}", v) for n, v in
+                [("get", b"GET "), ("version", b" HTTP/1.1\r\n"), ("crlf", b"\r\n"),
+                 ("upgrade", b"Upgrade: websocket\r\n"), ("connection", b"Connection: Upgrade\r\n"),
+                 ("key", b"Sec-WebSocket-Key: "), ("wsversion", b"Sec-WebSocket-Version: 13\r\n"),
+                 ("protocol", b"Sec-WebSocket-Protocol: "), ("length", b"Content-Length: "),
+                 ("chunked", b"Transfer-Encoding: chunked\r\n"), ("fold", b"\r\n \t"),
+                 ("pct", b"%"), ("query", b"?user=")]]
     lines = ["# Written by make_seeds.py."] + [f'{n}="{esc(v)}"' for n, v in entries]
     with open(os.path.join(HERE, "parlor.dict"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -157,4 +190,5 @@ def dictionary():
 
 write("decode", DECODE)
 write("frames", FRAMES)
+write("handshake", HANDSHAKE)
 dictionary()

@@ -33,7 +33,7 @@ cargo_fuzz_version=0.13.2
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
-    targets=(decode frames fragments)
+    targets=(decode frames fragments handshake)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -1,7 +1,8 @@
 //! The WebSocket upgrade read straight off the socket (`server/handshake.rs`)
 //! and the requests it hands to hyper: a head in many pieces, frames sent
 //! with the head, requests before an upgrade on one connection (pipelined
-//! too), more headers than it parses, a head over the limit (431), a head
+//! too), more headers or a longer head than it takes, a head over the
+//! limit (431), a head
 //! cut short, and refusals answered and counted once (PROTOCOL.md §1, §7).
 
 mod common;
@@ -171,16 +172,22 @@ async fn a_pipelined_upgrade_after_a_big_request() {
     }
 }
 
+/// More headers, or a longer head, than the direct path takes: hyper's
+/// path upgrades them.
 #[tokio::test]
-async fn more_headers_than_parsed_directly_still_upgrade() {
+async fn bigger_heads_than_taken_directly_still_upgrade() {
     let server = start(config()).await;
-    let extra: String = (0..40).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
-    let mut s = tcp(server.addr).await;
-    let mut bytes = upgrade_request(server.addr, "/ws?user=di", &extra).into_bytes();
-    bytes.extend(frame(&join("r3")));
-    s.write_all(&bytes).await.unwrap();
-    let mut raw = Raw::upgraded(s).await;
-    joins(&mut raw, "r3").await;
+    let many: String = (0..40).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
+    let long = format!("Cookie: c={}\r\n", "c".repeat(20 * 1024));
+    for (i, extra) in [many, long].iter().enumerate() {
+        let mut s = tcp(server.addr).await;
+        let mut bytes = upgrade_request(server.addr, "/ws?user=di", extra).into_bytes();
+        let room = format!("r3-{i}");
+        bytes.extend(frame(&join(&room)));
+        s.write_all(&bytes).await.unwrap();
+        let mut raw = Raw::upgraded(s).await;
+        joins(&mut raw, &room).await;
+    }
 }
 
 #[tokio::test]

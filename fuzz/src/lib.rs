@@ -6,6 +6,9 @@
 //! `read_loop` in `src/session/reader.rs` does, with the parts that need a
 //! live server (outbox, shards, timers) left out: where the server would cut
 //! the connection with a close code, it returns that code.
+//!
+//! `hyper_reads` is hyper's reading of a request head, as the server runs
+//! hyper: the handshake target holds the upgrade read without hyper to it.
 
 use std::io;
 use std::pin::Pin;
@@ -286,4 +289,63 @@ pub fn write_frame(
     }
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+/// What hyper reads from a connection that sends `bytes` and then closes:
+/// the first request's method, target and headers, and whether it is a
+/// WebSocket upgrade by fastwebsockets' test. `None` if hyper reads no
+/// request (it answers with an error, or the head is not whole). hyper runs
+/// as the server configures it (`max_buf_size`, `max_header_size`), over
+/// an in-memory stream.
+pub fn hyper_reads(bytes: &[u8]) -> Option<HyperRequest> {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+
+    /// `HTTP_MAX_BUF` in `src/server/mod.rs`.
+    const HTTP_MAX_BUF: usize = 64 * 1024;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        // Room for the request and hyper's answer: neither side waits.
+        let (mut client, server) = tokio::io::duplex(bytes.len() + 64 * 1024);
+        client.write_all(bytes).await.expect("fits the pipe");
+        client.shutdown().await.expect("shutdown");
+        let seen: Arc<Mutex<Option<HyperRequest>>> = Arc::default();
+        let slot = seen.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut slot = slot.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(HyperRequest {
+                    upgrade: fastwebsockets::upgrade::is_upgrade_request(&req),
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    headers: req.headers().clone(),
+                });
+            }
+            async { Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new())) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .max_buf_size(HTTP_MAX_BUF)
+            .max_header_size(HTTP_MAX_BUF)
+            .serve_connection(TokioIo::new(server), service)
+            .await;
+        let read = seen.lock().unwrap().take();
+        read
+    })
+}
+
+/// A request as hyper read it (`hyper_reads`).
+#[derive(Debug)]
+pub struct HyperRequest {
+    pub method: hyper::Method,
+    pub uri: hyper::Uri,
+    pub headers: hyper::HeaderMap,
+    pub upgrade: bool,
 }

@@ -13,7 +13,8 @@
 //!
 //! Anything else goes to hyper with the bytes read so far in front of the
 //! socket (`Prefixed`): another request, an upgrade `agree` refuses, a head
-//! hyper would answer with an error, more than `MAX_HEADERS` headers.
+//! hyper would answer with an error, more than `MAX_HEADERS` headers or
+//! `MAX_DIRECT_HEAD` bytes of head.
 //! hyper then answers it as if this path were not there, refusals with
 //! their status, body and metrics included: nothing here has a side effect
 //! unless it upgrades. A head that is not complete in time, or a client that
@@ -33,6 +34,11 @@ use super::{serve_connection, Admitted, Ctx, HEADER_READ_TIMEOUT, HTTP_MAX_BUF};
 /// Headers parsed here at most; a request with more goes to hyper (which
 /// takes up to 100).
 const MAX_HEADERS: usize = 32;
+
+/// The longest head taken here: well under hyper's limit (`HTTP_MAX_BUF`,
+/// 431 past it), so that what hyper would refuse as too large never gets
+/// here. A longer one (a browser's cookies, say) goes to hyper.
+const MAX_DIRECT_HEAD: usize = 16 * 1024;
 
 /// What the first read asks room for: a browser's upgrade request is
 /// ≈ 0.5–2 KiB.
@@ -111,12 +117,36 @@ async fn read_head(tcp: &TcpStream, ctx: &Ctx) -> Option<BytesMut> {
 /// The upgrade the head in `buf` asks for, agreed, and the head's length;
 /// `None` for anything hyper is to answer.
 fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
+    let head = upgrade_head(buf, ctx.env.config.enable_echo)?;
+    let query = Query::parse(head.uri.query());
+    let agreed = upgrade::agree(ctx, &head.headers, &query, head.echo).ok()?;
+    Some((agreed, head.len))
+}
+
+/// A request head this path takes as a WebSocket upgrade, before `agree`
+/// checks who it is from.
+#[derive(Debug)]
+pub struct UpgradeHead {
+    /// The head's length in bytes: what follows is the client's frames.
+    pub len: usize,
+    pub uri: hyper::Uri,
+    pub headers: HeaderMap,
+    /// To `/echo` (the conformance endpoint), not `/ws` or `/`.
+    pub echo: bool,
+}
+
+/// The WebSocket upgrade at the start of `buf`, if it is one this path
+/// takes (see the module doc); `None` for anything else, hyper's to
+/// answer. Public for the fuzz target that holds it to hyper's reading of
+/// the same bytes (`fuzz/fuzz_targets/handshake.rs`): whatever it takes,
+/// hyper reads as the same GET, target and headers.
+pub fn upgrade_head(buf: &[u8], echo_enabled: bool) -> Option<UpgradeHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = req.parse(buf).ok()? else {
+    let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
         return None;
     };
-    if req.method != Some("GET") || req.version != Some(1) {
+    if len > MAX_DIRECT_HEAD || req.method != Some("GET") || req.version != Some(1) {
         return None;
     }
     // Parsed as hyper parses it: the same targets are refused (400 from
@@ -124,7 +154,7 @@ fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
     let uri: hyper::Uri = req.path?.parse().ok()?;
     let echo = match uri.path() {
         "/" | "/ws" => false,
-        "/echo" if ctx.env.config.enable_echo => true,
+        "/echo" if echo_enabled => true,
         _ => return None,
     };
     let mut map = HeaderMap::with_capacity(req.headers.len());
@@ -141,8 +171,12 @@ fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
     {
         return None;
     }
-    let agreed = upgrade::agree(ctx, &map, &Query::parse(uri.query()), echo).ok()?;
-    Some((agreed, head_len))
+    Some(UpgradeHead {
+        len,
+        uri,
+        headers: map,
+        echo,
+    })
 }
 
 /// Whether a comma-separated header lists `token` (any case), in any of

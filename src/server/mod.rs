@@ -5,7 +5,7 @@
 //! wait for a signal, shut down). Tests call `start` on port 0.
 
 mod api;
-mod handshake;
+pub mod handshake;
 mod http;
 mod io;
 mod page;
