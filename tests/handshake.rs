@@ -2,8 +2,8 @@
 //! and the requests it hands to hyper: a head in many pieces, frames sent
 //! with the head, requests before an upgrade on one connection (pipelined
 //! too), more headers or a longer head than it takes, a head over the
-//! limit (431), a head
-//! cut short, and refusals answered and counted once (PROTOCOL.md §1, §7).
+//! limit (431), a head cut short, and refusals answered and counted once
+//! (PROTOCOL.md §1, §7).
 
 mod common;
 
