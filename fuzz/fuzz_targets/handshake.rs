@@ -12,7 +12,7 @@ use parlor::server::handshake::upgrade_head;
 use parlor_fuzz::hyper_reads;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(ours) = upgrade_head(data, true) else {
+    let Some(ours) = upgrade_head(&bytes::Bytes::copy_from_slice(data), true) else {
         return;
     };
     let head = &data[..ours.len];

@@ -30,6 +30,7 @@ use super::http::Query;
 use super::prefixed::Prefixed;
 use super::upgrade::{self, Agreed};
 use super::{serve_connection, Admitted, Ctx, HEADER_READ_TIMEOUT, HTTP_MAX_BUF};
+use crate::protocol::Format;
 
 /// Headers parsed here at most; a request with more goes to hyper (which
 /// takes up to 100).
@@ -54,11 +55,12 @@ pub(super) async fn serve_plain(tcp: TcpStream, conn: Admitted) {
     let Some(read) = read_head(&tcp, &conn.ctx).await else {
         return;
     };
+    let read = read.freeze();
     let Some((agreed, head_len)) = accepted(&read, &conn.ctx) else {
-        return serve_connection(Prefixed::new(read.freeze(), tcp), conn).await;
+        return serve_connection(Prefixed::new(read, tcp), conn).await;
     };
     let env = conn.ctx.env.clone();
-    let head = switching(&agreed);
+    let head = switching(&agreed.accept, agreed.offered);
     upgrade::start_on_tcp(
         tcp,
         &read[head_len..],
@@ -116,7 +118,7 @@ async fn read_head(tcp: &TcpStream, ctx: &Ctx) -> Option<BytesMut> {
 
 /// The upgrade the head in `buf` asks for, agreed, and the head's length;
 /// `None` for anything hyper is to answer.
-fn accepted(buf: &[u8], ctx: &Ctx) -> Option<(Agreed, usize)> {
+fn accepted(buf: &Bytes, ctx: &Ctx) -> Option<(Agreed, usize)> {
     let head = upgrade_head(buf, ctx.env.config.enable_echo)?;
     let query = Query::parse(head.uri.query());
     let agreed = upgrade::agree(ctx, &head.headers, &query, head.echo).ok()?;
@@ -139,8 +141,9 @@ pub struct UpgradeHead {
 /// takes (see the module doc); `None` for anything else, hyper's to
 /// answer. Public for the fuzz target that holds it to hyper's reading of
 /// the same bytes (`fuzz/fuzz_targets/handshake.rs`): whatever it takes,
-/// hyper reads as the same GET, target and headers.
-pub fn upgrade_head(buf: &[u8], echo_enabled: bool) -> Option<UpgradeHead> {
+/// hyper reads as the same GET, target and headers. The target and the
+/// header values are slices of `buf`, not copies (as hyper makes them).
+pub fn upgrade_head(buf: &Bytes, echo_enabled: bool) -> Option<UpgradeHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
@@ -151,7 +154,7 @@ pub fn upgrade_head(buf: &[u8], echo_enabled: bool) -> Option<UpgradeHead> {
     }
     // Parsed as hyper parses it: the same targets are refused (400 from
     // hyper), and the path and query are read the same way.
-    let uri: hyper::Uri = req.path?.parse().ok()?;
+    let uri = hyper::Uri::from_maybe_shared(buf.slice_ref(req.path?.as_bytes())).ok()?;
     let echo = match uri.path() {
         "/" | "/ws" => false,
         "/echo" if echo_enabled => true,
@@ -160,7 +163,7 @@ pub fn upgrade_head(buf: &[u8], echo_enabled: bool) -> Option<UpgradeHead> {
     let mut map = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = hyper::header::HeaderValue::from_bytes(h.value).ok()?;
+        let value = hyper::header::HeaderValue::from_maybe_shared(buf.slice_ref(h.value)).ok()?;
         map.append(name, value);
     }
     // A body on an upgrade request is hyper's to read (or refuse).
@@ -191,15 +194,14 @@ fn has_token(map: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> b
 }
 
 /// The 101 for an agreed upgrade: the headers hyper's path answers with.
-fn switching(agreed: &Agreed) -> Bytes {
+pub fn switching(accept: &str, offered: Option<Format>) -> Bytes {
     let status = StatusCode::SWITCHING_PROTOCOLS;
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
+        "HTTP/1.1 {} {}\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {accept}\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or_default(),
-        agreed.accept
     );
-    if let Some(format) = agreed.offered {
+    if let Some(format) = offered {
         head.push_str("sec-websocket-protocol: ");
         head.push_str(format.subprotocol());
         head.push_str("\r\n");
@@ -208,9 +210,29 @@ fn switching(agreed: &Agreed) -> Bytes {
     Bytes::from(head)
 }
 
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455
+/// §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 6455's example (§1.3).
+    #[test]
+    fn the_accept_key_is_the_rfcs() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 
     #[test]
     fn tokens_are_found_in_any_line_and_case() {

@@ -166,7 +166,7 @@ pub(super) fn agree(
         return Err(bad(WebSocketError::InvalidSecWebsocketVersion));
     }
     Ok(Agreed {
-        accept: accept_key(key.as_bytes()),
+        accept: super::handshake::accept_key(key.as_bytes()),
         params: Params {
             user,
             format,
@@ -177,16 +177,6 @@ pub(super) fn agree(
         slot,
         offered,
     })
-}
-
-/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
-fn accept_key(key: &[u8]) -> String {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
-    let mut sha1 = Sha1::new();
-    sha1.update(key);
-    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
 }
 
 /// A WebSocket upgrade through hyper: the connection's first request was
