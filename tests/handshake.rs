@@ -83,6 +83,16 @@ async fn joins(raw: &mut Raw, room: &str) {
     assert_eq!(joined["data"]["room"], room, "{joined}");
 }
 
+/// Writes an upgrade request to `path` on `s` with a `join` of `room`
+/// right behind it, in one write: both must be answered.
+async fn upgrade_joining(mut s: TcpStream, addr: SocketAddr, path: &str, extra: &str, room: &str) {
+    let mut bytes = upgrade_request(addr, path, extra).into_bytes();
+    bytes.extend(frame(&join(room)));
+    s.write_all(&bytes).await.unwrap();
+    let mut raw = Raw::upgraded(s).await;
+    joins(&mut raw, room).await;
+}
+
 #[tokio::test]
 async fn a_head_in_pieces_is_upgraded() {
     let server = start(config()).await;
@@ -102,12 +112,8 @@ async fn a_head_in_pieces_is_upgraded() {
 #[tokio::test]
 async fn frames_sent_with_the_head_are_read() {
     let server = start(config()).await;
-    let mut s = tcp(server.addr).await;
-    let mut bytes = upgrade_request(server.addr, "/?user=ann", "").into_bytes();
-    bytes.extend(frame(&join("r1")));
-    s.write_all(&bytes).await.unwrap();
-    let mut raw = Raw::upgraded(s).await;
-    joins(&mut raw, "r1").await;
+    let s = tcp(server.addr).await;
+    upgrade_joining(s, server.addr, "/?user=ann", "", "r1").await;
 }
 
 /// A plain request first: hyper answers it, and the upgrade that follows
@@ -124,11 +130,7 @@ async fn an_upgrade_after_a_request_on_one_connection() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
         "ok"
     );
-    let mut bytes = upgrade_request(server.addr, "/ws?user=bo", "").into_bytes();
-    bytes.extend(frame(&join("r2")));
-    s.write_all(&bytes).await.unwrap();
-    let mut raw = Raw::upgraded(s).await;
-    joins(&mut raw, "r2").await;
+    upgrade_joining(s, server.addr, "/ws?user=bo", "", "r2").await;
 }
 
 /// Everything in one write, the first request bigger than hyper reads at
@@ -180,13 +182,9 @@ async fn bigger_heads_than_taken_directly_still_upgrade() {
     let many: String = (0..40).map(|i| format!("X-Extra-{i}: {i}\r\n")).collect();
     let long = format!("Cookie: c={}\r\n", "c".repeat(20 * 1024));
     for (i, extra) in [many, long].iter().enumerate() {
-        let mut s = tcp(server.addr).await;
-        let mut bytes = upgrade_request(server.addr, "/ws?user=di", extra).into_bytes();
+        let s = tcp(server.addr).await;
         let room = format!("r3-{i}");
-        bytes.extend(frame(&join(&room)));
-        s.write_all(&bytes).await.unwrap();
-        let mut raw = Raw::upgraded(s).await;
-        joins(&mut raw, &room).await;
+        upgrade_joining(s, server.addr, "/ws?user=di", extra, &room).await;
     }
 }
 
