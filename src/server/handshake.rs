@@ -4,8 +4,10 @@
 //! connection that stays is one. Through hyper, each costs an HTTP/1
 //! connection of its own (a dispatcher, its buffers, a boxed service
 //! future, the `Request` and `Response`, the upgrade's channel and boxed
-//! socket), all to be thrown away after one request: in a join storm that
-//! was ≈ 18 % of the server's CPU (BENCHMARKS.md). Here the first request
+//! socket), all to be thrown away after one request: in a profile of a
+//! join storm, ≈ 18 % of the server's samples (BENCHMARKS.md, 2026-12-05
+//! 23:36); `cargo bench --bench handshake` compares the two paths. Here
+//! the first request
 //! is read under the same limits (`HEADER_READ_TIMEOUT`, `HTTP_MAX_BUF`),
 //! parsed with `httparse` (the parser hyper itself uses), and an upgrade to
 //! `/ws` or `/` (`/echo` when enabled) that `upgrade::agree` accepts is
