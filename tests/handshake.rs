@@ -84,13 +84,20 @@ async fn joins(raw: &mut Raw, room: &str) {
 }
 
 /// Writes an upgrade request to `path` on `s` with a `join` of `room`
-/// right behind it, in one write: both must be answered.
-async fn upgrade_joining(mut s: TcpStream, addr: SocketAddr, path: &str, extra: &str, room: &str) {
+/// right behind it, in one write: both must be answered. Returns the 101.
+async fn upgrade_joining(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    extra: &str,
+    room: &str,
+) -> String {
     let mut bytes = upgrade_request(addr, path, extra).into_bytes();
     bytes.extend(frame(&join(room)));
     s.write_all(&bytes).await.unwrap();
     let mut raw = Raw::upgraded(s).await;
     joins(&mut raw, room).await;
+    raw.response
 }
 
 #[tokio::test]
@@ -130,7 +137,15 @@ async fn an_upgrade_after_a_request_on_one_connection() {
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
         "ok"
     );
-    upgrade_joining(s, server.addr, "/ws?user=bo", "", "r2").await;
+    // hyper's 101 echoes the subprotocol as the direct path's does.
+    let offer = "Sec-WebSocket-Protocol: chat.v9, parlor.v1.json\r\n";
+    let answer = upgrade_joining(s, server.addr, "/ws?user=bo", offer, "r2").await;
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("sec-websocket-protocol: parlor.v1.json\r\n"),
+        "{answer}"
+    );
 }
 
 /// Everything in one write, the first request bigger than hyper reads at

@@ -13,14 +13,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::WebSocketError;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -193,21 +193,20 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
         Ok(agreed) => agreed,
         Err(refused) => return refused.respond(&ctx),
     };
-    // `agree` checked the key and version, so this does not fail; it makes
-    // hyper hand the socket back after the 101.
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(pair) => pair,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &e.to_string(),
-            )
-        }
-    };
-    let mut response = response.map(|_| full(Bytes::new()));
+    // hyper hands the socket back after writing this 101 (the same headers
+    // as `handshake::switching`).
+    let upgraded = hyper::upgrade::on(&mut req);
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::try_from(agreed.accept).expect("base64 is a valid header value"),
+    );
     if let Some(f) = agreed.offered {
-        response.headers_mut().insert(
+        headers.insert(
             SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(f.subprotocol()),
         );
@@ -227,7 +226,7 @@ pub fn upgrade(mut req: Request<Incoming>, conn: Conn, echo: bool) -> Response<B
 /// socket back. One per HTTP connection at most: an upgrade is its last
 /// request.
 pub struct Pending {
-    upgraded: UpgradeFut,
+    upgraded: OnUpgrade,
     params: Params,
     /// Held until the session ends.
     slots: (UserSlot, ConnSlot),
@@ -241,20 +240,14 @@ impl Pending {
     /// hyper's connection future has ended, the upgrade is complete (or
     /// failed), so this does not wait.
     pub async fn start(self, env: Arc<Env>, tasks: &TaskTracker) {
-        let ws = match self.upgraded.await {
-            Ok(ws) => ws,
+        let upgraded = match self.upgraded.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(cause = %e, "upgrade did not complete");
                 return;
             }
         };
-        session_over(
-            ws.into_inner().into_inner(),
-            self.params,
-            env,
-            self.slots,
-            tasks,
-        );
+        session_over(upgraded, self.params, env, self.slots, tasks);
     }
 }
 
